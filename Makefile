@@ -1,0 +1,30 @@
+# Each target bootstraps .venv by itself. torch is pinned: an unpinned torch pulls a
+# multi-GB CUDA build, while 2.13.0 resolves to a CPU wheel.
+PY      ?= python3
+VENV    ?= .venv
+VPY     := $(VENV)/bin/python
+TORCH   ?= torch==2.13.0
+STAMP   := $(VENV)/.stamp
+
+.PHONY: demo test bench venv clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q "$(TORCH)"
+	$(VPY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/mcel demo --out demo-out
+
+test: $(STAMP)
+	$(VPY) -m pytest src tests
+
+bench: $(STAMP)
+	$(VPY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) demo-out .pytest_cache
