@@ -1,0 +1,26 @@
+"""Quantization: number formats, quantizers, stored codes, quantized layers."""
+
+from mcel.quant.core import (
+    INT_BITS,
+    QuantizedTensor,
+    code_dtype,
+    fake_quantize,
+    parse_scheme,
+    quantize,
+    value_table,
+)
+from mcel.quant.formats import decode, encode, list_formats
+from mcel.quant.layers import (
+    QuantConv2d,
+    QuantLinear,
+    QuantSpec,
+    quant_layers,
+    quantize_model,
+    set_format,
+)
+
+__all__ = [
+    "INT_BITS", "QuantizedTensor", "code_dtype", "fake_quantize", "parse_scheme", "quantize",
+    "value_table", "decode", "encode", "list_formats", "QuantConv2d", "QuantLinear",
+    "QuantSpec", "quant_layers", "quantize_model", "set_format",
+]

@@ -1,0 +1,213 @@
+"""Quantizers and the stored form of a quantized tensor.
+
+A quantized tensor is an integer code per element plus a float scale (per tensor or
+per output channel). ``QuantizedTensor.codes`` holds exactly the bit patterns a memory
+would store, as unsigned integers in ``[0, 2**bits)``; the error engine flips bits in
+those codes and nothing else.
+
+Schemes (the level sets):
+
+* ``binary``: levels {-1, +1}, 1 bit, code 1 means +1; scale = mean |w| (XNOR-Net).
+  The number format does not apply to a single bit.
+* ``ternary``: levels {-1, 0, +1} stored as 2-bit integers in the chosen format;
+  threshold ``0.7 * mean |w|``, scale = mean |w| above it (ternary weight networks).
+* ``int``: symmetric uniform k-bit levels ``[-(2**(k-1)-1), 2**(k-1)-1]``,
+  scale = max |w| / (2**(k-1)-1); k in 2..8 or 16.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from mcel.errors import MCELError
+from mcel.quant.formats import encode, get_format, level_table
+from mcel.registry import Registry
+
+INT_BITS = (2, 3, 4, 5, 6, 7, 8, 16)
+GRANULARITIES = ("tensor", "channel")
+_TINY = 1e-12
+
+
+def code_dtype(bits: int) -> torch.dtype:
+    """Smallest dtype that holds ``bits``-wide codes and supports XOR everywhere."""
+    return torch.uint8 if bits <= 8 else torch.int32
+
+
+def _reduce_dims(x: Tensor, granularity: str) -> tuple[int, ...]:
+    if granularity == "tensor" or x.dim() < 2:
+        return tuple(range(x.dim()))
+    return tuple(range(1, x.dim()))  # per output channel: dim 0 of Conv/Linear weights
+
+
+def _mean_abs(x: Tensor, granularity: str) -> Tensor:
+    return x.abs().mean(dim=_reduce_dims(x, granularity), keepdim=True)
+
+
+def _levels_int(w: Tensor, bits: int, granularity: str) -> tuple[Tensor, Tensor]:
+    qmax = (1 << (bits - 1)) - 1
+    amax = w.abs().amax(dim=_reduce_dims(w, granularity), keepdim=True)
+    scale = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
+    return torch.clamp(torch.round(w / scale), -qmax, qmax), scale
+
+
+def _levels_binary(w: Tensor, bits: int, granularity: str) -> tuple[Tensor, Tensor]:
+    scale = _mean_abs(w, granularity).clamp_min(_TINY)
+    return torch.where(w >= 0, 1.0, -1.0).to(w.dtype), scale
+
+
+def _levels_ternary(w: Tensor, bits: int, granularity: str) -> tuple[Tensor, Tensor]:
+    dims = _reduce_dims(w, granularity)
+    delta = 0.7 * _mean_abs(w, granularity)
+    keep = (w.abs() > delta).to(w.dtype)
+    count = keep.sum(dim=dims, keepdim=True)
+    scale = (w.abs() * keep).sum(dim=dims, keepdim=True) / count.clamp_min(1)
+    scale = torch.where(count > 0, scale, torch.ones_like(scale))
+    return torch.sign(w) * keep, scale
+
+
+@dataclass(frozen=True)
+class Scheme:
+    name: str
+    levels: Callable[[Tensor, int, str], tuple[Tensor, Tensor]]  # w -> (levels, scale)
+    allowed_bits: tuple[int, ...]
+
+
+SCHEMES: Registry[Scheme] = Registry("quantization scheme")
+SCHEMES.add("int", Scheme("int", _levels_int, INT_BITS))
+SCHEMES.add("binary", Scheme("binary", _levels_binary, (1,)))
+SCHEMES.add("ternary", Scheme("ternary", _levels_ternary, (2,)))
+
+
+def parse_scheme(word: str) -> tuple[str, int | None]:
+    """A command-line scheme word -> (scheme, bits); ``float`` means no quantization.
+
+    >>> parse_scheme("int4"), parse_scheme("binary"), parse_scheme("float")
+    (('int', 4), ('binary', 1), ('float', None))
+    """
+    word = str(word).strip().lower()
+    if word == "float":
+        return "float", None
+    if word in ("binary", "ternary"):
+        return word, SCHEMES.get(word).allowed_bits[0]
+    if word.startswith("int") and word[3:].isdigit() and int(word[3:]) in INT_BITS:
+        return "int", int(word[3:])
+    valid = ["float", "binary", "ternary"] + [f"int{b}" for b in INT_BITS]
+    import difflib
+
+    close = difflib.get_close_matches(word, valid, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    raise MCELError(f"unknown quantization '{word}'{hint}; valid: {', '.join(valid)}")
+
+
+def check_bits(scheme: str, bits: int) -> None:
+    allowed = SCHEMES.get(scheme).allowed_bits
+    if bits not in allowed:
+        raise MCELError(
+            f"{scheme} quantization takes bits in {list(allowed)}, got {bits}"
+        )
+
+
+_TABLES: dict[tuple[str, int, str, torch.device], Tensor] = {}
+
+
+def value_table(scheme: str, bits: int, fmt: str, device: torch.device) -> Tensor:
+    """Float level of every possible code (cached): dequantization is a table lookup."""
+    key = (scheme, bits, fmt, torch.device(device))
+    if key not in _TABLES:
+        table = torch.tensor([-1.0, 1.0]) if scheme == "binary" else level_table(bits, fmt)
+        _TABLES[key] = table.to(device)
+    return _TABLES[key]
+
+
+def levels_to_codes(levels: Tensor, scheme: str, bits: int, fmt: str) -> Tensor:
+    if scheme == "binary":
+        return (levels > 0).to(code_dtype(bits))
+    return encode(levels.long(), bits, fmt).to(code_dtype(bits))
+
+
+@dataclass
+class QuantizedTensor:
+    """Stored form of a quantized tensor: ``value = table[codes] * scale``.
+
+    ``codes`` are unsigned integers in ``[0, 2**bits)`` (uint8, or int32 for 16 bits),
+    shaped like the original tensor; ``scale`` broadcasts against it.
+
+    >>> qt = quantize(torch.tensor([1.5, -3.5, 0.5]), 4, fmt="sign_magnitude")
+    >>> qt.codes.tolist(), qt.bits, qt.scale.item()
+    ([3, 15, 1], 4, 0.5)
+    >>> qt.dequantize()
+    tensor([ 1.5000, -3.5000,  0.5000])
+    """
+
+    codes: Tensor
+    scale: Tensor
+    bits: int
+    fmt: str = "twos_complement"
+    scheme: str = "int"
+
+    def table(self) -> Tensor:
+        return value_table(self.scheme, self.bits, self.fmt, self.codes.device)
+
+    def levels(self) -> Tensor:
+        return self.table()[self.codes.long()]
+
+    def dequantize(self) -> Tensor:
+        return self.levels() * self.scale
+
+    def dequantize_at(self, index: Tensor) -> Tensor:
+        """Values of the elements at flat positions ``index`` only (for sparse updates)."""
+        vals = self.table()[self.codes.reshape(-1)[index].long()]
+        if self.scale.numel() == 1:
+            return vals * self.scale.reshape(())
+        per_channel = self.codes[0].numel()  # channel scales run along dim 0
+        return vals * self.scale.reshape(-1)[index // per_channel]
+
+    @property
+    def numel_bits(self) -> int:
+        return self.codes.numel() * self.bits
+
+    def to(self, device: torch.device | str) -> QuantizedTensor:
+        return QuantizedTensor(self.codes.to(device), self.scale.to(device), self.bits,
+                               self.fmt, self.scheme)
+
+    def clone(self) -> QuantizedTensor:
+        return QuantizedTensor(self.codes.clone(), self.scale.clone(), self.bits, self.fmt,
+                               self.scheme)
+
+
+def quantize(
+    tensor: Tensor,
+    bits: int,
+    *,
+    scheme: str = "int",
+    fmt: str = "twos_complement",
+    granularity: str = "tensor",
+) -> QuantizedTensor:
+    """Quantize a float tensor into codes + scale.
+
+    Quantizing the dequantized tensor again gives the same codes.
+
+    >>> w = torch.randn(8, 3)
+    >>> qt = quantize(w, 8, granularity="channel")
+    >>> torch.equal(quantize(qt.dequantize(), 8, granularity="channel").codes, qt.codes)
+    True
+    """
+    spec = SCHEMES.get(scheme)
+    check_bits(scheme, bits)
+    get_format(fmt)
+    if granularity not in GRANULARITIES:
+        raise MCELError(f"unknown granularity '{granularity}'; valid: {', '.join(GRANULARITIES)}")
+    w = tensor.detach().float()
+    levels, scale = spec.levels(w, bits, granularity)
+    return QuantizedTensor(levels_to_codes(levels, scheme, bits, fmt), scale, bits, fmt, scheme)
+
+
+def fake_quantize(w: Tensor, scheme: str, bits: int, granularity: str = "tensor") -> Tensor:
+    """Quantize-dequantize with a straight-through estimator: the forward sees the
+    quantized values, the backward passes the gradient to the latent float weights."""
+    levels, scale = SCHEMES.get(scheme).levels(w.detach(), bits, granularity)
+    return w + (levels * scale - w).detach()

@@ -1,0 +1,234 @@
+"""Quantized layers and ``quantize_model``.
+
+A quantized layer keeps float *latent* weights for training and sees their quantized
+values in every forward (fake quantization with a straight-through estimator). Its
+stored form, the one a memory holds, is ``layer.quantized_weight()``: codes + scale.
+
+Two hooks let the bit-error engine act without touching the layer's state:
+
+* ``weight_override``: a float tensor used instead of the fake-quantized weight
+  (the engine writes the dequantized *faulty* codes there; persistent faults).
+* ``weight_fault`` / ``act_fault``: a callable ``QuantizedTensor -> QuantizedTensor``
+  applied to freshly quantized codes in each forward (transient faults: error-injection
+  training, activation faults).
+
+Both are plain attributes, not parameters or buffers: the state dict never sees them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mcel.errors import MCELError
+from mcel.quant.core import (
+    GRANULARITIES,
+    QuantizedTensor,
+    check_bits,
+    fake_quantize,
+    levels_to_codes,
+    parse_scheme,
+    quantize,
+)
+from mcel.quant.formats import get_format
+
+FaultFn = Callable[[QuantizedTensor], QuantizedTensor]
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """How to quantize a model.
+
+    ``weights`` is a scheme word (``binary``, ``ternary``, ``int2`` .. ``int8``,
+    ``int16``, ``float``); ``fmt`` the number format of the stored codes; ``act_bits``
+    quantizes each quantized layer's input to signed k-bit levels (None: float);
+    ``include``/``exclude`` are fnmatch patterns over module names.
+    """
+
+    weights: str = "int8"
+    fmt: str = "twos_complement"
+    granularity: str = "tensor"
+    act_bits: int | None = None
+    include: tuple[str, ...] = ("*",)
+    exclude: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        parse_scheme(self.weights)
+        get_format(self.fmt)
+        if self.granularity not in GRANULARITIES:
+            raise MCELError(
+                f"unknown granularity '{self.granularity}'; valid: {', '.join(GRANULARITIES)}"
+            )
+        if self.act_bits is not None:
+            check_bits("int", self.act_bits)
+        object.__setattr__(self, "include", tuple(self.include))
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+
+    @property
+    def scheme(self) -> str:
+        return parse_scheme(self.weights)[0]
+
+    @property
+    def bits(self) -> int | None:
+        return parse_scheme(self.weights)[1]
+
+    def selects(self, name: str) -> bool:
+        return any(fnmatch.fnmatch(name, p) for p in self.include) and not any(
+            fnmatch.fnmatch(name, p) for p in self.exclude
+        )
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["include"], d["exclude"] = list(self.include), list(self.exclude)
+        return d
+
+
+class _QuantMixin:
+    """Shared fake-quant logic of QuantLinear and QuantConv2d."""
+
+    weight: nn.Parameter
+    bias: nn.Parameter | None
+
+    def _init_quant(self, scheme: str, bits: int, fmt: str, granularity: str,
+                    act_bits: int | None) -> None:
+        check_bits(scheme, bits)
+        self.scheme, self.bits, self.fmt, self.granularity = scheme, bits, fmt, granularity
+        self.act_bits = act_bits
+        self.weight_override: Tensor | None = None
+        self.weight_fault: FaultFn | None = None
+        self.act_fault: FaultFn | None = None
+        if act_bits is not None:
+            # Running max of |input|: fixes the activation scale at eval time.
+            self.register_buffer("act_max", torch.zeros(()))  # type: ignore[attr-defined]
+
+    def quantized_weight(self) -> QuantizedTensor:
+        """The stored form of the current weights (codes + scale)."""
+        return quantize(self.weight, self.bits, scheme=self.scheme, fmt=self.fmt,
+                        granularity=self.granularity)
+
+    def effective_weight(self) -> Tensor:
+        if self.weight_override is not None:
+            return self.weight_override
+        if self.weight_fault is None:
+            return fake_quantize(self.weight, self.scheme, self.bits, self.granularity)
+        faulty = self.weight_fault(self.quantized_weight()).dequantize()
+        return self.weight + (faulty - self.weight).detach()  # STE through the faults
+
+    def quantize_input(self, x: Tensor) -> Tensor:
+        if self.act_bits is None:
+            return x
+        qmax = (1 << (self.act_bits - 1)) - 1
+        if self.training:
+            with torch.no_grad():
+                m = x.detach().abs().amax()
+                self.act_max.copy_(torch.where(self.act_max > 0, 0.9 * self.act_max + 0.1 * m, m))
+        scale = (self.act_max / qmax).clamp_min(1e-8)
+        levels = torch.clamp(torch.round(x.detach() / scale), -qmax, qmax)
+        if self.act_fault is not None:
+            codes = levels_to_codes(levels, "int", self.act_bits, self.fmt)
+            qt = self.act_fault(QuantizedTensor(codes, scale, self.act_bits, self.fmt, "int"))
+            return x + (qt.dequantize() - x).detach()
+        return x + (levels * scale - x).detach()
+
+    def quant_repr(self) -> str:
+        name = "float" if self.scheme is None else (
+            f"int{self.bits}" if self.scheme == "int" else self.scheme)
+        act = f", act_bits={self.act_bits}" if self.act_bits else ""
+        return f"quant={name}, fmt={self.fmt}, granularity={self.granularity}{act}"
+
+
+class QuantLinear(_QuantMixin, nn.Linear):
+    """``nn.Linear`` whose weights are quantized in every forward."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
+                 scheme: str = "int", bits: int = 8, fmt: str = "twos_complement",
+                 granularity: str = "tensor", act_bits: int | None = None) -> None:
+        super().__init__(in_features, out_features, bias)
+        self._init_quant(scheme, bits, fmt, granularity, act_bits)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(self.quantize_input(x), self.effective_weight(), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, {self.quant_repr()}"
+
+
+class QuantConv2d(_QuantMixin, nn.Conv2d):
+    """``nn.Conv2d`` whose weights are quantized in every forward."""
+
+    def __init__(self, *args, scheme: str = "int", bits: int = 8, fmt: str = "twos_complement",
+                 granularity: str = "tensor", act_bits: int | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._init_quant(scheme, bits, fmt, granularity, act_bits)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(self.quantize_input(x), self.effective_weight(), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, {self.quant_repr()}"
+
+
+QUANT_LAYERS = (QuantLinear, QuantConv2d)
+
+
+def _convert(m: nn.Module, spec: QuantSpec) -> nn.Module:
+    scheme, bits = parse_scheme(spec.weights)
+    kw = dict(scheme=scheme, bits=bits, fmt=spec.fmt, granularity=spec.granularity,
+              act_bits=spec.act_bits)
+    if isinstance(m, nn.Linear):
+        q: nn.Module = QuantLinear(m.in_features, m.out_features, m.bias is not None, **kw)
+    else:
+        assert isinstance(m, nn.Conv2d)
+        q = QuantConv2d(m.in_channels, m.out_channels, m.kernel_size, stride=m.stride,
+                        padding=m.padding, dilation=m.dilation, groups=m.groups,
+                        bias=m.bias is not None, padding_mode=m.padding_mode, **kw)
+    q.load_state_dict(m.state_dict(), strict=False)
+    return q.to(m.weight.device)
+
+
+def quantize_model(model: nn.Module, spec: QuantSpec | str) -> nn.Module:
+    """Replace the ``nn.Linear``/``nn.Conv2d`` layers selected by ``spec`` with quantized
+    ones, in place, keeping their weights. Returns the model.
+
+    >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    >>> _ = quantize_model(net, QuantSpec("int4", exclude=("0",)))
+    >>> [type(m).__name__ for m in net]
+    ['Linear', 'ReLU', 'QuantLinear']
+    """
+    if isinstance(spec, str):
+        spec = QuantSpec(spec)
+    if spec.scheme == "float":
+        return model
+    for name, module in list(model.named_modules()):
+        if isinstance(module, QUANT_LAYERS) or not isinstance(module, (nn.Linear, nn.Conv2d)):
+            continue
+        if not spec.selects(name):
+            continue
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, _convert(module, spec))
+    return model
+
+
+def quant_layers(model: nn.Module) -> list[tuple[str, _QuantMixin]]:
+    """(name, layer) for every quantized layer, in module order."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, QUANT_LAYERS)]
+
+
+def set_format(model: nn.Module, fmt: str) -> None:
+    """Store every quantized layer's codes in another number format (no retraining: the
+    levels are the same, only their bit patterns change)."""
+    get_format(fmt)
+    for _, layer in quant_layers(model):
+        layer.fmt = fmt
+
+
+__all__: Sequence[str] = [
+    "QuantSpec", "QuantLinear", "QuantConv2d", "quantize_model", "quant_layers", "set_format",
+]
+

@@ -1,0 +1,75 @@
+"""Name -> factory registries with helpful errors.
+
+Models, datasets, losses, quantization schemes and error models are all looked up by
+name. An unknown name lists the valid ones and the closest match, so a typo on the
+command line costs one glance.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+from mcel.errors import MCELError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """A named collection of factories (functions or classes).
+
+    >>> r = Registry("color")
+    >>> @r.register("red")
+    ... def red():
+    ...     return (255, 0, 0)
+    >>> r.get("red")()
+    (255, 0, 0)
+    >>> r.get("rde")
+    Traceback (most recent call last):
+    ...
+    mcel.errors.MCELError: unknown color 'rde' (did you mean 'red'?); valid: red
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str | None = None) -> Callable[[T], T]:
+        def deco(obj: T) -> T:
+            key = name or getattr(obj, "__name__", None)
+            if key is None:
+                raise TypeError("registry entries need a name")
+            if key in self._items:
+                raise KeyError(f"{self.kind} '{key}' is registered twice")
+            self._items[key] = obj
+            return obj
+
+        return deco
+
+    def add(self, name: str, obj: T) -> T:
+        return self.register(name)(obj)
+
+    def get(self, name: str) -> T:
+        try:
+            return self._items[name]
+        except KeyError:
+            raise MCELError(self.unknown_message(name)) from None
+
+    def unknown_message(self, name: str) -> str:
+        close = difflib.get_close_matches(str(name), self._items, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return f"unknown {self.kind} '{name}'{hint}; valid: {', '.join(self.names())}"
+
+    def names(self, pattern: str = "*") -> list[str]:
+        return sorted(n for n in self._items if fnmatch.fnmatch(n, pattern))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._items)

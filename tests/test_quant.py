@@ -1,0 +1,178 @@
+"""Number formats, quantizers and quantized layers: exact round-trips and STE."""
+
+import pytest
+import torch
+from torch import nn
+
+from mcel import MCELError
+from mcel.quant import (
+    INT_BITS,
+    QuantConv2d,
+    QuantLinear,
+    QuantSpec,
+    decode,
+    encode,
+    list_formats,
+    parse_scheme,
+    quant_layers,
+    quantize,
+    quantize_model,
+    set_format,
+)
+
+FORMATS = ["offset_binary", "sign_magnitude", "twos_complement"]
+
+
+def test_formats_registered():
+    assert list_formats() == FORMATS
+
+
+def _reference_decode(code: int, bits: int, fmt: str) -> int:
+    """Bit-by-bit reading of a code, independent of the vectorised implementation."""
+    b = [(code >> i) & 1 for i in range(bits)]
+    msb = b[bits - 1]
+    if fmt == "twos_complement":
+        return -msb * 2 ** (bits - 1) + sum(b[i] << i for i in range(bits - 1))
+    if fmt == "sign_magnitude":
+        mag = sum(b[i] << i for i in range(bits - 1))
+        return -mag if msb else mag
+    return code - 2 ** (bits - 1)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("bits", INT_BITS)
+def test_every_code_round_trips(fmt, bits):
+    qmax = 2 ** (bits - 1) - 1
+    levels = torch.arange(-qmax, qmax + 1)
+    codes = encode(levels, bits, fmt)
+    assert int(codes.min()) >= 0 and int(codes.max()) < 2**bits
+    assert len(set(codes.tolist())) == len(levels)  # injective
+    assert torch.equal(decode(codes, bits, fmt), levels)
+    # every code (also ones only a flip produces) decodes to the bit-level reference
+    if bits <= 8:
+        all_codes = torch.arange(2**bits)
+        ref = torch.tensor([_reference_decode(c, bits, fmt) for c in range(2**bits)])
+        assert torch.equal(decode(all_codes, bits, fmt), ref)
+
+
+def test_sign_bit_flip_effect_per_format():
+    # +3 in 4 bits with the MSB flipped
+    v = torch.tensor([3])
+    flip = 1 << 3
+    assert decode(encode(v, 4, "twos_complement") ^ flip, 4, "twos_complement").item() == -5
+    assert decode(encode(v, 4, "sign_magnitude") ^ flip, 4, "sign_magnitude").item() == -3
+    assert decode(encode(v, 4, "offset_binary") ^ flip, 4, "offset_binary").item() == -5
+    # LSB flip of 0
+    assert decode(encode(torch.tensor([0]), 4, "offset_binary") ^ 1, 4, "offset_binary").item() == 1
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("granularity", ["tensor", "channel"])
+@pytest.mark.parametrize("word", ["binary", "ternary", "int2", "int4", "int8", "int16"])
+def test_quantize_idempotent_and_codes_in_range(word, fmt, granularity):
+    scheme, bits = parse_scheme(word)
+    w = torch.randn(6, 3, 3, 3, generator=torch.Generator().manual_seed(1))
+    qt = quantize(w, bits, scheme=scheme, fmt=fmt, granularity=granularity)
+    assert qt.codes.shape == w.shape
+    assert qt.codes.dtype == (torch.uint8 if bits <= 8 else torch.int32)
+    assert int(qt.codes.min()) >= 0 and int(qt.codes.max()) < 2**bits
+    again = quantize(qt.dequantize(), bits, scheme=scheme, fmt=fmt, granularity=granularity)
+    assert torch.equal(again.codes, qt.codes)
+    torch.testing.assert_close(again.dequantize(), qt.dequantize())
+    # values are the scheme's levels
+    levels = qt.levels().unique()
+    allowed = {"binary": {-1.0, 1.0}, "ternary": {-1.0, 0.0, 1.0}}.get(scheme)
+    if allowed:
+        assert set(levels.tolist()) <= allowed
+    else:
+        assert levels.abs().max() <= 2 ** (bits - 1) - 1
+
+
+def test_int_quantization_error_is_bounded():
+    w = torch.randn(1000, generator=torch.Generator().manual_seed(2))
+    for bits in (4, 8, 16):
+        qt = quantize(w, bits)
+        assert (qt.dequantize() - w).abs().max() <= qt.scale.item() / 2 + 1e-6
+
+
+def test_per_channel_scales_follow_dim0():
+    w = torch.stack([torch.linspace(-1, 1, 8), torch.linspace(-10, 10, 8)])
+    qt = quantize(w, 8, granularity="channel")
+    assert qt.scale.shape == (2, 1)
+    torch.testing.assert_close(qt.scale.flatten(), torch.tensor([1 / 127, 10 / 127]))
+    idx = torch.tensor([0, 9, 15])
+    torch.testing.assert_close(qt.dequantize_at(idx), qt.dequantize().flatten()[idx])
+
+
+def test_bad_quant_arguments():
+    with pytest.raises(MCELError, match="int3"):
+        parse_scheme("int33")
+    with pytest.raises(MCELError, match="bits"):
+        quantize(torch.randn(3), 9)
+    with pytest.raises(MCELError, match="number format"):
+        quantize(torch.randn(3), 8, fmt="ones_complement")
+    with pytest.raises(MCELError, match="granularity"):
+        quantize(torch.randn(3), 8, granularity="row")
+    with pytest.raises(MCELError):
+        QuantSpec("int4", act_bits=1)
+
+
+def test_quant_layers_forward_uses_quantized_weights_and_ste():
+    torch.manual_seed(0)
+    lin = QuantLinear(5, 3, scheme="int", bits=4)
+    x = torch.randn(2, 5)
+    ref = x @ lin.quantized_weight().dequantize().T + lin.bias
+    out = lin(x)
+    torch.testing.assert_close(out, ref)
+    out.sum().backward()
+    # straight-through: the latent weight gets the gradient of the quantized one
+    torch.testing.assert_close(lin.weight.grad, torch.ones(2, 3).T @ x)
+    conv = QuantConv2d(2, 4, 3, padding=1, scheme="binary", bits=1)
+    y = conv(torch.randn(1, 2, 5, 5))
+    assert y.shape == (1, 4, 5, 5)
+
+
+def test_trained_quant_linear_codes_are_integers_in_range():
+    torch.manual_seed(0)
+    net = quantize_model(nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2)), "int4")
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    x, y = torch.randn(64, 4), (torch.rand(64) > 0.5).long()
+    for _ in range(5):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    for _, layer in quant_layers(net):
+        codes = layer.quantized_weight().codes
+        assert codes.dtype == torch.uint8 and int(codes.max()) < 16
+
+
+def test_quantize_model_include_exclude_and_format_switch():
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    x = torch.randn(2, 1, 8, 8)
+    quantize_model(net, QuantSpec("int8", exclude=("0",), act_bits=8))
+    assert isinstance(net[0], nn.Conv2d) and not isinstance(net[0], QuantConv2d)
+    assert isinstance(net[3], QuantLinear)
+    assert [n for n, _ in quant_layers(net)] == ["3"]
+    net.eval()
+    out = net(x)
+    # a format changes the bit patterns, not the values
+    codes_tc = net[3].quantized_weight().codes.clone()
+    set_format(net, "sign_magnitude")
+    torch.testing.assert_close(net(x), out)
+    assert not torch.equal(net[3].quantized_weight().codes, codes_tc)
+    assert quantize_model(nn.Linear(2, 2), "float").__class__ is nn.Linear
+
+
+def test_activation_quantization_levels():
+    lin = QuantLinear(4, 2, bits=8, act_bits=4)
+    lin.train()
+    x = torch.randn(32, 4)
+    lin(x)
+    lin.eval()
+    seen = {}
+    lin.register_forward_hook(lambda m, i, o: seen.setdefault("in", m.quantize_input(i[0])))
+    lin(x)
+    scale = lin.act_max / 7
+    lv = seen["in"] / scale
+    torch.testing.assert_close(lv, lv.round(), atol=1e-4, rtol=0)
+    assert lv.abs().max() <= 7 + 1e-4
