@@ -6,8 +6,9 @@ stored form, the one a memory holds, is ``layer.quantized_weight()``: codes + sc
 
 Two hooks let the bit-error engine act without touching the layer's state:
 
-* ``weight_override``: a float tensor used instead of the fake-quantized weight
-  (the engine writes the dequantized *faulty* codes there; persistent faults).
+* ``weight_override`` / ``bias_override``: float tensors used instead of the
+  fake-quantized weight / float bias (the engine writes the dequantized *faulty* codes
+  there; persistent faults).
 * ``weight_fault`` / ``act_fault``: a callable ``QuantizedTensor -> QuantizedTensor``
   applied to freshly quantized codes in each forward (transient faults: error-injection
   training, activation faults).
@@ -100,6 +101,7 @@ class _QuantMixin:
         self.scheme, self.bits, self.fmt, self.granularity = scheme, bits, fmt, granularity
         self.act_bits = act_bits
         self.weight_override: Tensor | None = None
+        self.bias_override: Tensor | None = None
         self.weight_fault: FaultFn | None = None
         self.act_fault: FaultFn | None = None
         if act_bits is not None:
@@ -118,6 +120,9 @@ class _QuantMixin:
             return fake_quantize(self.weight, self.scheme, self.bits, self.granularity)
         faulty = self.weight_fault(self.quantized_weight()).dequantize()
         return self.weight + (faulty - self.weight).detach()  # STE through the faults
+
+    def effective_bias(self) -> Tensor | None:
+        return self.bias if self.bias_override is None else self.bias_override
 
     def quantize_input(self, x: Tensor) -> Tensor:
         if self.act_bits is None:
@@ -152,7 +157,7 @@ class QuantLinear(_QuantMixin, nn.Linear):
         self._init_quant(scheme, bits, fmt, granularity, act_bits)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(self.quantize_input(x), self.effective_weight(), self.bias)
+        return F.linear(self.quantize_input(x), self.effective_weight(), self.effective_bias())
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, {self.quant_repr()}"
@@ -167,7 +172,8 @@ class QuantConv2d(_QuantMixin, nn.Conv2d):
         self._init_quant(scheme, bits, fmt, granularity, act_bits)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(self.quantize_input(x), self.effective_weight(), self.bias)
+        x = self.quantize_input(x)
+        return self._conv_forward(x, self.effective_weight(), self.effective_bias())
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, {self.quant_repr()}"

@@ -1,0 +1,250 @@
+"""The ``mcel`` command: parsing, progress and exit codes over the library.
+
+User mistakes (``MCELError``, unreadable files, bad YAML) print one line and exit 2;
+nothing else is caught, so real bugs keep their traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from mcel.errors import MCELError
+
+EXIT_USAGE = 2
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        vals = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got '{text}'") from None
+    if not vals:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return vals
+
+
+def _load_yaml(path: str) -> dict[str, Any]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise MCELError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        raise MCELError(f"config file {path} is not valid YAML{at}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise MCELError(f"config file {path} must hold a mapping of keys to values")
+    return data
+
+
+# -- train ---------------------------------------------------------------------------
+
+_TRAIN_FLAGS = {
+    # flag: (config key, type, help)
+    "dataset": (str, "dataset name (digits, mnist, fashion-mnist, cifar10, cifar100, svhn)"),
+    "data_dir": (str, "folder with the dataset files (else $MCEL_DATA, then ~/.cache/mcel)"),
+    "model": (str, "model name (mlp, lenet5, vgg3, vgg7, resnet20)"),
+    "quant": (str, "weight scheme: binary, ternary, int2..int8, int16, float"),
+    "fmt": (str, "number format: twos_complement, sign_magnitude, offset_binary"),
+    "granularity": (str, "scale per 'tensor' or per output 'channel'"),
+    "act_bits": (int, "quantize layer inputs to K-bit integers"),
+    "loss": (str, "ce, mcel or mhl"),
+    "margin": (float, "margin of mcel/mhl (in logit units of the chosen scale)"),
+    "normalize": (str, "logit scale of the MCEL margin: none, l2, std"),
+    "scale": (float, "logit scale s for normalize l2/std"),
+    "optimizer": (str, "adam or sgd"),
+    "lr": (float, "learning rate"),
+    "momentum": (float, "SGD momentum"),
+    "weight_decay": (float, "weight decay"),
+    "schedule": (str, "cosine, step or none"),
+    "epochs": (int, "training epochs"),
+    "batch_size": (int, "batch size"),
+    "seed": (int, "random seed"),
+    "device": (str, "auto, cpu, cuda, cuda:N"),
+    "train_ber": (float, "error-injection training: transient bit error rate in the weights"),
+    "train_error_model": (str, "error-injection training with a full error-model spec"),
+    "limit_train": (int, "use only the first N training samples"),
+    "limit_test": (int, "use only the first N test samples"),
+}
+
+
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML file of training settings; flags override it")
+    for key, (typ, help_) in _TRAIN_FLAGS.items():
+        p.add_argument("--" + key.replace("_", "-"), dest=key, type=typ, default=None, help=help_)
+    p.add_argument("--quant-exclude", action="append", default=None,
+                   help="keep layers matching this name pattern in float (repeatable)")
+
+
+def _train_config(args: argparse.Namespace, base: dict[str, Any] | None = None):
+    from mcel.train import TrainConfig
+
+    d: dict[str, Any] = dict(base or {})
+    if getattr(args, "config", None):
+        d.update(_load_yaml(args.config))
+    for key in _TRAIN_FLAGS:
+        v = getattr(args, key, None)
+        if v is not None:
+            d[key] = v
+    if getattr(args, "quant_exclude", None):
+        d["quant_exclude"] = args.quant_exclude
+    return TrainConfig.from_dict(d)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from mcel.train import train
+
+    config = _train_config(args)
+    _, metrics = train(config, args.out, progress=sys.stderr.isatty(), log=_log)
+    print(f"clean test accuracy {metrics['test_acc']:.4f}; run folder {args.out}")
+    return 0
+
+
+# -- evaluate ------------------------------------------------------------------------
+
+def _error_model(args: argparse.Namespace):
+    from mcel.faults import BitErrorModel, parse_error_model
+
+    em = parse_error_model(args.error_model) if args.error_model else BitErrorModel(ber=0.0)
+    changes: dict[str, Any] = {}
+    if args.targets:
+        changes["targets"] = tuple(t.strip() for t in args.targets.split(","))
+    if args.transient:
+        changes["mode"] = "transient"
+    return dataclasses.replace(em, **changes) if changes else em
+
+
+def _add_eval_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ber", type=_floats, default=[0.0, 1e-3, 1e-2],
+                   help="comma-separated bit error rates (default 0,1e-3,1e-2)")
+    p.add_argument("--trials", type=int, default=100, help="Monte-Carlo trials per BER (max)")
+    p.add_argument("--seed", type=int, default=0, help="fault seed")
+    p.add_argument("--error-model", default=None,
+                   help="e.g. 'p01=1e-3,p10=1e-2', 'ber=1e-3,protected=-1', 'stuck_at=1e-3'; "
+                        "--ber then sets its largest rate")
+    p.add_argument("--targets", default=None, help="weights,biases,activations")
+    p.add_argument("--transient", action="store_true", help="redraw faults at every forward")
+    p.add_argument("--fmt", default=None, help="evaluate with codes stored in this number format")
+    p.add_argument("--adaptive", type=float, default=None, metavar="HALF_WIDTH",
+                   help="stop once each 95%% interval is narrower than +-HALF_WIDTH (e.g. 0.005)")
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--limit-test", type=int, default=None)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from mcel.data import load_dataset
+    from mcel.evaluate import evaluate
+    from mcel.io import write_json
+    from mcel.quant import set_format
+    from mcel.train import load_run
+
+    em = _error_model(args)
+    model, config = load_run(args.run_dir, args.device)
+    if args.fmt:
+        set_format(model, args.fmt)
+    x, y = load_dataset(config.dataset, "test", args.data_dir or config.data_dir,
+                        limit=args.limit_test or config.limit_test)
+    res = evaluate(model, x, y, args.ber, em, trials=args.trials, seed=args.seed,
+                   batch_size=args.batch_size, target_half_width=args.adaptive,
+                   progress=sys.stderr.isatty())
+    res.meta.update(run_dir=str(args.run_dir), fmt=args.fmt or config.fmt)
+    _print_eval(res)
+    if args.json:
+        write_json(args.json, res.to_dict())
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _print_eval(res) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"clean accuracy {res.clean_accuracy:.4f}")
+    for c in ("BER", "accuracy", "95% CI", "std", "trials", "empirical rate"):
+        t.add_column(c, justify="right")
+    for r in res.results:
+        emp = sum(r.empirical_rates) / len(r.empirical_rates)
+        t.add_row(f"{r.ber:g}", f"{r.mean:.4f}", f"[{r.ci_low:.4f}, {r.ci_high:.4f}]",
+                  f"{r.std:.4f}", str(r.trials), f"{emp:.3g}")
+    Console().print(t)
+
+
+# -- demo ----------------------------------------------------------------------------
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from mcel.demo import run_demo
+
+    run_demo(args.out, epochs=args.epochs, trials=args.trials, seed=args.seed)
+    return 0
+
+
+# -- parser and entry point ------------------------------------------------------------
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mcel", description=__doc__.splitlines()[0] if __doc__ else "")
+    p.add_argument("--version", action="version", version=_version())
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a quantized model (CE, MCEL, MHL, error injection)")
+    _add_train_flags(t)
+    t.add_argument("--out", required=True, help="run folder (resumes if it holds this config)")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="Monte-Carlo accuracy under bit errors")
+    e.add_argument("run_dir", help="a run folder written by 'mcel train'")
+    _add_eval_flags(e)
+    e.add_argument("--json", default=None, help="write the full result as JSON here")
+    e.set_defaults(func=cmd_evaluate)
+
+    d = sub.add_parser("demo", help="CE vs MCEL vs error injection on digits (the main job)")
+    d.add_argument("--out", default="demo-out", help="folder for the table and plot")
+    d.add_argument("--epochs", type=int, default=30)
+    d.add_argument("--trials", type=int, default=30)
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=cmd_demo)
+
+    for register in _EXTRA_COMMANDS:
+        register(sub)
+    return p
+
+
+_EXTRA_COMMANDS: list = []
+
+
+def _version() -> str:
+    from mcel import __version__
+
+    return f"mcel {__version__}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except MCELError as e:
+        print(f"mcel {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"mcel {args.command}: interrupted; rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

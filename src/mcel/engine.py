@@ -1,0 +1,196 @@
+"""Applying bit errors to a quantized model, without copying it.
+
+``MemoryImage`` is what a memory holds for a model: the codes and scales of every
+quantized layer's weights (and, when targeted, biases). The model's layers read their
+weights from the image (``weight_override``), so a trial is::
+
+    flip mask -> XOR into the codes -> dequantize only the flipped elements -> forward
+              -> XOR the same mask again (exact undo) -> restore those elements
+
+No deep copy, no re-quantization per trial, and the model's parameters and buffers are
+never written: after any evaluation the model is bit-identical to before.
+
+Transient faults (compute errors, error-injection training, activation faults) are
+drawn afresh in every forward through the layers' ``weight_fault``/``act_fault`` hooks,
+each call with its own key ``(seed, call, name)`` so they stay reproducible.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from mcel.errors import MCELError
+from mcel.faults import BitErrorModel, FaultKey, apply_mask_, inject, sample_mask
+from mcel.quant import QuantizedTensor, quant_layers, quantize
+
+
+@dataclass
+class _Slot:
+    """One stored tensor: its codes (the truth) and the float values the forward reads."""
+
+    name: str
+    qt: QuantizedTensor
+    values: Tensor  # dequantized, shaped like the parameter
+    masks: list = field(default_factory=list)
+
+
+@dataclass
+class InjectionStats:
+    flipped_bits: int = 0
+    total_bits: int = 0
+
+    @property
+    def empirical_rate(self) -> float:
+        return self.flipped_bits / self.total_bits if self.total_bits else 0.0
+
+
+def bias_bits(layer) -> int:
+    """Biases are stored as integers of the weights' width (8 bits for binary/ternary)."""
+    return layer.bits if layer.scheme == "int" else 8
+
+
+class MemoryImage:
+    """The stored codes of a quantized model, wired into its forward.
+
+    Use as a context manager; inside it the model computes with the image's values::
+
+        with MemoryImage(model, targets=("weights",)) as image:
+            stats = image.inject(error_model, seed=0, trial=3)
+            ...forward...
+            image.restore()
+    """
+
+    def __init__(self, model: nn.Module, error_model: BitErrorModel | None = None) -> None:
+        layers = quant_layers(model)
+        if not layers:
+            raise MCELError("the model has no quantized layers; quantize it first "
+                            "(mcel.quant.quantize_model or --quant int4)")
+        self.model = model
+        self.weights: list[tuple[object, _Slot]] = []
+        self.biases: list[tuple[object, _Slot]] = []
+        want_bias = error_model is not None and "biases" in error_model.targets
+        with torch.no_grad():
+            for name, layer in layers:
+                qt = layer.quantized_weight()
+                self.weights.append((layer, _Slot(f"{name}.weight", qt, qt.dequantize())))
+                if want_bias and layer.bias is not None:
+                    qb = quantize(layer.bias, bias_bits(layer), fmt=layer.fmt)
+                    self.biases.append((layer, _Slot(f"{name}.bias", qb, qb.dequantize())))
+
+    def __enter__(self) -> MemoryImage:
+        for layer, slot in self.weights:
+            layer.weight_override = slot.values
+        for layer, slot in self.biases:
+            layer.bias_override = slot.values
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.restore()
+        for layer, _ in self.weights:
+            layer.weight_override = None
+        for layer, _ in self.biases:
+            layer.bias_override = None
+
+    def slots(self, error_model: BitErrorModel) -> Iterator[_Slot]:
+        for _, slot in self.weights:
+            if error_model.applies_to(slot.name.rsplit(".", 1)[0], "weights"):
+                yield slot
+        for _, slot in self.biases:
+            if error_model.applies_to(slot.name.rsplit(".", 1)[0], "biases"):
+                yield slot
+
+    @property
+    def total_bits(self) -> int:
+        return sum(s.qt.numel_bits for _, s in self.weights + self.biases)
+
+    @torch.no_grad()
+    def inject(self, error_model: BitErrorModel, *, seed: int, trial: int) -> InjectionStats:
+        """Flip the bits of trial ``trial`` (persistent faults) into the stored codes."""
+        stats = InjectionStats()
+        for slot in self.slots(error_model):
+            mask = sample_mask(slot.qt.codes, slot.qt.bits, error_model, seed=seed, trial=trial,
+                               name=slot.name)
+            apply_mask_(slot.qt.codes, mask)
+            slot.values.view(-1)[mask.index] = slot.qt.dequantize_at(mask.index)
+            slot.masks.append(mask)
+            stats.flipped_bits += mask.nbits_flipped
+            stats.total_bits += mask.nbits_total
+        return stats
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Undo every injection, newest first (XOR is its own inverse)."""
+        for _, slot in self.weights + self.biases:
+            while slot.masks:
+                mask = slot.masks.pop()
+                apply_mask_(slot.qt.codes, mask)
+                slot.values.view(-1)[mask.index] = slot.qt.dequantize_at(mask.index)
+
+
+class _CallCounter:
+    """Gives every transient forward its own trial number, so redraws are reproducible."""
+
+    def __init__(self, first: int = 0) -> None:
+        self.n = first
+
+    def next(self) -> int:
+        self.n += 1
+        return self.n - 1
+
+
+def _transient_fn(error_model: BitErrorModel, seed: int, name: str, counter: _CallCounter):
+    def fn(qt: QuantizedTensor) -> QuantizedTensor:
+        key = FaultKey(seed=seed, trial=counter.next(), name=name)
+        return dataclasses.replace(qt, codes=inject(qt.codes, qt.bits, error_model, key))
+
+    return fn
+
+
+@contextlib.contextmanager
+def transient_weight_faults(model: nn.Module, error_model: BitErrorModel | None, *, seed: int,
+                            first_call: int = 0, targets: tuple[str, ...] = ("weights",)):
+    """Redraw faults in every forward (compute errors; error-injection training).
+
+    Weights get faults when ``"weights"`` is targeted, inputs of quantized layers when
+    ``"activations"`` is (that needs ``act_bits``). Gradients pass straight through.
+    """
+    if error_model is None:
+        yield
+        return
+    layers = quant_layers(model)
+    counter = _CallCounter(first_call * max(1, len(layers)))
+    hooked = []
+    try:
+        for name, layer in layers:
+            if "weights" in targets and error_model.applies_to(name, "weights"):
+                layer.weight_fault = _transient_fn(error_model, seed, f"{name}.weight", counter)
+                hooked.append(layer)
+            if "activations" in targets and error_model.applies_to(name, "activations"):
+                if layer.act_bits is None:
+                    raise MCELError(f"activation faults need quantized activations, but layer "
+                                    f"'{name}' has none; train with --act-bits K")
+                layer.act_fault = _transient_fn(error_model, seed, f"{name}.act", counter)
+                hooked.append(layer)
+        yield
+    finally:
+        for layer in hooked:
+            layer.weight_fault = None
+            layer.act_fault = None
+
+
+def state_digest(model: nn.Module) -> str:
+    """SHA-256 over every parameter and buffer: proves an evaluation changed nothing."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+                 if v.numel() else b"")
+    return h.hexdigest()

@@ -1,0 +1,328 @@
+"""Training: a quantized model, a loss (CE, MCEL, MHL), optional error injection.
+
+``TrainConfig`` holds every choice; ``train(config)`` runs it and, with ``out`` set,
+keeps a run folder::
+
+    RUN_DIR/config.json      the full resolved config
+    RUN_DIR/model.safetensors the trained weights (latent floats + BN statistics)
+    RUN_DIR/metrics.json     per-epoch loss/accuracy, clean test accuracy, timings
+    RUN_DIR/last.safetensors  model + optimizer + RNG state after the last finished epoch
+    RUN_DIR/state.json       progress; rerunning the same config resumes from here
+
+``load_run(RUN_DIR)`` rebuilds the model exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mcel.data import dataset_info, load_dataset
+from mcel.errors import MCELError
+from mcel.io import check_writable, load_tensors, read_json, save_tensors, write_json
+from mcel.losses import NORMALIZATIONS, create_loss
+from mcel.models import create_model
+from mcel.quant import QuantSpec, quantize_model
+
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("cosine", "step", "none")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run. Unknown keys are errors."""
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    model: str = "mlp"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    quant: str = "int4"
+    fmt: str = "twos_complement"
+    granularity: str = "tensor"
+    act_bits: int | None = None
+    quant_exclude: list[str] = field(default_factory=list)
+    loss: str = "ce"
+    margin: float | None = None
+    normalize: str = "none"
+    scale: float = 8.0
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    epochs: int = 10
+    batch_size: int = 128
+    seed: int = 0
+    device: str = "auto"
+    train_ber: float = 0.0
+    train_error_model: str | None = None
+    limit_train: int | None = None
+    limit_test: int | None = None
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        from mcel.data import list_datasets
+        from mcel.losses import list_losses
+        from mcel.models import list_models
+
+        def one_of(value: str, valid, what: str) -> None:
+            if value not in valid:
+                import difflib
+
+                close = difflib.get_close_matches(str(value), list(valid), n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise MCELError(f"unknown {what} '{value}'{hint}; valid: {', '.join(valid)}")
+
+        one_of(self.dataset, list_datasets(), "dataset")
+        one_of(self.model, list_models(), "model")
+        one_of(self.loss, list_losses(), "loss")
+        one_of(self.optimizer, OPTIMIZERS, "optimizer")
+        one_of(self.schedule, SCHEDULES, "schedule")
+        one_of(self.normalize, NORMALIZATIONS, "normalize")
+        self.quant_spec()  # validates scheme, format, granularity, act bits
+        for name in ("epochs", "batch_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise MCELError(f"{name} must be a positive integer, got {v!r}")
+        for name in ("lr", "weight_decay", "momentum", "scale", "train_ber"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise MCELError(f"{name} must be a finite number >= 0, got {v!r}")
+        if self.train_ber > 1:
+            raise MCELError(f"train_ber is a bit error rate in [0, 1], got {self.train_ber}")
+        if self.margin is not None and not math.isfinite(self.margin):
+            raise MCELError(f"margin must be a finite number, got {self.margin}")
+
+    def quant_spec(self) -> QuantSpec:
+        return QuantSpec(self.quant, fmt=self.fmt, granularity=self.granularity,
+                         act_bits=self.act_bits, exclude=tuple(self.quant_exclude))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            import difflib
+
+            close = difflib.get_close_matches(unknown[0], known, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise MCELError(f"unknown config key '{unknown[0]}'{hint}")
+        return cls(**d)
+
+    def digest(self) -> str:
+        """Hash of everything that changes the trained weights (not where data lives)."""
+        d = self.to_dict()
+        d.pop("data_dir")
+        d.pop("device")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    def error_model(self):
+        """The transient error model of error-injection training, or None."""
+        from mcel.faults import BitErrorModel, parse_error_model
+
+        if self.train_error_model:
+            em = parse_error_model(self.train_error_model)
+            return dataclasses.replace(em, mode="transient")
+        if self.train_ber > 0:
+            return BitErrorModel(ber=self.train_ber, mode="transient")
+        return None
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise MCELError(f"unknown device '{device}'; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise MCELError("device 'cuda' asked for, but no CUDA GPU is available; use --device cpu")
+    return dev
+
+
+def build_model(config: TrainConfig) -> nn.Module:
+    info = dataset_info(config.dataset)
+    model = create_model(config.model, num_classes=info.num_classes, in_shape=info.in_shape,
+                         **config.model_kwargs)
+    return quantize_model(model, config.quant_spec())
+
+
+def build_loss(config: TrainConfig) -> nn.Module:
+    return create_loss(config.loss, margin=config.margin, normalize=config.normalize,
+                       scale=config.scale)
+
+
+def _optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                           weight_decay=config.weight_decay)
+
+
+def _lr_factor(config: TrainConfig, epoch: int) -> float:
+    if config.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * epoch / config.epochs))
+    if config.schedule == "step":
+        return 0.1 ** (epoch // max(1, config.epochs // 3))
+    return 1.0
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, x: Tensor, batch_size: int = 1024) -> Tensor:
+    was = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    out = torch.cat([model(x[i:i + batch_size].to(dev)) for i in range(0, len(x), batch_size)])
+    model.train(was)
+    return out
+
+
+def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1024) -> float:
+    logits = predict_logits(model, x, batch_size)
+    return (logits.argmax(1).cpu() == y.cpu()).float().mean().item()
+
+
+def _progress(enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                    disable=not enabled, transient=True)
+
+
+def train(config: TrainConfig, out: str | Path | None = None, *, progress: bool = False,
+          log=None) -> tuple[nn.Module, dict[str, Any]]:
+    """Train ``config``; with ``out``, write (and resume) a run folder.
+
+    Returns the trained model (eval mode) and its metrics.
+    """
+    device = resolve_device(config.device)
+    out = check_writable(out) if out is not None else None
+    torch.manual_seed(config.seed)
+    model = build_model(config).to(device)
+    loss_fn = build_loss(config)
+    opt = _optimizer(config, model)
+    x_tr, y_tr = load_dataset(config.dataset, "train", config.data_dir, limit=config.limit_train)
+    x_te, y_te = load_dataset(config.dataset, "test", config.data_dir, limit=config.limit_test)
+    x_tr, y_tr = x_tr.to(device), y_tr.to(device)
+    gen = torch.Generator().manual_seed(config.seed)
+    metrics: dict[str, Any] = {"epochs": [], "config_hash": config.digest()}
+    start_epoch = 0
+    if out is not None:
+        start_epoch = _maybe_resume(out, config, model, opt, gen, metrics)
+
+    from mcel.engine import transient_weight_faults
+
+    em = config.error_model()
+    steps_per_epoch = math.ceil(len(x_tr) / config.batch_size)
+    with _progress(progress) as bar:
+        task = bar.add_task(f"train {config.model}/{config.loss}", total=config.epochs,
+                            completed=start_epoch, info="")
+        for epoch in range(start_epoch, config.epochs):
+            for g in opt.param_groups:
+                g["lr"] = config.lr * _lr_factor(config, epoch)
+            model.train()
+            t0 = time.perf_counter()
+            perm = torch.randperm(len(x_tr), generator=gen).to(device)
+            total, correct, seen = 0.0, 0, 0
+            with transient_weight_faults(model, em, seed=config.seed,
+                                         first_call=epoch * steps_per_epoch):
+                for i in range(0, len(x_tr), config.batch_size):
+                    idx = perm[i:i + config.batch_size]
+                    xb, yb = x_tr[idx], y_tr[idx]
+                    logits = model(xb)
+                    loss = loss_fn(logits, yb)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    total += loss.item() * len(idx)
+                    correct += (logits.argmax(1) == yb).sum().item()
+                    seen += len(idx)
+            seconds = time.perf_counter() - t0
+            test_acc = accuracy(model, x_te, y_te)
+            row = {"epoch": epoch + 1, "loss": total / seen, "train_acc": correct / seen,
+                   "test_acc": test_acc, "seconds": seconds}
+            metrics["epochs"].append(row)
+            bar.update(task, advance=1, info=f"loss {row['loss']:.3f} test {test_acc:.3f}")
+            if log:
+                log(f"epoch {epoch + 1}/{config.epochs} loss {row['loss']:.4f} "
+                    f"train {row['train_acc']:.4f} test {test_acc:.4f} ({seconds:.1f}s)")
+            if out is not None:
+                _save_state(out, config, model, opt, gen, metrics, epoch + 1)
+    model.eval()
+    metrics["test_acc"] = accuracy(model, x_te, y_te)
+    metrics["train_seconds"] = sum(r["seconds"] for r in metrics["epochs"])
+    if out is not None:
+        save_tensors(out / "model.safetensors", model.state_dict(),
+                     metadata={"config_hash": config.digest()})
+        write_json(out / "metrics.json", metrics)
+    return model, metrics
+
+
+def _save_state(out: Path, config: TrainConfig, model: nn.Module, opt: torch.optim.Optimizer,
+                gen: torch.Generator, metrics: dict, epoch: int) -> None:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    opt_state = opt.state_dict()
+    for pid, st in opt_state["state"].items():
+        for k, v in st.items():
+            if isinstance(v, Tensor):
+                tensors[f"opt.{pid}.{k}"] = v
+    tensors["rng.gen"] = gen.get_state()
+    tensors["rng.torch"] = torch.get_rng_state()
+    save_tensors(out / "last.safetensors", tensors)
+    write_json(out / "config.json", config.to_dict())
+    write_json(out / "state.json", {"epoch": epoch, "config_hash": config.digest(),
+                                    "metrics": metrics})
+
+
+def _maybe_resume(out: Path, config: TrainConfig, model: nn.Module, opt: torch.optim.Optimizer,
+                  gen: torch.Generator, metrics: dict) -> int:
+    state_path = out / "state.json"
+    if not state_path.exists():
+        return 0
+    state = read_json(state_path)
+    if state.get("config_hash") != config.digest():
+        raise MCELError(f"{out} holds a run of another config; use a new --out folder")
+    tensors = load_tensors(out / "last.safetensors")
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    opt_state = opt.state_dict()
+    for key, v in tensors.items():
+        if key.startswith("opt."):
+            _, pid, name = key.split(".", 2)
+            opt_state["state"].setdefault(int(pid), {})[name] = v
+    opt.load_state_dict(opt_state)
+    gen.set_state(tensors["rng.gen"])
+    torch.set_rng_state(tensors["rng.torch"])
+    metrics.update(state["metrics"])
+    return int(state["epoch"])
+
+
+def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[nn.Module, TrainConfig]:
+    """Rebuild a trained model from its run folder (no code is executed from files)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "model.safetensors").exists():
+        raise MCELError(f"{run_dir} is not a finished run folder (no model.safetensors); "
+                        "train it with 'mcel train --out DIR' first")
+    config = TrainConfig.from_dict(read_json(run_dir / "config.json"))
+    model = build_model(config)
+    tensors = load_tensors(run_dir / "model.safetensors")
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise MCELError(f"checkpoint in {run_dir} does not match its config ({first})") from None
+    return model.to(resolve_device(device)).eval(), config
