@@ -1,0 +1,89 @@
+"""The command line: end-to-end runs and one-line errors with exit code 2."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mcel.cli import main
+
+TRAIN = ["train", "--dataset", "digits", "--model", "mlp", "--quant", "int4", "--epochs", "2",
+         "--lr", "0.01", "--batch-size", "64", "--limit-train", "400", "--limit-test", "200"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(TRAIN + ["--loss", "mcel", "--margin", "2", "--out", str(out)]) == 0
+    return out
+
+
+def test_train_then_evaluate_json(run_dir, tmp_path, capsys):
+    js = tmp_path / "eval.json"
+    assert main(["evaluate", str(run_dir), "--ber", "0,0.01,0.05", "--trials", "5",
+                 "--json", str(js)]) == 0
+    res = json.loads(js.read_text())
+    assert [r["ber"] for r in res["results"]] == [0.0, 0.01, 0.05]
+    r = res["results"][2]
+    assert len(r["accuracies"]) == 5 and len(r["empirical_rates"]) == 5
+    assert r["ci_low"] <= r["mean"] <= r["ci_high"]
+    assert res["error_model"]["ber"] == 0.0 and 0 < res["clean_accuracy"] <= 1
+    assert "clean accuracy" in capsys.readouterr().out
+
+
+def test_evaluate_other_format_and_error_model(run_dir, capsys):
+    assert main(["evaluate", str(run_dir), "--ber", "0.01", "--trials", "3", "--fmt",
+                 "sign_magnitude", "--error-model", "p01=0.001,p10=0.01"]) == 0
+
+
+def test_yaml_config_and_flag_override(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("dataset: digits\nmodel: mlp\nepochs: 5\nlimit_train: 200\nlimit_test: 100\n")
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--epochs", "1", "--out", str(out)]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["epochs"] == 1 and saved["limit_train"] == 200
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (TRAIN[:2] + ["digts", "--out", "{tmp}/x"], "did you mean 'digits'"),
+    (TRAIN + ["--quant", "int9", "--out", "{tmp}/x"], "unknown quantization 'int9'"),
+    (TRAIN + ["--loss", "mcle", "--out", "{tmp}/x"], "did you mean 'mcel'"),
+    (TRAIN + ["--config", "{tmp}/bad.yaml", "--out", "{tmp}/x"], "not valid YAML"),
+    (TRAIN + ["--config", "{tmp}/nope.yaml", "--out", "{tmp}/x"], "does not exist"),
+    (["evaluate", "{tmp}", "--ber", "0.1"], "not a finished run folder"),
+    (["evaluate", "{run}", "--ber", "1.5"], "outside [0, 1]"),
+    (["evaluate", "{run}", "--ber", "nan"], "outside [0, 1]"),
+    (["evaluate", "{run}", "--error-model", "ber=-1"], "ber"),
+    (["evaluate", "{run}", "--fmt", "ones_complement"], "number format"),
+])
+def test_user_errors_are_one_line_exit_2(argv, needle, tmp_path, run_dir, capsys):
+    (tmp_path / "bad.yaml").write_text("epochs: [1,\n")
+    argv = [a.format(tmp=tmp_path, run=run_dir) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_out(tmp_path, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    assert main(TRAIN + ["--out", str(ro / "run")]) == 2
+    assert "cannot write" in capsys.readouterr().err
+
+
+def test_unwritable_out_file_in_the_way(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert main(TRAIN + ["--out", str(tmp_path / "file" / "run")]) == 2
+    assert "cannot write" in capsys.readouterr().err
+
+
+def test_console_script_runs():
+    r = subprocess.run([sys.executable, "-m", "mcel.cli", "--version"], capture_output=True,
+                       text=True)
+    assert r.returncode == 0 and r.stdout.startswith("mcel ")

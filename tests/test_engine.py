@@ -1,0 +1,182 @@
+"""The fault engine on real quantized models: exactness, no side effects, statistics."""
+
+import math
+
+import pytest
+import torch
+from scipy import stats
+from torch import nn
+
+from mcel import MCELError
+from mcel.engine import MemoryImage, state_digest, transient_weight_faults
+from mcel.evaluate import at_rate, evaluate, t_interval
+from mcel.faults import BitErrorModel, FaultKey, inject
+from mcel.quant import QuantSpec, quant_layers, quantize_model
+
+
+def _model(scheme="int4", act_bits=None, seed=0):
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    net = quantize_model(net, QuantSpec(scheme, act_bits=act_bits))
+    if act_bits:  # calibrate the activation ranges as training would
+        net.train()(torch.randn(64, 1, 4, 4))
+    return net.eval()
+
+
+def _data(n=256, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, 4, 4, generator=g)
+    return x, torch.randint(0, 4, (n,), generator=g)
+
+
+def test_image_forward_equals_independently_faulted_weights():
+    model = _model()
+    x, _ = _data()
+    em = BitErrorModel(ber=0.05)
+    clean = model(x)
+    # reference: build faulty weights from the codes with the public inject()
+    ref = []
+    for name, layer in quant_layers(model):
+        qt = layer.quantized_weight()
+        codes = inject(qt.codes, qt.bits, em, FaultKey(seed=3, trial=7, name=f"{name}.weight"))
+        ref.append((layer, (qt.table()[codes.long()] * qt.scale)))
+    for layer, w in ref:  # dense dequantization of the whole faulty tensor
+        layer.weight_override = w
+    expected = model(x)
+    for layer, _ in ref:
+        layer.weight_override = None
+    with MemoryImage(model, em) as image:
+        torch.testing.assert_close(model(x), clean)
+        st = image.inject(em, seed=3, trial=7)
+        faulty = model(x)
+        image.restore()
+        torch.testing.assert_close(model(x), clean, rtol=0, atol=0)
+    torch.testing.assert_close(faulty, expected)
+    assert st.flipped_bits > 0
+    assert not torch.allclose(faulty, clean)
+
+
+def test_evaluation_leaves_model_bit_identical():
+    model = _model("int8", act_bits=8)
+    x, y = _data()
+    before = state_digest(model)
+    params = {k: v.clone() for k, v in model.state_dict().items()}
+    for em in (BitErrorModel(ber=0.0), BitErrorModel(p01=0.01, p10=0.1),
+               BitErrorModel(ber=0.0, targets=("weights", "biases", "activations")),
+               BitErrorModel(ber=0.0, mode="transient")):
+        evaluate(model, x, y, [0.0, 0.01, 0.2], em, trials=3, seed=0)
+    assert state_digest(model) == before
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, params[k])
+    assert all(layer.weight_override is None and layer.weight_fault is None
+               for _, layer in quant_layers(model))
+
+
+def test_ber_zero_is_clean_and_empirical_rate_matches():
+    model = _model()
+    x, y = _data()
+    res = evaluate(model, x, y, [0.0, 0.02], trials=20, seed=0)
+    r0, r2 = res.results
+    assert r0.accuracies == [res.clean_accuracy] * 20
+    assert r0.std == 0.0 and r0.empirical_rates == [0.0] * 20
+    # pooled empirical rate over all trials within a binomial 99.9% interval of 2%
+    nbits = sum(layer.weight.numel() * 4 for _, layer in quant_layers(model))
+    flips = round(sum(r2.empirical_rates) * nbits)
+    lo, hi = stats.binomtest(flips, nbits * 20, 0.02).proportion_ci(0.999)
+    assert lo <= 0.02 <= hi
+
+
+def test_nested_flips_across_bers():
+    model = _model()
+    em = BitErrorModel(ber=0.0)
+    with MemoryImage(model, em) as image:
+        prev = None
+        for b in (0.001, 0.01, 0.1):
+            image.inject(at_rate(em, b), seed=5, trial=2)
+            flipped = {(s.name, i) for _, s in image.weights for i in s.masks[-1].index.tolist()}
+            image.restore()
+            if prev is not None:
+                assert prev <= flipped
+            prev = flipped
+
+
+def test_same_seed_same_result_different_seed_differs():
+    model = _model()
+    x, y = _data()
+    a = evaluate(model, x, y, [0.05], trials=5, seed=1).results[0].accuracies
+    b = evaluate(model, x, y, [0.05], trials=5, seed=1).results[0].accuracies
+    c = evaluate(model, x, y, [0.05], trials=5, seed=2).results[0].accuracies
+    assert a == b and a != c
+
+
+def test_t_interval_matches_scipy():
+    vals = [0.91, 0.88, 0.93, 0.90, 0.87]
+    m, lo, hi = t_interval(vals)
+    ref = stats.t.interval(0.95, len(vals) - 1, loc=m, scale=stats.sem(vals))
+    assert (lo, hi) == pytest.approx(ref)
+
+
+def test_adaptive_mode_stops_once_interval_is_narrow():
+    model = _model()
+    x, y = _data()
+    wide = evaluate(model, x, y, [0.01], trials=200, target_half_width=0.5, min_trials=5)
+    assert wide.results[0].trials == 5
+    narrow = evaluate(model, x, y, [0.05], trials=40, target_half_width=1e-6, min_trials=5)
+    assert narrow.results[0].trials == 40
+    mid = evaluate(model, x, y, [0.05], trials=400, target_half_width=0.01, min_trials=5)
+    r = mid.results[0]
+    assert r.half_width <= 0.01 and 5 <= r.trials < 400
+
+
+def test_transient_faults_redraw_every_forward_and_are_reproducible():
+    model = _model()
+    x, _ = _data()
+    em = BitErrorModel(ber=0.05, mode="transient")
+    with torch.no_grad(), transient_weight_faults(model, em, seed=0):
+        a, b = model(x), model(x)
+    with torch.no_grad(), transient_weight_faults(model, em, seed=0):
+        a2 = model(x)
+    assert not torch.allclose(a, b)
+    torch.testing.assert_close(a, a2)
+
+
+def test_activation_and_bias_targets():
+    x, y = _data()
+    res = evaluate(_model(act_bits=4), x, y, [0.0, 0.2],
+                   BitErrorModel(ber=0.0, targets=("activations",)), trials=4)
+    # an untrained model sits at chance, so look at the spread: faults move predictions
+    assert res.results[0].std == 0 and res.results[1].std > 0
+    assert math.isnan(res.results[1].empirical_rates[0])  # no stored weight bits were hit
+    res = evaluate(_model(), x, y, [0.3], BitErrorModel(ber=0.0, targets=("biases",)), trials=3)
+    assert 0 < res.results[0].empirical_rates[0] < 1
+    with pytest.raises(MCELError, match="act-bits"):
+        evaluate(_model(), x, y, [0.1], BitErrorModel(ber=0.0, targets=("activations",)),
+                 trials=1)
+
+
+def test_layer_include_exclude():
+    model = _model()
+    x, y = _data()
+    em = BitErrorModel(ber=0.0, exclude=("1",))  # only the output layer '3' is faulty
+    with MemoryImage(model, em) as image:
+        image.inject(at_rate(em, 0.1), seed=0, trial=0)
+        hit = {s.name for _, s in image.weights if s.masks and len(s.masks[-1].index)}
+        image.restore()
+    assert hit == {"3.weight"}
+
+
+def test_at_rate_scales_shaped_models():
+    em = BitErrorModel(p01=1e-3, p10=1e-2)
+    scaled = at_rate(em, 0.05)
+    assert scaled.p10 == pytest.approx(0.05) and scaled.p01 == pytest.approx(0.005)
+    assert at_rate(BitErrorModel(ber=0.1), 0.2).ber == 0.2
+
+
+def test_bad_evaluation_input():
+    model = _model()
+    x, y = _data()
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(MCELError, match="BER"):
+            evaluate(model, x, y, [bad], trials=1)
+    with pytest.raises(MCELError, match="quantized"):
+        evaluate(nn.Sequential(nn.Flatten(), nn.Linear(16, 4)), x, y, [0.1], trials=1)

@@ -1,0 +1,105 @@
+"""Training runs, run folders, resume and error-injection training."""
+
+import json
+
+import pytest
+import torch
+
+from mcel import MCELError
+from mcel.train import TrainConfig, load_run, train
+
+FAST = dict(dataset="digits", model="mlp", model_kwargs={"hidden": 32}, quant="int4", epochs=3, lr=0.01,
+            batch_size=64, limit_train=512, limit_test=200)
+
+
+def test_run_folder_reloads_to_the_same_accuracy(tmp_path):
+    cfg = TrainConfig(loss="mcel", margin=2.0, **FAST)
+    model, metrics = train(cfg, tmp_path / "run")
+    files = {p.name for p in (tmp_path / "run").iterdir()}
+    assert {"config.json", "model.safetensors", "metrics.json", "state.json"} <= files
+    assert metrics["test_acc"] > 0.5  # digits is easy even for 3 short epochs
+    loaded, cfg2 = load_run(tmp_path / "run")
+    assert cfg2 == cfg
+    from mcel.data import load_dataset
+    from mcel.train import accuracy
+
+    x, y = load_dataset("digits", "test", limit=200)
+    assert accuracy(loaded, x, y) == metrics["test_acc"]
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert len(saved["epochs"]) == 3 and saved["test_acc"] == metrics["test_acc"]
+
+
+def test_interrupted_run_resumes_to_identical_weights(tmp_path):
+    cfg = TrainConfig(**FAST)
+    full, _ = train(cfg, tmp_path / "a")
+
+    def crash(msg):
+        if msg.startswith("epoch 2/"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "b", log=crash)
+    state = json.loads((tmp_path / "b" / "state.json").read_text())
+    assert state["epoch"] == 1 and not (tmp_path / "b" / "model.safetensors").exists()
+    resumed, metrics = train(cfg, tmp_path / "b")
+    assert [r["epoch"] for r in metrics["epochs"]] == [1, 2, 3]
+    for (k, v), (k2, v2) in zip(full.state_dict().items(), resumed.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2), k
+
+
+def test_resume_refuses_another_config(tmp_path):
+    train(TrainConfig(**{**FAST, "epochs": 1}), tmp_path / "r")
+    with pytest.raises(MCELError, match="another config"):
+        train(TrainConfig(**{**FAST, "epochs": 1, "lr": 0.02}), tmp_path / "r")
+
+
+def test_same_seed_same_weights_and_error_injection_changes_training():
+    a, _ = train(TrainConfig(**{**FAST, "epochs": 1}))
+    b, _ = train(TrainConfig(**{**FAST, "epochs": 1}))
+    c, mc = train(TrainConfig(**{**FAST, "epochs": 1, "train_ber": 0.02}))
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+    assert mc["test_acc"] > 0.3
+
+
+@pytest.mark.parametrize("loss", ["ce", "mcel", "mhl"])
+@pytest.mark.parametrize("quant", ["binary", "ternary", "int8"])
+def test_every_loss_and_scheme_trains(loss, quant):
+    _, m = train(TrainConfig(**{**FAST, "epochs": 2, "loss": loss, "quant": quant}))
+    assert m["epochs"][-1]["loss"] == m["epochs"][-1]["loss"]  # finite, not NaN
+
+
+@pytest.mark.parametrize("changes,match", [
+    ({"dataset": "mnst"}, "did you mean 'mnist'"),
+    ({"model": "vgg5"}, "unknown model"),
+    ({"loss": "hinge"}, "unknown loss"),
+    ({"quant": "int9"}, "unknown quantization"),
+    ({"fmt": "ones"}, "number format"),
+    ({"epochs": 0}, "epochs"),
+    ({"lr": float("nan")}, "lr"),
+    ({"train_ber": 2.0}, "train_ber"),
+    ({"optimizer": "lbfgs"}, "optimizer"),
+])
+def test_bad_configs(changes, match):
+    with pytest.raises(MCELError, match=match):
+        TrainConfig(**{**FAST, **changes})
+
+
+def test_unknown_config_key():
+    with pytest.raises(MCELError, match="did you mean 'epochs'"):
+        TrainConfig.from_dict({"epoch": 3})
+
+
+def test_fashion_mnist_vgg3_int4(real_data, tmp_path):
+    """The foundation issue's acceptance run, on a slice to stay fast."""
+    cfg = TrainConfig(dataset="fashion-mnist", data_dir=str(real_data / "fashion-mnist"),
+                      model="vgg3", quant="int4", loss="mcel", margin=2.0, epochs=1, seed=0,
+                      limit_train=2048, limit_test=1000, model_kwargs={"width": 0.25})
+    _, metrics = train(cfg, tmp_path / "run")
+    model, _ = load_run(tmp_path / "run")
+    from mcel.data import load_dataset
+    from mcel.train import accuracy
+
+    x, y = load_dataset("fashion-mnist", "test", cfg.data_dir, limit=1000)
+    assert accuracy(model, x, y) == metrics["test_acc"] > 0.5
