@@ -40,7 +40,7 @@ def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float
     if n < 2:
         return mean, mean, mean
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = sps.t.ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n)
+    half = float(sps.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
     return mean, mean - half, mean + half
 
 

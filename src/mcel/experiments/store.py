@@ -1,0 +1,120 @@
+"""The results database: one SQLite file per study.
+
+Tables (one row per ...):
+
+* ``runs``   trained model (``run_id`` = hash of its TrainConfig), its config, clean
+  accuracy, training time, method label and per-sample clean output margins;
+* ``evals``  (run, number format, error model, BER, eval seed): mean accuracy,
+  standard deviation, 95% interval, trial count;
+* ``trials`` (eval, trial): accuracy and empirical bit error rate of each trial.
+
+Every write of a cell happens in one transaction, and keys are unique, so a sweep
+killed at any moment leaves complete rows or none, and a rerun never duplicates any.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sqlite3
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    grid TEXT,
+    method TEXT NOT NULL,
+    config TEXT NOT NULL,
+    clean_acc REAL,
+    train_seconds REAL,
+    margins TEXT,
+    versions TEXT,
+    created TEXT DEFAULT CURRENT_TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS evals (
+    eval_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL REFERENCES runs(run_id),
+    fmt TEXT NOT NULL,
+    error_model TEXT NOT NULL,
+    ber REAL NOT NULL,
+    eval_seed INTEGER NOT NULL,
+    mean REAL, std REAL, ci_low REAL, ci_high REAL,
+    trials INTEGER, clean_acc REAL, seconds REAL,
+    UNIQUE (run_id, fmt, error_model, ber, eval_seed)
+);
+CREATE TABLE IF NOT EXISTS trials (
+    eval_id INTEGER NOT NULL REFERENCES evals(eval_id),
+    trial INTEGER NOT NULL,
+    accuracy REAL NOT NULL,
+    empirical_rate REAL,
+    PRIMARY KEY (eval_id, trial)
+);
+"""
+
+
+def method_label(config: dict[str, Any]) -> str:
+    """A short, stable name for the training method of a config.
+
+    >>> method_label({"loss": "mcel", "margin": 2.0, "normalize": "std", "scale": 4.0})
+    'MCEL(m=2, std, s=4)'
+    >>> method_label({"loss": "ce", "train_ber": 0.01})
+    'CE+EI(p=0.01)'
+    """
+    loss = config.get("loss", "ce")
+    if loss == "mcel":
+        m = config.get("margin")
+        m = 2.0 if m is None else m
+        norm = config.get("normalize", "none")
+        tail = "" if norm == "none" else f", {norm}, s={config.get('scale', 8.0):g}"
+        label = f"MCEL(m={m:g}{tail})"
+    elif loss == "mhl":
+        m = config.get("margin")
+        label = f"MHL(b={1.0 if m is None else m:g})"
+    else:
+        label = "CE"
+    p = config.get("train_ber") or 0.0
+    if p > 0:
+        label += f"+EI(p={p:g})"
+    elif config.get("train_error_model"):
+        label += f"+EI({config['train_error_model']})"
+    return label
+
+
+def versions() -> dict[str, str]:
+    import numpy
+    import torch
+
+    from mcel import __version__
+
+    return {"mcel": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
+            "python": platform.python_version()}
+
+
+def connect(path: str | Path) -> sqlite3.Connection:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    con = sqlite3.connect(str(path), timeout=60)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("PRAGMA synchronous=FULL")
+    con.executescript(SCHEMA)
+    con.row_factory = sqlite3.Row
+    return con
+
+
+@contextmanager
+def transaction(con: sqlite3.Connection):
+    """All-or-nothing: a kill inside leaves the database as it was before."""
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        yield con
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+
+
+def dumps(obj: Any) -> str:
+    """Canonical JSON: the same object always gives the same key text."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
