@@ -84,6 +84,7 @@ class TrainConfig:
                 hint = f" (did you mean '{close[0]}'?)" if close else ""
                 raise MCELError(f"unknown {what} '{value}'{hint}; valid: {', '.join(valid)}")
 
+        _check_types(self)
         one_of(self.dataset, list_datasets(), "dataset")
         one_of(self.model, list_models(), "model")
         one_of(self.loss, list_losses(), "loss")
@@ -140,6 +141,26 @@ class TrainConfig:
         if self.train_ber > 0:
             return BitErrorModel(ber=self.train_ber, mode="transient")
         return None
+
+
+def _check_types(config: TrainConfig) -> None:
+    """Each field has the type its annotation names (YAML and JSON can hold anything)."""
+    import types
+    import typing
+
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value, hint = getattr(config, f.name), hints[f.name]
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        allowed = tuple(typing.get_origin(a) or a for a in (typing.get_args(hint) if union
+                                                             else (hint,)))
+        if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+            setattr(config, f.name, value)
+        ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
+        if not ok:
+            names = " or ".join("null" if a is type(None) else a.__name__ for a in allowed)
+            raise MCELError(f"config key '{f.name}' must be {names}, got {value!r}")
 
 
 def resolve_device(device: str) -> torch.device:
