@@ -55,3 +55,45 @@ def plot_margin_histograms(margins: Mapping[str, list[float]], path: str | Path,
     ax.set_title(title)
     ax.legend()
     return _save(fig, path)
+
+
+def plot_margin_survival(margin, survival, bins: list[dict], path: str | Path, *,
+                         certificate=None, cap: int | None = None,
+                         title: str = "Margin vs survival") -> Path:
+    """Left: each clean-correct sample's margin against the fraction of trials it
+    survived, with the decile means (``bins`` from :func:`mcel.analysis.survival`).
+    Right (with ``certificate``): how many samples need how many output-layer flips;
+    ``cap + 1`` is drawn as ``>cap``."""
+    import math
+
+    panels = 2 if certificate is not None else 1
+    fig, axes = plt.subplots(1, panels, figsize=(6.4 * panels, 4.2), squeeze=False)
+    ax = axes[0][0]
+    pts = [(float(m), float(s)) for m, s in zip(margin, survival) if not math.isnan(float(s))]
+    if pts:
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=6, alpha=0.35, lw=0,
+                   label="sample")
+    if bins:
+        ax.plot([b["margin_mean"] for b in bins], [b["survival_mean"] for b in bins],
+                marker="o", color="C3", label="decile mean")
+    ax.set_xlabel("clean output margin")
+    ax.set_ylabel("survival (fraction of trials still correct)")
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    if certificate is not None:
+        ax2 = axes[0][1]
+        values = [int(v) for v in certificate]
+        top = cap + 1 if cap is not None else max(values, default=0)
+        counts = [values.count(k) for k in range(top + 1)]
+        labels = [str(k) for k in range(top + 1)]
+        if cap is not None:
+            labels[-1] = f">{cap}"
+        ax2.bar(range(top + 1), counts, color="C2")
+        ax2.set_xticks(range(top + 1), labels, fontsize=7)
+        ax2.set_xlabel("fewest output-layer bit flips that change the prediction")
+        ax2.set_ylabel("samples")
+        ax2.set_title("flip certificate (0: wrong without faults)")
+        ax2.grid(alpha=0.3, axis="y")
+    return _save(fig, path)

@@ -1,0 +1,136 @@
+"""Choosing the MCEL margin: a short search against cross-entropy.
+
+``tune_margin`` trains CE once and MCEL at each candidate margin (everything else as in
+the base config), evaluates every model at one bit error rate with the Monte-Carlo
+engine, and picks the margin with the best accuracy under errors among those whose
+clean accuracy is at most ``clean_budget`` below CE's. A larger margin buys tolerance
+and eventually costs clean accuracy; the budget says how much clean accuracy the user
+will trade.
+
+Selection data: choosing on the test split and then reporting test accuracy would
+flatter the winner, so by default the choice is made on training samples the runs never
+saw (those past ``limit_train``) when there are at least ``MIN_HELD_OUT`` of them, and on
+the test split otherwise (the result says which: ``selected_on``). Pass ``val=(x, y)``
+to choose on data of your own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from torch import Tensor
+
+from mcel.errors import MCELError
+from mcel.train import TrainConfig
+
+MIN_HELD_OUT = 200
+MAX_HELD_OUT = 5000
+
+
+def _selection_data(config: TrainConfig,
+                    val: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor, str]:
+    from mcel.data import load_dataset
+
+    if val is not None:
+        return val[0], val[1], "user-supplied validation data"
+    if config.limit_train is not None:
+        x, y = load_dataset(config.dataset, "train", config.data_dir)
+        start, stop = config.limit_train, min(len(y), config.limit_train + MAX_HELD_OUT)
+        if stop - start >= MIN_HELD_OUT:
+            return x[start:stop], y[start:stop], (f"held-out training samples "
+                                                  f"[{start}:{stop}] (never trained on)")
+    x, y = load_dataset(config.dataset, "test", config.data_dir, limit=config.limit_test)
+    return x, y, "the test split (no held-out training samples; set limit_train to keep some)"
+
+
+def tune_margin(
+    base_config: TrainConfig,
+    ber: float,
+    error_model=None,
+    margins: Sequence[float] = (0.5, 1, 2, 4, 8),
+    normalize: str | None = None,
+    clean_budget: float = 0.005,
+    trials: int = 30,
+    seed: int = 0,
+    *,
+    val: tuple[Tensor, Tensor] | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Train CE and MCEL at each of ``margins``; pick the margin to use at ``ber``.
+
+    Args:
+        base_config: every training choice except the loss and margin (epochs, model,
+            quantization, seed, ...).
+        ber: the bit error rate to tune for (sets the largest rate of ``error_model``;
+            default: uniform persistent weight faults).
+        margins: candidate MCEL margins (finite, >= 0).
+        normalize: logit scale of the margin (``none``, ``l2``, ``std``); None keeps the
+            base config's.
+        clean_budget: a candidate is eligible when its clean accuracy is at least CE's
+            minus this (0.005 = half a point).
+        trials, seed: Monte-Carlo trials and fault seed of each evaluation (the same
+            faults for every candidate: the comparison is paired).
+
+    Returns a dict: ``rows`` (CE first, then one row per margin with ``method``,
+    ``margin``, ``clean_acc``, ``acc``, ``ci_low``, ``ci_high``, ``delta_vs_ce``,
+    ``eligible``, ``test_clean_acc``, ``train_seconds``, ``run_id``), ``ce``, ``best``
+    (the chosen row, or None when no margin is within budget), ``best_margin``,
+    ``beats_ce``, and the settings (``ber``, ``clean_budget``, ``trials``, ``seed``,
+    ``error_model``, ``selected_on``, ``n_select``).
+    """
+    from mcel.evaluate import evaluate
+    from mcel.experiments.store import method_label
+    from mcel.faults import BitErrorModel
+    from mcel.train import train
+
+    ber = float(ber)
+    if not 0.0 <= ber <= 1.0:  # also rejects NaN
+        raise MCELError(f"BER {ber} is outside [0, 1]")
+    margins = [float(m) for m in margins]
+    if not margins:
+        raise MCELError("give at least one candidate margin")
+    bad = [m for m in margins if not math.isfinite(m) or m < 0]
+    if bad:
+        raise MCELError(f"margins must be finite numbers >= 0, got {bad[0]}")
+    if not (clean_budget >= 0 and math.isfinite(clean_budget)):
+        raise MCELError(f"clean_budget must be a finite number >= 0, got {clean_budget}")
+    if trials < 1:
+        raise MCELError(f"trials must be >= 1, got {trials}")
+    norm = base_config.normalize if normalize is None else normalize
+    em = error_model or BitErrorModel(ber=0.0)
+    candidates = [dataclasses.replace(base_config, loss="ce", margin=None)]
+    candidates += [dataclasses.replace(base_config, loss="mcel", margin=m, normalize=norm)
+                   for m in dict.fromkeys(margins)]
+    x, y, where = _selection_data(base_config, val)
+    rows = []
+    for cfg in candidates:
+        label = method_label(cfg.to_dict())
+        model, metrics = train(cfg, progress=progress)
+        res = evaluate(model, x, y, [ber], em, trials=trials, seed=seed, progress=progress)
+        r = res.results[0]
+        rows.append({"method": label, "loss": cfg.loss, "margin": cfg.margin,
+                     "normalize": cfg.normalize if cfg.loss == "mcel" else None,
+                     "clean_acc": res.clean_accuracy, "acc": r.mean, "ci_low": r.ci_low,
+                     "ci_high": r.ci_high, "test_clean_acc": metrics["test_acc"],
+                     "train_seconds": metrics["train_seconds"], "run_id": cfg.digest()})
+        if log:
+            log(f"{label}: clean {res.clean_accuracy:.4f}, at BER {ber:g} {r.mean:.4f} "
+                f"[{r.ci_low:.4f}, {r.ci_high:.4f}]")
+    ce = rows[0]
+    floor = ce["clean_acc"] - clean_budget
+    for row in rows:
+        # A tiny tolerance: equal accuracies computed on the same samples must pass.
+        row["eligible"] = row["loss"] == "mcel" and row["clean_acc"] >= floor - 1e-12
+        row["delta_vs_ce"] = row["acc"] - ce["acc"]
+    eligible = [r for r in rows if r["eligible"]]
+    # Best accuracy under errors; ties go to higher clean accuracy, then a smaller margin.
+    best = max(eligible, key=lambda r: (r["acc"], r["clean_acc"], -r["margin"]), default=None)
+    return {"ber": ber, "error_model": em.to_dict(), "clean_budget": clean_budget,
+            "trials": trials, "seed": seed, "selected_on": where, "n_select": len(y),
+            "rows": rows, "ce": ce, "best": best,
+            "best_margin": None if best is None else best["margin"],
+            "beats_ce": best is not None and best["acc"] > ce["acc"]}

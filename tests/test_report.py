@@ -1,0 +1,169 @@
+"""Reports from a hand-built results database: numbers, files, provenance, errors."""
+
+import hashlib
+import json
+import re
+import sqlite3
+
+import pytest
+from scipy import stats
+
+from mcel import MCELError
+from mcel.cli import main
+from mcel.experiments.store import connect, dumps, method_label
+from mcel.report import build_report
+
+BERS = (0.0, 0.01, 0.02)
+SEEDS = (0, 1)
+VERSIONS = {"mcel": "0.1.0", "torch": "2.13.0", "numpy": "2.0.0", "python": "3.11.0"}
+BASE = {"dataset": "digits", "model": "mlp", "quant": "int4", "epochs": 5}
+
+
+def _trial_accs(method_i, seed, ber_i):
+    """Distinct, known per-trial accuracies for every (method, seed, BER)."""
+    base = 0.95 - 0.10 * ber_i / (1 + method_i) + 0.003 * seed * (1 + method_i)
+    return [round(base - 0.01 * t + 0.002 * method_i, 6) for t in range(4)]
+
+
+def _run_id(config):
+    return hashlib.sha256(dumps(config).encode()).hexdigest()[:16]
+
+
+def _add_run(con, config, accs_by_ber, error_model="ber", clean=None, margins=None):
+    rid = _run_id(config)
+    con.execute("INSERT INTO runs (run_id, grid, method, config, clean_acc, train_seconds, "
+                "margins, versions) VALUES (?,?,?,?,?,?,?,?)",
+                (rid, "g", method_label(config), dumps(config), clean, 12.5 + config["seed"],
+                 json.dumps(margins or [0.5, 1.0, 1.5, 2.0 + config["seed"]]),
+                 json.dumps(VERSIONS)))
+    for ber, accs in accs_by_ber.items():
+        mean, (lo, hi) = sum(accs) / len(accs), _t(accs)
+        cur = con.execute("INSERT INTO evals (run_id, fmt, error_model, ber, eval_seed, mean, std, "
+                          "ci_low, ci_high, trials, clean_acc, seconds) VALUES "
+                          "(?,?,?,?,?,?,?,?,?,?,?,?)",
+                          (rid, "twos_complement", error_model, ber, 0, mean, 0.0, lo, hi,
+                           len(accs), clean, 1.0))
+        con.executemany("INSERT INTO trials VALUES (?,?,?,?)",
+                        [(cur.lastrowid, t, a, ber) for t, a in enumerate(accs)])
+    return rid
+
+
+def _t(values):
+    m = sum(values) / len(values)
+    return stats.t.interval(0.95, len(values) - 1, loc=m, scale=stats.sem(values))
+
+
+def _t01(values):
+    """The interval of an accuracy, clipped to [0, 1] as the report shows it."""
+    lo, hi = _t(values)
+    return max(0.0, lo), min(1.0, hi)
+
+
+@pytest.fixture()
+def db(tmp_path):
+    path = tmp_path / "study.db"
+    con = connect(path)
+    methods = [{"loss": "ce"}, {"loss": "mcel", "margin": 2.0}]
+    ids = []
+    for mi, m in enumerate(methods):
+        for seed in SEEDS:
+            cfg = {**BASE, **m, "seed": seed}
+            ids.append(_add_run(con, cfg, {b: _trial_accs(mi, seed, bi) for bi, b in
+                                           enumerate(BERS)}, clean=0.96 + 0.01 * seed - 0.005 * mi))
+    # One single-seed method (its band is the run's own trial interval) ...
+    ids.append(_add_run(con, {**BASE, "loss": "mcel", "margin": 4.0, "seed": 0},
+                        {b: _trial_accs(3, 0, bi) for bi, b in enumerate(BERS)}, clean=0.9))
+    # ... and a CE run under another error model: a group of its own.
+    ids.append(_add_run(con, {**BASE, "loss": "ce", "seed": 0, "epochs": 6}, {0.01: [0.5, 0.6]},
+                        error_model="p01=0.001,p10=0.01", clean=0.96))
+    con.commit()
+    con.close()
+    return path, ids
+
+
+def _row(md, label):
+    """The cells of the first summary-table row whose method is ``label``."""
+    for line in md.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells and cells[0] == label and len(cells) > 3:
+            return cells
+    raise AssertionError(f"no row for {label}")
+
+
+def test_report_numbers_files_and_provenance(db, tmp_path):
+    path, ids = db
+    before = path.read_bytes()
+    md_path = build_report(path, tmp_path / "rep")
+    out = md_path.parent
+    md = md_path.read_text()
+    assert path.read_bytes() == before  # read-only
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert len([p for p in pngs if p.endswith("accuracy.png")]) == 2
+    assert len([p for p in pngs if p.endswith("margins.png")]) == 2
+    for p in pngs:
+        assert f"]({p})" in md
+        assert (out / p).read_bytes()[:4] == b"\x89PNG"
+    assert md.count("\n## ") == 3  # two groups and the appendix
+
+    # Two seeds: mean over seeds of per-run means, 95% t-interval across seeds.
+    for mi, label in enumerate(["CE", "MCEL(m=2)"]):
+        cells = _row(md, label)
+        assert cells[1] == "0, 1"
+        for bi in range(len(BERS)):
+            per_seed = [sum(a) / len(a) for a in (_trial_accs(mi, s, bi) for s in SEEDS)]
+            m = sum(per_seed) / 2
+            lo, hi = _t01(per_seed)
+            assert cells[3 + bi] == f"{100 * m:.2f} [{100 * lo:.2f}, {100 * hi:.2f}]"
+        cleans = [0.96 + 0.01 * s - 0.005 * mi for s in SEEDS]
+        lo, hi = _t01(cleans)
+        assert cells[2] == f"{100 * sum(cleans) / 2:.2f} [{100 * lo:.2f}, {100 * hi:.2f}]"
+        assert cells[-1] == "13.0"  # mean training seconds 12.5, 13.5
+    # Paired deltas vs CE: per-seed differences, interval across seeds.
+    cells = _row(md, "MCEL(m=2)")
+    bi = 2
+    diffs = [sum(_trial_accs(1, s, bi)) / 4 - sum(_trial_accs(0, s, bi)) / 4 for s in SEEDS]
+    lo, hi = _t(diffs)
+    assert cells[3 + len(BERS) + bi] == (f"{100 * sum(diffs) / 2:+.2f} "
+                                         f"[{100 * lo:+.2f}, {100 * hi:+.2f}]")
+    # One seed: the run's own interval over its trials.
+    accs = _trial_accs(3, 0, 1)
+    lo, hi = _t01(accs)
+    cells = _row(md, "MCEL(m=4)")
+    assert cells[4] == f"{100 * sum(accs) / 4:.2f} [{100 * lo:.2f}, {100 * hi:.2f}]"
+
+    assert re.search(r"Best MCEL vs CE: MCEL\(m=\d\)", md)
+    for rid in ids:
+        assert rid in md
+    assert "torch 2.13.0" in md and "training seeds 0, 1" in md
+
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 4
+    assert not re.search(r"<img[^>]+src='(?!data:)", page)  # nothing to fetch
+    assert "<table>" in page and ids[0] in page
+
+
+def test_report_command(db, tmp_path, capsys):
+    path, _ = db
+    assert main(["report", str(path), "--out", str(tmp_path / "r")]) == 0
+    assert (tmp_path / "r" / "report.html").exists()
+    assert "report.md" in capsys.readouterr().out
+
+
+def test_bad_databases(tmp_path, capsys):
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not sqlite at all, just some bytes" * 50)
+    foreign = tmp_path / "foreign.db"
+    con = sqlite3.connect(foreign)
+    con.execute("CREATE TABLE runs (x INTEGER)")
+    con.commit()
+    con.close()
+    empty = tmp_path / "empty.db"
+    connect(empty).close()
+    for path, needle in [(junk, "not an SQLite database"), (foreign, "not an mcel results"),
+                         (empty, "no runs"), (tmp_path / "nope.db", "does not exist")]:
+        with pytest.raises(MCELError, match=needle):
+            build_report(path, tmp_path / "out")
+        assert main(["report", str(path), "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert needle in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out" / "report.md").exists()

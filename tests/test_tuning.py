@@ -1,0 +1,78 @@
+"""Margin search: CE vs MCEL candidates at one BER, choice within the clean budget."""
+
+import json
+
+import pytest
+
+from mcel import MCELError
+from mcel.cli import main
+from mcel.train import TrainConfig
+from mcel.tuning import tune_margin
+
+BASE = TrainConfig(dataset="digits", model="mlp", model_kwargs={"hidden": 32}, quant="int4",
+                   epochs=3, lr=0.01, batch_size=64, limit_train=512, limit_test=200)
+
+
+@pytest.fixture(scope="module")
+def tuned():
+    return tune_margin(BASE, 0.02, margins=(1, 4), clean_budget=0.02, trials=10, seed=0)
+
+
+def test_tune_picks_the_best_margin_within_budget(tuned):
+    res = tuned
+    rows = res["rows"]
+    assert [r["loss"] for r in rows] == ["ce", "mcel", "mcel"]
+    assert [r["margin"] for r in rows[1:]] == [1.0, 4.0]
+    assert rows[0]["method"] == "CE" and rows[1]["method"] == "MCEL(m=1)"
+    assert len({r["run_id"] for r in rows}) == 3
+    # chosen on samples the runs never trained on
+    assert "held-out training samples [512:1437]" in res["selected_on"]
+    assert res["n_select"] == 1437 - 512
+    floor = res["ce"]["clean_acc"] - 0.02
+    for r in rows[1:]:
+        assert r["eligible"] == (r["clean_acc"] >= floor)
+        assert r["ci_low"] <= r["acc"] <= r["ci_high"]
+        assert r["delta_vs_ce"] == pytest.approx(r["acc"] - res["ce"]["acc"])
+    eligible = [r for r in rows if r["eligible"]]
+    if eligible:
+        best = res["best"]
+        assert best["clean_acc"] >= floor
+        assert best["acc"] == max(r["acc"] for r in eligible)
+        assert res["best_margin"] == best["margin"]
+        assert res["beats_ce"] == (best["acc"] > res["ce"]["acc"])
+    else:
+        assert res["best"] is None and res["best_margin"] is None
+    json.dumps(res)  # everything it returns can be saved
+
+
+def test_an_unlimited_budget_takes_the_most_tolerant(tuned):
+    """Same trained models (same configs, same seeds) with any clean loss allowed."""
+    res = tune_margin(BASE, 0.02, margins=(1, 4), clean_budget=1.0, trials=10, seed=0)
+    assert [r["acc"] for r in res["rows"]] == [r["acc"] for r in tuned["rows"]]  # deterministic
+    assert all(r["eligible"] for r in res["rows"][1:])
+    assert res["best"]["acc"] == max(r["acc"] for r in res["rows"][1:])
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    ({"margins": ()}, "at least one"),
+    ({"margins": (-1,)}, ">= 0"),
+    ({"clean_budget": -0.1}, "clean_budget"),
+])
+def test_bad_arguments(kwargs, needle):
+    with pytest.raises(MCELError, match=needle):
+        tune_margin(BASE, 0.01, **kwargs)
+
+
+def test_tune_margin_command(tmp_path, capsys):
+    js = tmp_path / "tune.json"
+    argv = ["tune-margin", "--dataset", "digits", "--model", "mlp", "--quant", "int4",
+            "--epochs", "1", "--lr", "0.01", "--batch-size", "64", "--limit-train", "300",
+            "--limit-test", "100", "--ber", "0.01", "--margins", "2", "--normalize", "std",
+            "--trials", "3", "--json", str(js)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "margin search at BER 0.01" in out and "MCEL(m=2, std, s=8)" in out
+    res = json.loads(js.read_text())
+    assert [r["method"] for r in res["rows"]] == ["CE", "MCEL(m=2, std, s=8)"]
+    assert main(argv[:-2] + ["--ber", "1.5"]) == 2
+    assert "outside [0, 1]" in capsys.readouterr().err
