@@ -1,0 +1,300 @@
+"""Bit error models: which stored bits can go wrong, and at which rates.
+
+A `BitErrorModel` is a value (frozen, hashable, JSON-able). It says nothing about which
+bits flip in a given trial; that is the sampler's job (`mcel.faults.sampler`). Every
+model reduces, for a given code width, to two per-position lookup tables
+``rate[stored_value][bit_position]`` (see `BitErrorModel.rate_tables`) plus a stuck-at
+fraction, which is all the sampler needs.
+
+Rates are per stored bit (DESIGN.md: "BER means per stored bit"):
+
+- ``ber``: every bit flips independently with probability ``ber``.
+- ``p01`` / ``p10``: asymmetric; a stored 0 becomes 1 with ``p01``, a stored 1 becomes
+  0 with ``p10`` (e.g. RRAM/FeFET retention). A missing one of the two is 0.
+- ``bit_rates``: one rate per bit position, index 0 = least significant bit; its length
+  must equal the code width it is used with.
+- ``protected_bits``: positions that never flip and are never stuck (e.g. ``(7,)`` or
+  ``(-1,)``: the MSB, such as the sign bit of int8 two's complement kept in ECC memory).
+- ``stuck_at``: fraction of cells (bits) stuck; a stuck cell reads ``stuck_value``
+  whatever was written (``None``: each stuck cell is stuck at 0 or 1 with prob. 1/2).
+- ``targets``, ``include``, ``exclude``, ``mode``: where the model applies (tensor
+  kinds, fnmatch patterns of layer names) and when it is drawn ("persistent": once per
+  trial, memory faults; "transient": at every forward, compute faults).
+
+>>> m = parse_error_model("p01=1e-3,p10=1e-2,protected=7")
+>>> m.describe()
+'p01=0.001,p10=0.01,protected=7'
+>>> parse_error_model(m.describe()) == m
+True
+>>> BitErrorModel(ber=1e-3).with_ber(1e-2).ber
+0.01
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import numbers
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import KW_ONLY, dataclass, fields, replace
+from typing import Any
+
+import numpy as np
+
+from mcel.errors import MCELError
+from mcel.registry import Registry
+
+TARGETS = ("weights", "biases", "activations")
+MODES = ("persistent", "transient")
+
+
+def _rate(name: str, value: Any, optional: bool = True) -> float | None:
+    """A probability: a finite real number in [0, 1] (NaN fails the range test too)."""
+    if value is None and optional:
+        return None
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not ok or not 0.0 <= float(value) <= 1.0:
+        raise MCELError(f"{name}={value!r} is not a valid rate; allowed: a number in [0, 1]")
+    return float(value)
+
+
+def _items(name: str, value: Any, kind: type, what: str) -> tuple[Any, ...]:
+    """One item or an iterable of items, all of type ``kind`` (bool is not an int)."""
+    try:
+        items = (value,) if isinstance(value, (str, int)) else tuple(value)
+    except TypeError:
+        items = (value,)
+    if not all(isinstance(x, kind) and not isinstance(x, bool) for x in items):
+        raise MCELError(f"{name}={value!r}; allowed: {what}")
+    return items
+
+
+@dataclass(frozen=True)
+class BitErrorModel:
+    """What can go wrong in stored integer codes, and at which per-bit rates.
+
+    See the module docstring for the meaning of each field. At least one of ``ber``,
+    ``p01``/``p10``, ``bit_rates`` or ``stuck_at`` must be given (``ber=0`` is a valid,
+    error-free model). ``ber`` excludes ``p01``/``p10``; ``bit_rates`` excludes both.
+    """
+
+    ber: float | None = None
+    _: KW_ONLY
+    p01: float | None = None
+    p10: float | None = None
+    bit_rates: tuple[float, ...] | None = None
+    protected_bits: tuple[int, ...] = ()
+    stuck_at: float | None = None
+    stuck_value: int | None = None
+    targets: tuple[str, ...] = ("weights",)
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    mode: str = "persistent"
+
+    def __post_init__(self) -> None:
+        def put(name: str, value: Any) -> None:  # normalise a field of the frozen instance
+            object.__setattr__(self, name, value)
+
+        for name in ("ber", "p01", "p10", "stuck_at"):
+            put(name, _rate(name, getattr(self, name)))
+        if self.ber is not None and (self.p01 is not None or self.p10 is not None):
+            raise MCELError("give either ber or p01/p10, not both (ber means p01 = p10 = ber)")
+        if self.bit_rates is not None:
+            if isinstance(self.bit_rates, (str, bytes)) or not isinstance(
+                self.bit_rates, Iterable
+            ):
+                raise MCELError(f"bit_rates={self.bit_rates!r} must be a sequence of rates")
+            rates = tuple(_rate(f"bit_rates[{i}]", r, False) for i, r in enumerate(self.bit_rates))
+            if not rates:
+                raise MCELError("bit_rates=() is empty; give one rate per bit position")
+            if any(x is not None for x in (self.ber, self.p01, self.p10)):
+                raise MCELError("bit_rates cannot be combined with ber, p01 or p10")
+            put("bit_rates", rates)
+        if all(x is None for x in (self.ber, self.p01, self.p10, self.bit_rates, self.stuck_at)):
+            raise MCELError("no rate given; set ber, p01/p10, bit_rates or stuck_at (ber=0: none)")
+
+        prot = _items("protected_bits", self.protected_bits, numbers.Integral, "bit positions")
+        put("protected_bits", tuple(sorted({int(b) for b in prot})))
+
+        sv = self.stuck_value
+        if sv is not None:
+            if isinstance(sv, bool) or not isinstance(sv, numbers.Integral) or sv not in (0, 1):
+                raise MCELError(f"stuck_value={sv!r}; allowed: 0, 1 or None (random)")
+            if self.stuck_at is None:
+                raise MCELError("stuck_value needs stuck_at (the fraction of stuck cells)")
+            put("stuck_value", int(sv))
+
+        targets = _items("targets", self.targets, str, f"a non-empty subset of {TARGETS}")
+        bad = [t for t in targets if t not in TARGETS]
+        if bad or not targets:
+            raise MCELError(f"targets={targets!r}; allowed: a non-empty subset of {TARGETS}")
+        put("targets", tuple(dict.fromkeys(targets)))
+        put("include", _items("include", self.include, str, "fnmatch patterns"))
+        put("exclude", _items("exclude", self.exclude, str, "fnmatch patterns"))
+        if self.mode not in MODES:
+            raise MCELError(f"mode={self.mode!r}; allowed: {', '.join(MODES)}")
+
+    # -- derived views -------------------------------------------------------------
+
+    @property
+    def is_uniform(self) -> bool:
+        """True for a plain ``ber`` model (possibly with protection and stuck-at)."""
+        return self.ber is not None
+
+    def max_rate(self) -> float:
+        """Largest per-bit rate of any kind in the model (flip or stuck-at)."""
+        rates = [self.ber, self.p01, self.p10, self.stuck_at, *(self.bit_rates or ())]
+        return max(r for r in rates if r is not None)
+
+    def with_ber(self, ber: float) -> BitErrorModel:
+        """A copy at another uniform rate (for BER sweeps); only for ``ber`` models."""
+        if not self.is_uniform:
+            raise MCELError(f"with_ber needs a uniform ber model, not '{self.describe()}'")
+        return replace(self, ber=ber)
+
+    def protected_mask(self, bits: int) -> np.ndarray:
+        """Boolean array over bit positions 0..bits-1 (LSB first): True = never faulty."""
+        mask = np.zeros(bits, dtype=bool)
+        for b in self.protected_bits:
+            if not -bits <= b < bits:
+                raise MCELError(f"protected bit {b} is outside a {bits}-bit code")
+            mask[b] = True  # negative b counts from the MSB, as in Python indexing
+        return mask
+
+    def rate_tables(self, bits: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per-position flip rates (float64, LSB first) for a stored 0 and a stored 1."""
+        if self.bit_rates is not None:
+            if len(self.bit_rates) != bits:
+                raise MCELError(
+                    f"bit_rates has {len(self.bit_rates)} entries but the codes have {bits} bits"
+                )
+            r0 = np.array(self.bit_rates, dtype=np.float64)
+            r1 = r0.copy()
+        elif self.ber is not None:
+            r0 = np.full(bits, self.ber)
+            r1 = r0.copy()
+        else:
+            r0 = np.full(bits, self.p01 or 0.0)
+            r1 = np.full(bits, self.p10 or 0.0)
+        prot = self.protected_mask(bits)
+        r0[prot] = 0.0
+        r1[prot] = 0.0
+        return r0, r1
+
+    def applies_to(self, name: str, target: str = "weights") -> bool:
+        """Whether tensor ``name`` of kind ``target`` is exposed to this model."""
+        if target not in self.targets:
+            return False
+        if self.include and not any(fnmatch.fnmatchcase(name, p) for p in self.include):
+            return False
+        return not any(fnmatch.fnmatchcase(name, p) for p in self.exclude)
+
+    # -- serialisation -------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of all fields (tuples become lists)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = list(v) if isinstance(v, tuple) else v
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> BitErrorModel:
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            valid = ", ".join(sorted(names))
+            raise MCELError(f"unknown error-model fields {unknown}; valid: {valid}")
+        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**kw)
+
+    def describe(self) -> str:
+        """Short spec in `parse_error_model` syntax (non-default fields only)."""
+        parts: list[str] = []
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if v == f.default:
+                continue
+            key = "protected" if f.name == "protected_bits" else f.name
+            vals = v if isinstance(v, tuple) else (v,)
+            parts.append(f"{key}=" + ",".join(x if isinstance(x, str) else repr(x) for x in vals))
+        return ",".join(parts)
+
+
+# -- spec parser for the CLI --------------------------------------------------------
+
+# Key -> (field name, converter of the list of raw strings). A Registry gives unknown
+# keys the usual "did you mean" message.
+_KEYS: Registry[tuple[str, Callable[[list[str]], Any]]] = Registry("error-model key")
+
+
+def _one(key: str, conv: Callable[[str], Any]) -> Callable[[list[str]], Any]:
+    def f(vals: list[str]) -> Any:
+        if len(vals) != 1:
+            raise MCELError(f"{key} takes one value, got {','.join(vals)!r}")
+        return conv(vals[0])
+
+    return f
+
+
+def _float(key: str) -> Callable[[str], float]:
+    def f(s: str) -> float:
+        try:
+            return float(s)
+        except ValueError:
+            raise MCELError(f"{key}={s!r} is not a number") from None
+
+    return f
+
+
+def _int(key: str) -> Callable[[str], int]:
+    def f(s: str) -> int:
+        try:
+            return int(s)
+        except ValueError:
+            raise MCELError(f"{key}={s!r} is not an integer") from None
+
+    return f
+
+
+def _stuck_value(s: str) -> int | None:
+    return None if s.lower() in ("none", "random") else _int("stuck_value")(s)
+
+
+for _k in ("ber", "p01", "p10", "stuck_at"):
+    _KEYS.add(_k, (_k, _one(_k, _float(_k))))
+_KEYS.add("bit_rates", ("bit_rates", lambda v: tuple(map(_float("bit_rates"), v))))
+_KEYS.add("protected", ("protected_bits", lambda v: tuple(map(_int("protected"), v))))
+_KEYS.add("stuck_value", ("stuck_value", _one("stuck_value", _stuck_value)))
+_KEYS.add("targets", ("targets", tuple))
+_KEYS.add("include", ("include", tuple))
+_KEYS.add("exclude", ("exclude", tuple))
+_KEYS.add("mode", ("mode", _one("mode", str)))
+
+
+def parse_error_model(spec: str) -> BitErrorModel:
+    """Parse ``"key=value,..."``; a comma-separated item without ``=`` continues the
+    previous key's list (``"ber=1e-2,protected=7,6"``, ``"bit_rates=0,0,1e-3"``).
+
+    >>> parse_error_model("stuck_at=1e-3,stuck_value=1").stuck_value
+    1
+    """
+    raw: dict[str, list[str]] = {}
+    key: str | None = None
+    for item in (s.strip() for s in spec.split(",")):
+        if "=" in item:
+            key, _, val = (x.strip() for x in item.partition("="))
+            _KEYS.get(key)  # unknown key -> MCELError listing the valid ones
+            if key in raw:
+                raise MCELError(f"'{key}' is given twice in error model '{spec}'")
+            raw[key] = [val]
+        elif item and key is not None:
+            raw[key].append(item)
+        elif item or not spec.strip():
+            raise MCELError(f"cannot parse error model '{spec}'; expected e.g. 'ber=1e-3'")
+    kw = {}
+    for k, vals in raw.items():
+        name, conv = _KEYS.get(k)
+        kw[name] = conv(vals)
+    return BitErrorModel(**kw)
