@@ -225,6 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 _EXTRA_COMMANDS: list = []
 
+from mcel.experiments.cli import add_sweep_command  # noqa: E402
+
+_EXTRA_COMMANDS.append(add_sweep_command)
+
+from mcel.report.cli import add_analysis_commands  # noqa: E402
+
+_EXTRA_COMMANDS.append(add_analysis_commands)
+
 
 def _version() -> str:
     from mcel import __version__

@@ -38,7 +38,7 @@ def run_demo(out: str | Path = "demo-out", *, epochs: int = 30, trials: int = 30
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=max(120, Console().width))
     out = check_writable(out)
     x, y = load_dataset("digits", "test")
     em = BitErrorModel(ber=0.0)
@@ -54,8 +54,8 @@ def run_demo(out: str | Path = "demo-out", *, epochs: int = 30, trials: int = 30
                       "config": cfg.to_dict()}
         curves[name] = res.table()
 
-    table = Table(title=f"digits, mlp, int4 weights (two's complement), {trials} trials per BER,"
-                        " mean accuracy % [95% CI]")
+    table = Table(title=f"digits, mlp, int4 weights (two's complement), {trials} trials per BER:"
+                        " mean accuracy % ± 95% CI half-width")
     table.add_column("method")
     table.add_column("train s", justify="right")
     table.add_column("median margin", justify="right")
@@ -67,7 +67,9 @@ def run_demo(out: str | Path = "demo-out", *, epochs: int = 30, trials: int = 30
     for name, r in rows.items():
         cells = [f"{100 * c['mean']:.1f} [{100 * c['ci_low']:.1f}, {100 * c['ci_high']:.1f}]"
                  for c in r["curve"]]
-        table.add_row(name, f"{r['train_seconds']:.1f}", f"{r['median_margin']:.2f}", *cells)
+        short = [f"{100 * c['mean']:.1f}±{50 * (c['ci_high'] - c['ci_low']):.1f}"
+                 for c in r["curve"]]
+        table.add_row(name, f"{r['train_seconds']:.1f}", f"{r['median_margin']:.2f}", *short)
         md.append(f"| {name} | {r['train_seconds']:.1f} | {r['median_margin']:.2f} | "
                   + " | ".join(cells) + " |")
     console.print(table)

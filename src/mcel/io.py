@@ -80,6 +80,17 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
         raise MCELError(f"{path} is not a valid safetensors checkpoint ({e})") from None
 
 
+def load_metadata(path: str | Path) -> dict[str, str]:
+    """The string metadata of a safetensors file (reads only its JSON header)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as e:
+        raise MCELError(f"{path} is not a valid safetensors checkpoint ({e})") from None
+
+
 def check_writable(folder: str | Path) -> Path:
     """Fail early, before any work, if results cannot be written to ``folder``."""
     folder = Path(folder)

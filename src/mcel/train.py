@@ -28,7 +28,14 @@ from torch import Tensor, nn
 
 from mcel.data import dataset_info, load_dataset
 from mcel.errors import MCELError
-from mcel.io import check_writable, load_tensors, read_json, save_tensors, write_json
+from mcel.io import (
+    check_writable,
+    load_metadata,
+    load_tensors,
+    read_json,
+    save_tensors,
+    write_json,
+)
 from mcel.losses import NORMALIZATIONS, create_loss
 from mcel.models import create_model
 from mcel.quant import QuantSpec, quantize_model
@@ -304,21 +311,23 @@ def _save_state(out: Path, config: TrainConfig, model: nn.Module, opt: torch.opt
                 tensors[f"opt.{pid}.{k}"] = v
     tensors["rng.gen"] = gen.get_state()
     tensors["rng.torch"] = torch.get_rng_state()
-    save_tensors(out / "last.safetensors", tensors)
+    # The checkpoint carries its own progress: a kill between the two writes below must
+    # not pair epoch k+1 weights with "epoch k" (one epoch would be trained twice).
+    state = {"epoch": epoch, "config_hash": config.digest(), "metrics": metrics}
+    save_tensors(out / "last.safetensors", tensors, metadata={"state": json.dumps(state)})
     write_json(out / "config.json", config.to_dict())
-    write_json(out / "state.json", {"epoch": epoch, "config_hash": config.digest(),
-                                    "metrics": metrics})
+    write_json(out / "state.json", state)
 
 
 def _maybe_resume(out: Path, config: TrainConfig, model: nn.Module, opt: torch.optim.Optimizer,
                   gen: torch.Generator, metrics: dict) -> int:
-    state_path = out / "state.json"
-    if not state_path.exists():
+    ckpt = out / "last.safetensors"
+    if not ckpt.exists():
         return 0
-    state = read_json(state_path)
+    state = json.loads(load_metadata(ckpt).get("state", "{}"))
     if state.get("config_hash") != config.digest():
         raise MCELError(f"{out} holds a run of another config; use a new --out folder")
-    tensors = load_tensors(out / "last.safetensors")
+    tensors = load_tensors(ckpt)
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     opt_state = opt.state_dict()
     for key, v in tensors.items():

@@ -1,0 +1,329 @@
+"""Run a sweep grid into a results database, resumably and in parallel.
+
+``run_sweep(grid, out)`` trains every cell of the grid (``out/runs/<run_id>/``, which
+`mcel.train.train` resumes by itself after a kill), measures its clean output margins
+on the test set and evaluates it in every number format of the plan. Each (run,
+format) is written to SQLite in one transaction (the runs row, its evals rows and all
+their trials rows), so a sweep killed at any moment leaves whole results or none, and
+rerunning the same command does only what is missing.
+
+Cells run through an *executor backend*: a function ``(jobs, n) -> iterator of result
+dicts``. Only the parent process writes to the database; backends return plain dicts.
+``local`` runs cells in this process (``n = 1``) or in a spawn process pool; a cluster
+backend (e.g. Ray) registers itself in `EXECUTORS` without touching `run_sweep`.
+
+On CPU, PyTorch's float reductions depend on the number of threads, so every cell
+runs with a fixed thread count (``threads``, default 1): the numbers are the same
+whatever ``jobs`` is and whichever backend ran the cell.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mcel.errors import MCELError
+from mcel.experiments.grid import Cell, Grid, expand, load_grid
+from mcel.experiments.store import connect, dumps, method_label, transaction, versions
+from mcel.registry import Registry
+
+
+@dataclass
+class CellJob:
+    """What a backend runs: one cell, the formats still missing, and where to train."""
+
+    cell: Cell
+    run_dir: str
+    fmts: tuple[str, ...]
+    threads: int = 1
+
+
+@dataclass
+class SweepSummary:
+    grid: str
+    db: str
+    out: str
+    cells: int = 0
+    done: int = 0  # cells trained/evaluated in this call
+    skipped: int = 0  # cells already complete in the database
+    runs_written: int = 0
+    evals_written: int = 0
+    trials_written: int = 0
+    seconds: float = 0.0
+    run_ids: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# -- one cell (runs in a worker) ---------------------------------------------------------
+
+@contextmanager
+def _torch_threads(n: int):
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def run_cell(job: CellJob) -> dict[str, Any]:
+    """Train (or resume) one cell, take its margins, evaluate each missing format.
+
+    Returns a plain, picklable dict; writes nothing but the run folder.
+    """
+    from mcel.analysis import output_margins
+    from mcel.data import load_dataset
+    from mcel.evaluate import evaluate
+    from mcel.faults import parse_error_model
+    from mcel.quant import set_format
+    from mcel.train import train
+
+    config, plan = job.cell.config, job.cell.plan
+    t0 = time.perf_counter()
+    with _torch_threads(job.threads):
+        model, metrics = train(config, out=job.run_dir)
+        x, y = load_dataset(config.dataset, "test", config.data_dir, limit=plan.limit_test)
+        margins = output_margins(model, x, y)
+        evals = []
+        for fmt in job.fmts:
+            set_format(model, fmt)  # same levels, other bit patterns: no retraining
+            for spec in plan.error_models:
+                res = evaluate(model, x, y, plan.bers, parse_error_model(spec),
+                               trials=plan.trials, seed=plan.seed,
+                               target_half_width=plan.target_half_width,
+                               min_trials=plan.min_trials)
+                for r in res.results:
+                    evals.append({
+                        "fmt": fmt, "error_model": spec, "ber": r.ber, "eval_seed": plan.seed,
+                        "mean": r.mean, "std": r.std, "ci_low": r.ci_low, "ci_high": r.ci_high,
+                        "trials": r.trials, "clean_acc": res.clean_accuracy,
+                        # one evaluate() call covers all BERs; share its time equally
+                        "seconds": res.seconds / len(res.results),
+                        "accuracies": list(r.accuracies),
+                        "empirical_rates": list(r.empirical_rates),
+                    })
+    return {
+        "run_id": job.cell.run_id,
+        "config": config.to_dict(),
+        "clean_acc": metrics["test_acc"],
+        "train_seconds": metrics.get("train_seconds"),
+        "margins": [round(float(m), 4) for m in margins.tolist()],
+        "fmts": list(job.fmts),
+        "evals": evals,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+# -- executor backends -----------------------------------------------------------------
+
+Executor = Callable[[Sequence[CellJob], int], Iterator[dict[str, Any]]]
+EXECUTORS: Registry[Executor] = Registry("sweep backend")
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # n workers share the cores; run_cell pins its own count
+
+
+@EXECUTORS.register("local")
+def local_executor(jobs: Sequence[CellJob], n: int) -> Iterator[dict[str, Any]]:
+    """This process for ``n == 1``, else a pool of ``n`` spawned processes.
+
+    Results come back as cells finish (not in grid order).
+    """
+    if n <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            yield run_cell(job)
+        return
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    pool = ProcessPoolExecutor(max_workers=min(n, len(jobs)),
+                               mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_worker_init)
+    ok = False
+    try:
+        pending = {pool.submit(run_cell, job) for job in jobs}
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                yield fut.result()
+        ok = True
+    finally:
+        if ok:
+            pool.shutdown(wait=True)
+        else:
+            # Interrupted or a cell failed: stop now. Killing a worker mid-cell is safe,
+            # its run folder resumes and the database never saw a partial cell.
+            procs = list(getattr(pool, "_processes", {}).values())
+            pool.shutdown(wait=False, cancel_futures=True)
+            for p in procs:
+                p.terminate()
+
+
+def list_backends() -> list[str]:
+    return EXECUTORS.names()
+
+
+# -- the database side -----------------------------------------------------------------
+
+def _present(con: sqlite3.Connection, run_id: str) -> tuple[bool, set[tuple]]:
+    has_run = con.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+    keys = {(r["fmt"], r["error_model"], r["ber"], r["eval_seed"]) for r in con.execute(
+        "SELECT fmt, error_model, ber, eval_seed FROM evals WHERE run_id = ?", (run_id,))}
+    return has_run is not None, keys
+
+
+def missing_fmts(con: sqlite3.Connection, cell: Cell) -> tuple[str, ...]:
+    """Formats of ``cell`` with at least one evals row not yet in the database."""
+    has_run, keys = _present(con, cell.run_id)
+    need = [k for k in cell.plan.keys() if k not in keys]
+    if has_run and not need:
+        return ()
+    fmts = tuple(dict.fromkeys(k[0] for k in need))
+    return fmts or cell.plan.fmts[:1]  # runs row missing: one format brings it
+
+
+def write_result(con: sqlite3.Connection, result: dict[str, Any], grid_name: str) -> dict[str, int]:
+    """Write one cell's result: one transaction per format. Returns rows written."""
+    counts = {"runs": 0, "evals": 0, "trials": 0}
+    config = result["config"]
+    run_row = (result["run_id"], grid_name, method_label(config), dumps(config),
+               result["clean_acc"], result["train_seconds"], json.dumps(result["margins"]),
+               dumps(versions()))
+    for fmt in result["fmts"]:
+        with transaction(con):
+            cur = con.execute(
+                "INSERT OR IGNORE INTO runs (run_id, grid, method, config, clean_acc, "
+                "train_seconds, margins, versions) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", run_row)
+            counts["runs"] += cur.rowcount
+            for ev in (e for e in result["evals"] if e["fmt"] == fmt):
+                cur = con.execute(
+                    "INSERT OR IGNORE INTO evals (run_id, fmt, error_model, ber, eval_seed, "
+                    "mean, std, ci_low, ci_high, trials, clean_acc, seconds) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (result["run_id"], fmt, ev["error_model"], ev["ber"], ev["eval_seed"],
+                     ev["mean"], ev["std"], ev["ci_low"], ev["ci_high"], ev["trials"],
+                     ev["clean_acc"], ev["seconds"]))
+                if cur.rowcount != 1:
+                    continue  # already there from an earlier plan: keep the first answer
+                counts["evals"] += 1
+                eval_id = cur.lastrowid
+                con.executemany(
+                    "INSERT INTO trials (eval_id, trial, accuracy, empirical_rate) "
+                    "VALUES (?, ?, ?, ?)",
+                    [(eval_id, t, a, r) for t, (a, r) in
+                     enumerate(zip(ev["accuracies"], ev["empirical_rates"], strict=True))])
+                counts["trials"] += len(ev["accuracies"])
+    return counts
+
+
+# -- the sweep ---------------------------------------------------------------------------
+
+def db_path(grid: Grid, grid_path: Path, out_dir: Path) -> Path:
+    """``db:`` of the grid (relative to the out folder), else ``<grid stem>.db`` there."""
+    db = Path(grid.db) if grid.db else Path(f"{grid_path.stem}.db")
+    return db if db.is_absolute() else out_dir / db
+
+
+def _check_data(cells: Sequence[Cell]) -> None:
+    """Find every dataset before training anything."""
+    from mcel.data import DATASETS, resolve_data_dir
+
+    for name, data_dir in dict.fromkeys((c.config.dataset, c.config.data_dir) for c in cells):
+        if not DATASETS.get(name).embedded:
+            resolve_data_dir(name, data_dir)
+
+
+def run_sweep(
+    grid_path: str | Path,
+    out_dir: str | Path,
+    jobs: int = 1,
+    *,
+    backend: str = "local",
+    data_dir: str | None = None,
+    threads: int = 1,
+    dry_run: bool = False,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> SweepSummary:
+    """Run every cell of the grid file that is not complete in its database.
+
+    ``out_dir`` receives ``runs/<run_id>/`` folders and (by default) the database.
+    ``jobs`` cells run at once through ``backend``; ``data_dir`` overrides the grid's
+    data folder; ``threads`` is the torch thread count of each cell (see module doc).
+    ``dry_run`` only counts what would run. Returns the counts of cells done/skipped and
+    rows written.
+    """
+    t0 = time.perf_counter()
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise MCELError(f"jobs must be a positive integer, got {jobs!r}")
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise MCELError(f"threads must be a positive integer, got {threads!r}")
+    executor = EXECUTORS.get(backend)
+    grid_path = Path(grid_path)
+    grid = load_grid(grid_path)
+    cells = expand(grid, data_dir=data_dir)
+    from mcel.io import check_writable
+
+    out = Path(out_dir) if dry_run else check_writable(out_dir)
+    db = db_path(grid, grid_path, out)
+    summary = SweepSummary(grid=grid.name, db=str(db), out=str(out), cells=len(cells),
+                           run_ids=[c.run_id for c in cells])
+    if dry_run and not db.exists():  # a dry run creates nothing
+        summary.seconds = time.perf_counter() - t0
+        return summary
+    con = connect(db)
+    try:
+        todo: list[CellJob] = []
+        for cell in cells:
+            fmts = missing_fmts(con, cell)
+            if fmts:
+                todo.append(CellJob(cell, str(out / "runs" / cell.run_id), fmts, threads))
+        summary.skipped = len(cells) - len(todo)
+        if log:
+            log(f"sweep {grid.name}: {len(cells)} cells, {summary.skipped} already done, "
+                f"{len(todo)} to run ({backend}, jobs={jobs}); database {db}")
+        if dry_run or not todo:
+            return summary
+        _check_data([j.cell for j in todo])
+        by_id = {j.cell.run_id: j for j in todo}
+        from mcel.train import _progress
+
+        with _progress(progress) as bar:
+            task = bar.add_task(f"sweep {grid.name}", total=len(todo), info="")
+            for result in executor(todo, jobs):
+                counts = write_result(con, result, grid.name)
+                summary.done += 1
+                summary.runs_written += counts["runs"]
+                summary.evals_written += counts["evals"]
+                summary.trials_written += counts["trials"]
+                cfg = by_id[result["run_id"]].cell.config
+                what = (f"{cfg.model}/{cfg.quant} {method_label(result['config'])} "
+                        f"seed {cfg.seed}")
+                bar.update(task, advance=1, info=what)
+                if log:
+                    log(f"[{summary.done}/{len(todo)}] {what}: clean "
+                        f"{result['clean_acc']:.4f}, {counts['evals']} evals "
+                        f"({result['seconds']:.1f}s)")
+    finally:
+        con.close()
+        summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+__all__: Sequence[str] = [
+    "CellJob", "EXECUTORS", "Executor", "SweepSummary", "local_executor", "list_backends",
+    "missing_fmts", "run_cell", "run_sweep", "write_result",
+]

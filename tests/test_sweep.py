@@ -1,0 +1,300 @@
+"""Sweeps: grid expansion, the results database, resumption after SIGKILL, parallel runs.
+
+The reference is always an uninterrupted single-process run of the same grid; every
+other way of running it (rerun, --jobs 2, killed and resumed) must give the very same
+numbers, row for row.
+"""
+
+import json
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mcel.cli import main
+from mcel.errors import MCELError
+from mcel.experiments.grid import expand, load_grid
+from mcel.experiments.store import method_label
+from mcel.experiments.sweep import EXECUTORS, run_sweep
+
+GRID = """\
+name: test-grid
+base: {dataset: digits, model: mlp, model_kwargs: {hidden: 32}, quant: int4, epochs: 4,
+       lr: 0.01, batch_size: 64}
+grid:
+  method:
+    - {loss: ce}
+    - {loss: mcel, margin: 2, normalize: std, scale: 4}
+    - {loss: ce, train_ber: 0.01}
+  seed: [0, 1]
+eval:
+  bers: [0.05, 0, 0.01]
+  fmts: [twos_complement, sign_magnitude]
+  trials: 5
+"""
+CELLS, FMTS, BERS, TRIALS = 6, 2, 3, 5
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _grid(folder: Path, text: str = GRID, name: str = "grid.yaml") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+def _db(out: Path) -> Path:
+    return out / "grid.db"
+
+
+def _snapshot(db: Path) -> tuple[dict, dict]:
+    """Everything that must be reproducible: evals (with their trials) and runs."""
+    con = sqlite3.connect(db)
+    con.row_factory = sqlite3.Row
+    evals = {}
+    for e in con.execute("SELECT * FROM evals"):
+        trials = con.execute("SELECT trial, accuracy, empirical_rate FROM trials "
+                             "WHERE eval_id = ? ORDER BY trial", (e["eval_id"],)).fetchall()
+        key = (e["run_id"], e["fmt"], e["error_model"], e["ber"], e["eval_seed"])
+        evals[key] = (e["mean"], e["std"], e["ci_low"], e["ci_high"], e["trials"],
+                      e["clean_acc"], [tuple(t) for t in trials])
+    runs = {r["run_id"]: (r["method"], r["config"], r["clean_acc"], r["margins"], r["grid"])
+            for r in con.execute("SELECT * FROM runs")}
+    con.close()
+    return evals, runs
+
+
+def _check_consistent(db: Path) -> int:
+    """Invariants that hold after any kill: no duplicates, whole evals only."""
+    con = sqlite3.connect(db)
+    dups = con.execute("SELECT COUNT(*) FROM (SELECT COUNT(*) AS n FROM evals GROUP BY "
+                       "run_id, fmt, error_model, ber, eval_seed HAVING n > 1)").fetchone()[0]
+    assert dups == 0
+    for eval_id, trials, n in con.execute(
+        "SELECT e.eval_id, e.trials, COUNT(t.trial) FROM evals e "
+        "LEFT JOIN trials t USING (eval_id) GROUP BY e.eval_id"
+    ):
+        assert trials == n == TRIALS, (eval_id, trials, n)
+    orphans = con.execute("SELECT COUNT(*) FROM evals WHERE run_id NOT IN "
+                          "(SELECT run_id FROM runs)").fetchone()[0]
+    assert orphans == 0
+    # a (run, fmt) is written in one transaction: all its BERs or none
+    for (k,) in con.execute("SELECT COUNT(*) FROM evals GROUP BY run_id, fmt"):
+        assert k == BERS
+    n = con.execute("SELECT COUNT(*) FROM evals").fetchone()[0]
+    con.close()
+    return n
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ref")
+    grid = _grid(folder)
+    out = folder / "out"
+    summary = run_sweep(grid, out)
+    return grid, out, summary
+
+
+def test_end_to_end_rows(reference):
+    grid, out, s = reference
+    assert (s.cells, s.done, s.skipped) == (CELLS, CELLS, 0)
+    assert (s.runs_written, s.evals_written) == (CELLS, CELLS * FMTS * BERS)
+    assert s.trials_written == CELLS * FMTS * BERS * TRIALS
+    assert _check_consistent(_db(out)) == CELLS * FMTS * BERS
+    evals, runs = _snapshot(_db(out))
+    assert {k[3] for k in evals} == {0.0, 0.01, 0.05}
+    assert {k[1] for k in evals} == {"twos_complement", "sign_magnitude"}
+    con = sqlite3.connect(_db(out))
+    con.row_factory = sqlite3.Row
+    for r in con.execute("SELECT * FROM runs"):
+        config = json.loads(r["config"])
+        assert r["method"] == method_label(config) and r["grid"] == "test-grid"
+        assert (out / "runs" / r["run_id"] / "model.safetensors").exists()
+        margins = json.loads(r["margins"])
+        assert len(margins) == 360  # the digits test split
+        assert all(m == round(m, 4) for m in margins)
+        # clean accuracy = share of positive margins (ties aside), in every format
+        assert abs(sum(m > 0 for m in margins) / 360 - r["clean_acc"]) < 0.01
+        assert set(json.loads(r["versions"])) >= {"mcel", "torch", "python"}
+    for (run_id, _fmt, _em, ber, _seed), (mean, _sd, lo, hi, n, clean, trials) in evals.items():
+        assert lo <= mean <= hi and n == TRIALS
+        assert mean == pytest.approx(sum(t[1] for t in trials) / n)
+        if ber == 0:
+            assert mean == pytest.approx(clean) and all(t[2] == 0 for t in trials)
+    # more errors, less accuracy (on average over the grid)
+    by_ber = {b: [v[0] for k, v in evals.items() if k[3] == b] for b in (0.0, 0.05)}
+    assert sum(by_ber[0.05]) < sum(by_ber[0.0])
+    con.close()
+
+
+def test_rerun_skips_everything(reference):
+    grid, out, _ = reference
+    before = _snapshot(_db(out))
+    s = run_sweep(grid, out)
+    assert (s.done, s.skipped) == (0, CELLS)
+    assert (s.runs_written, s.evals_written, s.trials_written) == (0, 0, 0)
+    assert _snapshot(_db(out)) == before
+
+
+def test_dry_run_counts_and_creates_nothing(reference, tmp_path, capsys):
+    grid, out, _ = reference
+    assert main(["sweep", str(grid), "--out", str(out), "--dry-run"]) == 0
+    assert "6 cells: 6 complete, 0 to run" in capsys.readouterr().out
+    assert main(["sweep", str(grid), "--out", str(tmp_path / "new"), "--dry-run"]) == 0
+    assert "6 cells: 0 complete, 6 to run" in capsys.readouterr().out
+    assert not (tmp_path / "new").exists()
+
+
+def test_jobs_2_gives_the_same_rows(reference, tmp_path, capsys):
+    grid, out, _ = reference
+    out2 = tmp_path / "out"
+    assert main(["sweep", str(grid), "--out", str(out2), "--jobs", "2"]) == 0
+    captured = capsys.readouterr()
+    assert "mean accuracy over seeds" in captured.out and "6 run" in captured.out
+    assert _snapshot(_db(out2)) == _snapshot(_db(out))
+
+
+def test_new_format_evaluates_only_what_is_missing(reference, tmp_path):
+    grid, out, _ = reference
+    out2 = tmp_path / "out"
+    shutil.copytree(out, out2)
+    text = GRID.replace("fmts: [twos_complement, sign_magnitude]",
+                        "fmts: [twos_complement, sign_magnitude, offset_binary]")
+    s = run_sweep(_grid(tmp_path / "g", text), out2)
+    assert (s.done, s.runs_written, s.evals_written) == (CELLS, 0, CELLS * BERS)
+    evals, runs = _snapshot(_db(out2))
+    ref_evals, ref_runs = _snapshot(_db(out))
+    assert runs == ref_runs
+    assert {k: v for k, v in evals.items() if k[1] != "offset_binary"} == ref_evals
+    # Offset binary is two's complement with the MSB inverted, so flipping any set of
+    # bit positions changes every value by the same amount in both: under symmetric
+    # (uniform-BER) flips with the same masks they give identical accuracies; sign-
+    # magnitude does not.
+    def by_fmt(fmt):
+        return {k[:1] + k[2:]: v[6] for k, v in evals.items() if k[1] == fmt}
+
+    assert by_fmt("offset_binary") == by_fmt("twos_complement") != by_fmt("sign_magnitude")
+
+
+def _start_and_kill(cmd: list[str], cwd: Path, delay: float) -> bool:
+    """Run ``cmd``; SIGKILL it ``delay`` s after it starts working (its first log line:
+    imports and grid checks take a while and are not worth killing). True = killed."""
+    log = cwd / "stderr.txt"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=err)
+        while proc.poll() is None and "to run" not in log.read_text():
+            time.sleep(0.02)
+        try:
+            proc.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return True
+    assert proc.returncode == 0, log.read_text()
+    return False
+
+
+def test_sigkill_at_random_moments_then_resume(reference, tmp_path):
+    grid, ref_out, _ = reference
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "mcel.cli", "sweep", str(grid), "--out", str(out)]
+    rng = random.Random(int(os.environ.get("MCEL_TEST_KILL_SEED", "20240611")))
+    kills = 0
+    while kills < 4 and _start_and_kill(cmd, tmp_path, rng.uniform(0.1, 2.5)):
+        kills += 1
+        if _db(out).exists():
+            _check_consistent(_db(out))
+    print(f"killed {kills} times")
+    assert kills >= 1, "no kill landed; the test did not test anything"
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert _check_consistent(_db(out)) == CELLS * FMTS * BERS
+    assert _snapshot(_db(out)) == _snapshot(_db(ref_out))
+
+
+def test_expand_product_and_per_scheme_bers():
+    grid = {
+        "base": {"dataset": "digits", "epochs": 5, "quant": "int4", "model": "mlp"},
+        "grid": {
+            "model": ["mlp", "lenet5"],
+            "quant": ["int4", "binary"],
+            "method": [{"loss": "ce"},
+                       {"loss": "mcel", "margin": [1, 2], "normalize": "std", "scale": 4},
+                       {"loss": "ce", "train_ber": "1e-2"}],
+            "seed": [0, 1, 2],
+        },
+        "eval": {"bers": {"binary": [0, 0.05], "default": [0, "1e-3"]},
+                 "fmts": ["twos_complement", "sign_magnitude"], "error_model": "ber=0",
+                 "trials": 7, "adaptive": 0.005},
+    }
+    cells = expand(grid)
+    assert len(cells) == 2 * 2 * 4 * 3
+    assert len({c.run_id for c in cells}) == len(cells)
+    labels = {method_label(c.config.to_dict()) for c in cells}
+    assert labels == {"CE", "MCEL(m=1, std, s=4)", "MCEL(m=2, std, s=4)", "CE+EI(p=0.01)"}
+    for c in cells:
+        want = (0.0, 0.05) if c.config.quant == "binary" else (0.0, 0.001)
+        assert c.plan.bers == want and c.plan.trials == 7 and c.plan.target_half_width == 0.005
+        assert len(c.plan.keys()) == 2 * 2
+    # margin 1 and 1.0 are the same run: the run id does not depend on YAML's int/float
+    one = expand({"grid": {"loss": ["mcel"], "margin": [1]}, "base": {"epochs": 1}})
+    one_f = expand({"grid": {"loss": ["mcel"], "margin": [1.0]}, "base": {"epochs": 1}})
+    assert one[0].run_id == one_f[0].run_id
+
+
+def test_shipped_tiny_study_config():
+    grid = load_grid(ROOT / "configs" / "study" / "tiny.yaml")
+    cells = expand(grid)
+    assert len(cells) == 8
+    assert {c.config.model_kwargs["hidden"] for c in cells} == {32}
+    assert cells[0].plan.bers == (0.0, 0.01, 0.05) and len(cells[0].plan.fmts) == 2
+
+
+def test_conflicting_axes_and_unknown_backend(tmp_path):
+    with pytest.raises(MCELError, match="both set 'quant'"):
+        expand({"grid": {"arch": [{"model": "mlp", "quant": "int4"}], "quant": ["int8"]}})
+    with pytest.raises(MCELError, match="did you mean 'local'"):
+        EXECUTORS.get("locall")
+
+
+BAD = [
+    ("grid: [unclosed\n", "not valid YAML at line"),
+    (GRID.replace("grid:\n", "grdi:\n"), "unknown key 'grdi' (did you mean 'grid'?)"),
+    (GRID.replace("model: mlp,", "model: mlpp,"), "unknown model 'mlpp' (did you mean 'mlp'?)"),
+    ("", "is empty"),
+    ("name: x\ngrid: {}\n", "grid is empty"),
+    ("grid: {seed: []}\n", "grid.seed is an empty list"),
+    (GRID.replace("margin: 2,", "margn: 2,"), "did you mean 'grid.method[1].margin'?"),
+    (GRID.replace("trials: 5", "trials: 0"), "eval.trials must be an integer >= 1"),
+    (GRID.replace("bers: [0.05, 0, 0.01]", "bers: [0.05, 2]"), "not a bit error rate"),
+    (GRID.replace("sign_magnitude]", "sign_magnitud]"), "did you mean 'sign_magnitude'"),
+    (GRID.replace("trials: 5", "trials: 5\n  error_model: 'bre=0.1'"), "error-model key"),
+    (GRID.replace("hidden: 32", "hiden: 32"), "unknown option(s) hiden"),
+    ("grid: {quant: [float]}\n", "quant 'float' stores no codes"),
+]
+
+
+@pytest.mark.parametrize("text,needle", BAD)
+def test_malformed_grid_is_one_line_and_exit_2(tmp_path, capsys, text, needle):
+    grid = _grid(tmp_path, text)
+    assert main(["sweep", str(grid), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("mcel sweep: error: "), err
+    assert needle in err
+    assert str(grid) in err
+    assert not (tmp_path / "out").exists()  # validated before anything was written
+
+
+def test_missing_grid_file_and_bad_backend(tmp_path, capsys):
+    assert main(["sweep", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    grid = _grid(tmp_path, GRID)
+    assert main(["sweep", str(grid), "--out", str(tmp_path / "o"), "--backend", "ray"]) == 2
+    assert "unknown sweep backend 'ray'" in capsys.readouterr().err
