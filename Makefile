@@ -4,7 +4,12 @@ PY      ?= python3
 VENV    ?= .venv
 VPY     := $(VENV)/bin/python
 TORCH   ?= torch==2.13.0
-STAMP   := $(VENV)/.stamp
+# Optional extras of the editable install: `make test EXTRAS=test,ray` adds Ray (the
+# sweep backend's tests then run instead of skipping). The stamp names the extras, so
+# changing them reinstalls.
+EXTRAS  ?= test
+comma   := ,
+STAMP   := $(VENV)/.stamp-$(subst $(comma),-,$(EXTRAS))
 
 .PHONY: demo test bench venv clean
 
@@ -12,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q "$(TORCH)"
-	$(VPY) -m pip install -q -e ".[test]"
+	$(VPY) -m pip install -q -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
 venv: $(STAMP)

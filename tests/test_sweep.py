@@ -296,5 +296,5 @@ def test_missing_grid_file_and_bad_backend(tmp_path, capsys):
     assert main(["sweep", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
     grid = _grid(tmp_path, GRID)
-    assert main(["sweep", str(grid), "--out", str(tmp_path / "o"), "--backend", "ray"]) == 2
-    assert "unknown sweep backend 'ray'" in capsys.readouterr().err
+    assert main(["sweep", str(grid), "--out", str(tmp_path / "o"), "--backend", "rya"]) == 2
+    assert "unknown sweep backend 'rya' (did you mean 'ray'?)" in capsys.readouterr().err

@@ -101,11 +101,13 @@ def _train_config(args: argparse.Namespace, base: dict[str, Any] | None = None):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from mcel.distributed import is_main_process
     from mcel.train import train
 
     config = _train_config(args)
     _, metrics = train(config, args.out, progress=sys.stderr.isatty(), log=_log)
-    print(f"clean test accuracy {metrics['test_acc']:.4f}; run folder {args.out}")
+    if is_main_process():  # under torchrun every rank gets here; one line is enough
+        print(f"clean test accuracy {metrics['test_acc']:.4f}; run folder {args.out}")
     return 0
 
 
@@ -240,10 +242,29 @@ def _version() -> str:
     return f"mcel {__version__}"
 
 
+def _check_common_flags(args: argparse.Namespace) -> None:
+    """Flags several commands share, checked before any work: sizes are positive, an
+    --adaptive half-width is a positive number, a --json file can be written."""
+    import math
+
+    for name in ("batch_size", "limit_train", "limit_test", "epochs", "trials"):
+        v = getattr(args, name, None)
+        if v is not None and v < 1:
+            raise MCELError(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
+    hw = getattr(args, "adaptive", None)
+    if hw is not None and not (math.isfinite(hw) and hw > 0):
+        raise MCELError(f"--adaptive is a 95% half-width > 0 (e.g. 0.005), got {hw}")
+    if getattr(args, "json", None):
+        from mcel.io import check_can_create
+
+        check_can_create(args.json)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        _check_common_flags(args)
         return int(args.func(args) or 0)
     except MCELError as e:
         print(f"mcel {args.command}: error: {e}", file=sys.stderr)

@@ -26,10 +26,23 @@ def _umask_mode() -> int:
     return 0o666 & ~mask
 
 
+def _cannot_write(path: Path, e: OSError) -> MCELError:
+    return MCELError(f"cannot write {path}: {e.strerror or e}; choose another path")
+
+
+def _temp_beside(path: Path) -> tuple[int, str]:
+    """A temporary file in ``path``'s folder (created if need be), or one MCELError line
+    when the folder cannot be made or written (a file in the way, no permission)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as e:
+        raise _cannot_write(path, e) from None
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = _temp_beside(path)
     try:
         os.fchmod(fd, _umask_mode())
         with os.fdopen(fd, "wb") as f:
@@ -37,6 +50,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # disk full, a folder named like the file, ...
+        Path(tmp).unlink(missing_ok=True)
+        raise _cannot_write(path, e) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -47,10 +63,13 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def read_json(path: str | Path) -> Any:
+    """A JSON file's content; never runs code, whatever the file holds."""
     try:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise MCELError(f"{path} does not exist") from None
+    except OSError as e:  # a folder, no permission
+        raise MCELError(f"cannot read {path}: {e.strerror or e}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise MCELError(f"{path} is not valid JSON ({e}); was it written by mcel?") from None
 
@@ -58,14 +77,16 @@ def read_json(path: str | Path) -> Any:
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor],
                  metadata: dict[str, str] | None = None) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = _temp_beside(path)
     os.close(fd)
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp,
                   metadata=metadata)
         os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise _cannot_write(path, e) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -102,3 +123,23 @@ def check_writable(folder: str | Path) -> Path:
     except OSError as e:
         raise MCELError(f"cannot write to {folder}: {e.strerror}; choose another --out") from None
     return folder
+
+
+def check_can_create(path: str | Path) -> Path:
+    """Fail early, creating nothing, if the file ``path`` could not be written later.
+
+    Looks for the nearest existing folder above it: a regular file in the way, a
+    folder at ``path`` itself or a folder without write permission is one MCELError.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise MCELError(f"cannot write {path}: it is a folder; give a file name")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise MCELError(f"cannot write {path}: {parent} is a file, not a folder; "
+                        "choose another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise MCELError(f"cannot write {path}: no permission in {parent}; choose another path")
+    return path

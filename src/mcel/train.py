@@ -9,7 +9,9 @@ keeps a run folder::
     RUN_DIR/last.safetensors  model + optimizer + RNG state after the last finished epoch
     RUN_DIR/state.json       progress; rerunning the same config resumes from here
 
-``load_run(RUN_DIR)`` rebuilds the model exactly.
+``load_run(RUN_DIR)`` rebuilds the model exactly, and refuses a checkpoint whose
+recorded config differs from config.json. Under ``torchrun`` the same ``train`` runs
+data-parallel over the processes (`mcel.distributed`); rank 0 writes the run folder.
 """
 
 from __future__ import annotations
@@ -111,6 +113,11 @@ class TrainConfig:
             raise MCELError(f"train_ber is a bit error rate in [0, 1], got {self.train_ber}")
         if self.margin is not None and not math.isfinite(self.margin):
             raise MCELError(f"margin must be a finite number, got {self.margin}")
+        for name in ("limit_train", "limit_test"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise MCELError(f"{name} must be a positive number of samples, got {v}")
+        self.error_model()  # a bad train_error_model fails here, before any file exists
 
     def quant_spec(self) -> QuantSpec:
         return QuantSpec(self.quant, fmt=self.fmt, granularity=self.granularity,
@@ -236,22 +243,50 @@ def train(config: TrainConfig, out: str | Path | None = None, *, progress: bool 
           log=None) -> tuple[nn.Module, dict[str, Any]]:
     """Train ``config``; with ``out``, write (and resume) a run folder.
 
-    Returns the trained model (eval mode) and its metrics.
+    Returns the trained model (eval mode) and its metrics. Under ``torchrun`` (env
+    ``WORLD_SIZE > 1``) the model is trained data-parallel (see `mcel.distributed`);
+    every rank returns the same model, only rank 0 writes ``out``.
     """
-    device = resolve_device(config.device)
+    from mcel.distributed import dist_info, process_group, rank_device
+
+    info = dist_info()
+    device = rank_device(resolve_device(config.device), info)
+    # Data first: a missing or broken dataset fails before the run folder exists.
+    x_tr, y_tr = load_dataset(config.dataset, "train", config.data_dir, limit=config.limit_train)
+    x_te, y_te = load_dataset(config.dataset, "test", config.data_dir, limit=config.limit_test)
     out = check_writable(out) if out is not None else None
+    with process_group(info, device):
+        model, metrics = _train(config, out, device, info, (x_tr, y_tr), (x_te, y_te),
+                                progress=progress and info.is_main,
+                                log=log if info.is_main else None)
+    return model, metrics
+
+
+def _train(config: TrainConfig, out: Path | None, device: torch.device, info, train_data,
+           test_data, *, progress: bool, log) -> tuple[nn.Module, dict[str, Any]]:
+    from mcel.distributed import all_sum, shard, shard_weight
+
     torch.manual_seed(config.seed)
     model = build_model(config).to(device)
     loss_fn = build_loss(config)
     opt = _optimizer(config, model)
-    x_tr, y_tr = load_dataset(config.dataset, "train", config.data_dir, limit=config.limit_train)
-    x_te, y_te = load_dataset(config.dataset, "test", config.data_dir, limit=config.limit_test)
+    (x_tr, y_tr), (x_te, y_te) = train_data, test_data
+    if len(x_tr) < info.world:
+        raise MCELError(f"{len(x_tr)} training samples cannot be shared by {info.world} "
+                        "processes; use more samples or fewer processes")
     x_tr, y_tr = x_tr.to(device), y_tr.to(device)
     gen = torch.Generator().manual_seed(config.seed)
     metrics: dict[str, Any] = {"epochs": [], "config_hash": config.digest()}
     start_epoch = 0
     if out is not None:
         start_epoch = _maybe_resume(out, config, model, opt, gen, metrics)
+    writer = out if info.is_main else None  # one rank writes the run folder
+    net: nn.Module = model
+    if info.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                      else None)
 
     from mcel.engine import transient_weight_faults
 
@@ -265,21 +300,27 @@ def train(config: TrainConfig, out: str | Path | None = None, *, progress: bool 
                 g["lr"] = config.lr * _lr_factor(config, epoch)
             model.train()
             t0 = time.perf_counter()
+            # Every rank draws the same permutation (same generator state) and takes its
+            # shard of each global batch.
             perm = torch.randperm(len(x_tr), generator=gen).to(device)
             total, correct, seen = 0.0, 0, 0
             with transient_weight_faults(model, em, seed=config.seed,
                                          first_call=epoch * steps_per_epoch):
                 for i in range(0, len(x_tr), config.batch_size):
-                    idx = perm[i:i + config.batch_size]
+                    batch = perm[i:i + config.batch_size]
+                    if len(batch) < info.world:
+                        continue  # a last batch too small to give every rank a sample
+                    idx = shard(batch, info)
                     xb, yb = x_tr[idx], y_tr[idx]
-                    logits = model(xb)
+                    logits = net(xb)
                     loss = loss_fn(logits, yb)
                     opt.zero_grad(set_to_none=True)
-                    loss.backward()
+                    (loss * shard_weight(len(idx), len(batch), info)).backward()
                     opt.step()
                     total += loss.item() * len(idx)
                     correct += (logits.argmax(1) == yb).sum().item()
                     seen += len(idx)
+            total, correct, seen = all_sum([total, correct, seen], device, info)
             seconds = time.perf_counter() - t0
             test_acc = accuracy(model, x_te, y_te)
             row = {"epoch": epoch + 1, "loss": total / seen, "train_acc": correct / seen,
@@ -289,15 +330,19 @@ def train(config: TrainConfig, out: str | Path | None = None, *, progress: bool 
             if log:
                 log(f"epoch {epoch + 1}/{config.epochs} loss {row['loss']:.4f} "
                     f"train {row['train_acc']:.4f} test {test_acc:.4f} ({seconds:.1f}s)")
-            if out is not None:
-                _save_state(out, config, model, opt, gen, metrics, epoch + 1)
+            if writer is not None:
+                _save_state(writer, config, model, opt, gen, metrics, epoch + 1)
     model.eval()
     metrics["test_acc"] = accuracy(model, x_te, y_te)
     metrics["train_seconds"] = sum(r["seconds"] for r in metrics["epochs"])
-    if out is not None:
-        save_tensors(out / "model.safetensors", model.state_dict(),
-                     metadata={"config_hash": config.digest()})
-        write_json(out / "metrics.json", metrics)
+    if info.enabled:
+        metrics["world_size"] = info.world
+    if writer is not None:
+        # One metadata key: safetensors writes several in random order, and the same
+        # config and seed must give the same file, byte for byte.
+        save_tensors(writer / "model.safetensors", model.state_dict(),
+                     metadata={"config": json.dumps(config.to_dict(), sort_keys=True)})
+        write_json(writer / "metrics.json", metrics)
     return model, metrics
 
 
@@ -324,21 +369,33 @@ def _maybe_resume(out: Path, config: TrainConfig, model: nn.Module, opt: torch.o
     ckpt = out / "last.safetensors"
     if not ckpt.exists():
         return 0
-    state = json.loads(load_metadata(ckpt).get("state", "{}"))
+    meta = load_metadata(ckpt)  # a foreign file (a pickle, say) fails here, unread
+    try:
+        state = json.loads(meta.get("state", "{}"))
+    except ValueError:
+        state = None
+    if not isinstance(state, dict):
+        raise MCELError(f"{ckpt} has no readable progress record; it was not written by "
+                        "mcel train: delete it to start over")
     if state.get("config_hash") != config.digest():
         raise MCELError(f"{out} holds a run of another config; use a new --out folder")
     tensors = load_tensors(ckpt)
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    opt_state = opt.state_dict()
-    for key, v in tensors.items():
-        if key.startswith("opt."):
-            _, pid, name = key.split(".", 2)
-            opt_state["state"].setdefault(int(pid), {})[name] = v
-    opt.load_state_dict(opt_state)
-    gen.set_state(tensors["rng.gen"])
-    torch.set_rng_state(tensors["rng.torch"])
-    metrics.update(state["metrics"])
-    return int(state["epoch"])
+    try:
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        opt_state = opt.state_dict()
+        for key, v in tensors.items():
+            if key.startswith("opt."):
+                _, pid, name = key.split(".", 2)
+                opt_state["state"].setdefault(int(pid), {})[name] = v
+        opt.load_state_dict(opt_state)
+        gen.set_state(tensors["rng.gen"])
+        torch.set_rng_state(tensors["rng.torch"])
+        metrics.update(state["metrics"])
+        return int(state["epoch"])
+    except (KeyError, ValueError, TypeError, RuntimeError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise MCELError(f"{ckpt} does not fit this run ({first}); delete it to start "
+                        "over") from None
 
 
 def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[nn.Module, TrainConfig]:
@@ -347,7 +404,12 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[nn.Module, Train
     if not (run_dir / "model.safetensors").exists():
         raise MCELError(f"{run_dir} is not a finished run folder (no model.safetensors); "
                         "train it with 'mcel train --out DIR' first")
-    config = TrainConfig.from_dict(read_json(run_dir / "config.json"))
+    raw = read_json(run_dir / "config.json")
+    if not isinstance(raw, dict):
+        raise MCELError(f"{run_dir / 'config.json'} must hold a JSON object of training "
+                        "settings; was it written by mcel?")
+    config = TrainConfig.from_dict(raw)
+    _check_checkpoint_config(run_dir, config)
     model = build_model(config)
     tensors = load_tensors(run_dir / "model.safetensors")
     try:
@@ -356,3 +418,32 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[nn.Module, Train
         first = str(e).splitlines()[0]
         raise MCELError(f"checkpoint in {run_dir} does not match its config ({first})") from None
     return model.to(resolve_device(device)).eval(), config
+
+
+def _check_checkpoint_config(run_dir: Path, config: TrainConfig) -> None:
+    """The weights were trained with the config that config.json names.
+
+    ``model.safetensors`` carries the full config it was trained with (older files: its
+    hash). A config.json edited to another model or quantization would otherwise load
+    silently whenever the tensor shapes agree (int4 and int8 weights are both floats).
+    Where the data lives and which device trained it do not count.
+    """
+    meta = load_metadata(run_dir / "model.safetensors")
+    now = config.to_dict()
+    ignore = ("data_dir", "device")
+    try:
+        saved = json.loads(meta["config"]) if "config" in meta else None
+    except ValueError:
+        saved = None
+    if isinstance(saved, dict):
+        diffs = [f"{k}={saved.get(k)!r}, config.json says {now.get(k)!r}"
+                 for k in sorted(set(saved) | set(now))
+                 if k not in ignore and saved.get(k) != now.get(k)]
+    elif "config_hash" in meta:
+        diffs = ([] if meta["config_hash"] == config.digest() else
+                 [f"config hash {meta['config_hash']}, config.json's is {config.digest()}"])
+    else:
+        return  # no record of its config: the shape check of load_state_dict still runs
+    if diffs:
+        raise MCELError(f"checkpoint in {run_dir} does not match its config.json (trained "
+                        f"with {'; '.join(diffs[:3])}); restore config.json or retrain")

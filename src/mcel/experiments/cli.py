@@ -32,7 +32,12 @@ def add_sweep_command(sub: Any) -> None:
     p.add_argument("--jobs", type=_positive_int, default=1, help="cells run at once")
     p.add_argument("--data-dir", default=None, help="dataset folder for every cell "
                    "(overrides the grid's data_dir; not part of the run id)")
-    p.add_argument("--backend", default="local", help="executor backend (default: local)")
+    p.add_argument("--backend", default="local",
+                   help="where cells run: local (this machine, --jobs processes) or ray "
+                        "(Ray tasks; pip install 'mcel[ray]') (default: local)")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster to join, e.g. 'auto' or 'HOST:6379' (--backend ray; "
+                        "default: $RAY_ADDRESS, else a private Ray instance on this machine)")
     p.add_argument("--threads", type=_positive_int, default=1,
                    help="torch threads per cell; results depend on it on CPU (default 1)")
     p.add_argument("--dry-run", action="store_true", help="only count what would run")
@@ -53,6 +58,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if out is None:
         out = f"sweep-{load_grid(args.grid).name}"
     s = run_sweep(args.grid, Path(out), args.jobs, backend=args.backend,
+                  backend_options={"address": args.address},
                   data_dir=args.data_dir, threads=args.threads, dry_run=args.dry_run,
                   progress=sys.stderr.isatty(), log=_log)
     if args.dry_run:

@@ -7,10 +7,13 @@ format) is written to SQLite in one transaction (the runs row, its evals rows an
 their trials rows), so a sweep killed at any moment leaves whole results or none, and
 rerunning the same command does only what is missing.
 
-Cells run through an *executor backend*: a function ``(jobs, n) -> iterator of result
-dicts``. Only the parent process writes to the database; backends return plain dicts.
-``local`` runs cells in this process (``n = 1``) or in a spawn process pool; a cluster
-backend (e.g. Ray) registers itself in `EXECUTORS` without touching `run_sweep`.
+Cells run through an *executor backend*: a function ``(jobs, n, **options) -> iterator
+of result dicts``, optionally with a ``prepare(**options)`` attribute that checks, before
+anything is created, that the backend can run (a missing package, a bad option).
+Only the parent process writes to the database; backends return plain dicts.
+``local`` runs cells in this process (``n = 1``) or in a spawn process pool; ``ray``
+(`mcel.experiments.ray_backend`, ``pip install 'mcel[ray]'``) runs each cell as a Ray
+task on this machine or a cluster.
 
 On CPU, PyTorch's float reductions depend on the number of threads, so every cell
 runs with a fixed thread count (``threads``, default 1): the numbers are the same
@@ -126,7 +129,7 @@ def run_cell(job: CellJob) -> dict[str, Any]:
 
 # -- executor backends -----------------------------------------------------------------
 
-Executor = Callable[[Sequence[CellJob], int], Iterator[dict[str, Any]]]
+Executor = Callable[..., Iterator[dict[str, Any]]]  # (jobs, n, **options)
 EXECUTORS: Registry[Executor] = Registry("sweep backend")
 
 
@@ -172,8 +175,37 @@ def local_executor(jobs: Sequence[CellJob], n: int) -> Iterator[dict[str, Any]]:
                 p.terminate()
 
 
+def _ray_executor(jobs: Sequence[CellJob], n: int, **options: Any) -> Iterator[dict[str, Any]]:
+    """Each cell a Ray task (see `mcel.experiments.ray_backend`; Ray is imported lazily,
+    so the backend is listed, and explains how to install Ray, even without it)."""
+    from mcel.experiments.ray_backend import ray_executor
+
+    return ray_executor(jobs, n, **options)
+
+
+def _ray_prepare(**options: Any) -> None:
+    from mcel.experiments.ray_backend import prepare
+
+    prepare(**options)
+
+
+_ray_executor.prepare = _ray_prepare  # type: ignore[attr-defined]
+EXECUTORS.add("ray", _ray_executor)
+
+
 def list_backends() -> list[str]:
     return EXECUTORS.names()
+
+
+def _prepare_backend(backend: str, options: dict[str, Any]) -> Executor:
+    executor = EXECUTORS.get(backend)
+    prepare = getattr(executor, "prepare", None)
+    if prepare is not None:
+        prepare(**options)
+    elif options:
+        raise MCELError(f"backend '{backend}' takes no options ({', '.join(sorted(options))}); "
+                        "--address is for --backend ray")
+    return executor
 
 
 # -- the database side -----------------------------------------------------------------
@@ -238,12 +270,14 @@ def db_path(grid: Grid, grid_path: Path, out_dir: Path) -> Path:
 
 
 def _check_data(cells: Sequence[Cell]) -> None:
-    """Find every dataset before training anything."""
-    from mcel.data import DATASETS, resolve_data_dir
+    """Find and read every dataset before creating anything: a missing, truncated or
+    foreign file fails in one line, not in a worker after the database exists."""
+    from mcel.data import DATASETS, load_arrays
 
     for name, data_dir in dict.fromkeys((c.config.dataset, c.config.data_dir) for c in cells):
         if not DATASETS.get(name).embedded:
-            resolve_data_dir(name, data_dir)
+            for split in ("train", "test"):
+                load_arrays(name, split, data_dir)
 
 
 def run_sweep(
@@ -252,6 +286,7 @@ def run_sweep(
     jobs: int = 1,
     *,
     backend: str = "local",
+    backend_options: dict[str, Any] | None = None,
     data_dir: str | None = None,
     threads: int = 1,
     dry_run: bool = False,
@@ -261,7 +296,8 @@ def run_sweep(
     """Run every cell of the grid file that is not complete in its database.
 
     ``out_dir`` receives ``runs/<run_id>/`` folders and (by default) the database.
-    ``jobs`` cells run at once through ``backend``; ``data_dir`` overrides the grid's
+    ``jobs`` cells run at once through ``backend`` (``backend_options``, e.g. Ray's
+    ``address``, go to it); ``data_dir`` overrides the grid's
     data folder; ``threads`` is the torch thread count of each cell (see module doc).
     ``dry_run`` only counts what would run. Returns the counts of cells done/skipped and
     rows written.
@@ -271,10 +307,13 @@ def run_sweep(
         raise MCELError(f"jobs must be a positive integer, got {jobs!r}")
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise MCELError(f"threads must be a positive integer, got {threads!r}")
-    executor = EXECUTORS.get(backend)
+    options = {k: v for k, v in (backend_options or {}).items() if v is not None}
+    executor = _prepare_backend(backend, options)
     grid_path = Path(grid_path)
     grid = load_grid(grid_path)
     cells = expand(grid, data_dir=data_dir)
+    if not dry_run:
+        _check_data(cells)
     from mcel.io import check_writable
 
     out = Path(out_dir) if dry_run else check_writable(out_dir)
@@ -297,13 +336,12 @@ def run_sweep(
                 f"{len(todo)} to run ({backend}, jobs={jobs}); database {db}")
         if dry_run or not todo:
             return summary
-        _check_data([j.cell for j in todo])
         by_id = {j.cell.run_id: j for j in todo}
         from mcel.train import _progress
 
         with _progress(progress) as bar:
             task = bar.add_task(f"sweep {grid.name}", total=len(todo), info="")
-            for result in executor(todo, jobs):
+            for result in executor(todo, jobs, **options):
                 counts = write_result(con, result, grid.name)
                 summary.done += 1
                 summary.runs_written += counts["runs"]
@@ -323,7 +361,69 @@ def run_sweep(
     return summary
 
 
+def audit(grid_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
+    """Check that a finished sweep's database is complete and consistent.
+
+    Every cell of the grid has its runs row and run folder, every (format, error model,
+    BER, eval seed) of its plan one evals row, every evals row exactly ``trials``
+    trials rows numbered 0..trials-1, nothing is duplicated or orphaned, and at BER 0
+    the mean equals the clean accuracy with no flipped bit. Returns the row counts and
+    a list of ``problems`` (empty when all is well).
+    """
+    grid_path, out_dir = Path(grid_path), Path(out_dir)
+    grid = load_grid(grid_path)
+    cells = expand(grid)
+    db = db_path(grid, grid_path, out_dir)
+    if not db.exists():
+        raise MCELError(f"{db} does not exist; run the sweep first")
+    problems: list[str] = []
+    con = connect(db)
+    try:
+        runs = {r["run_id"] for r in con.execute("SELECT run_id FROM runs")}
+        want = {c.run_id: c for c in cells}
+        for run_id in sorted(set(want) - runs):
+            problems.append(f"run {run_id}: no runs row")
+        for run_id in sorted(runs & set(want)):
+            if not (out_dir / "runs" / run_id / "model.safetensors").exists():
+                problems.append(f"run {run_id}: no run folder")
+        evals = con.execute("SELECT eval_id, run_id, fmt, error_model, ber, eval_seed, mean, "
+                            "trials, clean_acc FROM evals").fetchall()
+        have: dict[tuple, int] = {}
+        for e in evals:
+            key = (e["run_id"], e["fmt"], e["error_model"], e["ber"], e["eval_seed"])
+            have[key] = have.get(key, 0) + 1
+        problems += [f"evals {k}: {n} rows" for k, n in have.items() if n > 1]
+        for run_id, cell in want.items():
+            for key in cell.plan.keys():
+                if (run_id, *key) not in have:
+                    problems.append(f"run {run_id}: no evals row for {key}")
+        trials = {}
+        for r in con.execute("SELECT eval_id, COUNT(*) AS n, MIN(trial) AS lo, MAX(trial) AS hi, "
+                             "SUM(empirical_rate > 0) AS flipped FROM trials GROUP BY eval_id"):
+            trials[r["eval_id"]] = r
+        for e in evals:
+            t = trials.get(e["eval_id"])
+            if e["run_id"] not in runs:
+                problems.append(f"eval {e['eval_id']}: orphan (no runs row)")
+            if t is None or (t["n"], t["lo"], t["hi"]) != (e["trials"], 0, e["trials"] - 1):
+                problems.append(f"eval {e['eval_id']}: {0 if t is None else t['n']} trials rows, "
+                                f"evals row says {e['trials']}")
+            elif e["ber"] == 0 and (t["flipped"] or abs(e["mean"] - e["clean_acc"]) > 1e-12):
+                problems.append(f"eval {e['eval_id']}: BER 0 differs from clean accuracy")
+        orphans = set(trials) - {e["eval_id"] for e in evals}
+        if orphans:
+            problems.append(f"{len(orphans)} trials groups without an evals row")
+        n_trials = con.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
+    finally:
+        con.close()
+    return {"cells": len(cells), "runs": len(runs), "evals": len(evals), "trials": n_trials,
+            "expected_evals": sum(len(c.plan.keys()) for c in cells),
+            "expected_trials": sum(len(c.plan.keys()) * c.plan.trials for c in cells
+                                   if c.plan.target_half_width is None) or None,
+            "problems": problems}
+
+
 __all__: Sequence[str] = [
-    "CellJob", "EXECUTORS", "Executor", "SweepSummary", "local_executor", "list_backends",
-    "missing_fmts", "run_cell", "run_sweep", "write_result",
+    "CellJob", "EXECUTORS", "Executor", "SweepSummary", "audit", "local_executor",
+    "list_backends", "missing_fmts", "run_cell", "run_sweep", "write_result",
 ]
