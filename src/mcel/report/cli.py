@@ -41,10 +41,10 @@ def cmd_margins(args: argparse.Namespace) -> int:
     if args.max_flips < 1:
         raise MCELError(f"--max-flips must be >= 1, got {args.max_flips}")
     model, config = load_run(args.run_dir, args.device)
-    out = check_writable(args.out or Path(args.run_dir) / "margins")
     em = parse_error_model(args.error_model) if args.error_model else None
     x, y = load_dataset(config.dataset, "test", args.data_dir or config.data_dir,
                         limit=args.limit_test or config.limit_test)
+    out = check_writable(args.out or Path(args.run_dir) / "margins")  # after the inputs
     s = survival(model, x, y, args.ber, em, trials=args.trials, seed=args.seed,
                  batch_size=args.batch_size, progress=sys.stderr.isatty())
     cert = flip_certificate(model, x, y, max_flips=args.max_flips, batch_size=args.batch_size)
