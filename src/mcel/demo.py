@@ -15,10 +15,11 @@ from mcel.data import load_dataset
 from mcel.evaluate import evaluate
 from mcel.faults import BitErrorModel
 from mcel.io import check_writable, write_json
+from mcel.losses import DEFAULT_MARGIN
 from mcel.plots import plot_accuracy_vs_ber
 from mcel.train import TrainConfig, train
 
-DEMO_BERS = (0.0, 0.005, 0.01, 0.02, 0.03, 0.05)
+DEMO_BERS = (0.0, 0.01, 0.02, 0.05, 0.1)
 TRAIN_BER = 0.01
 
 
@@ -27,7 +28,7 @@ def demo_configs(epochs: int, seed: int) -> dict[str, TrainConfig]:
                 epochs=epochs, seed=seed, lr=3e-3, batch_size=64)
     return {
         "CE": TrainConfig(loss="ce", **base),
-        "MCEL": TrainConfig(loss="mcel", **base),
+        f"MCEL (margin {DEFAULT_MARGIN:g})": TrainConfig(loss="mcel", **base),
         f"CE + error injection (p={TRAIN_BER:g})": TrainConfig(loss="ce", train_ber=TRAIN_BER,
                                                               **base),
     }
