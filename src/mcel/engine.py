@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from mcel.errors import MCELError
-from mcel.faults import BitErrorModel, FaultKey, apply_mask_, inject, sample_mask
+from mcel.faults import BitErrorModel, FaultKey, FlipMask, apply_mask_, inject, sample_mask
 from mcel.quant import QuantizedTensor, quant_layers, quantize
 
 
@@ -37,7 +37,69 @@ class _Slot:
     name: str
     qt: QuantizedTensor
     values: Tensor  # dequantized, shaped like the parameter
-    masks: list = field(default_factory=list)
+    masks: list = field(default_factory=list)  # applied FlipMasks, oldest first
+    saved: list = field(default_factory=list)  # per mask, the values it overwrote
+
+    def apply(self, mask: FlipMask) -> None:
+        """XOR ``mask`` into the codes and refresh only the values it touches."""
+        self.saved.append(_xor_and_refresh(self.qt, self.values.view(-1), mask))
+        self.masks.append(mask)
+
+    def undo(self) -> None:
+        """Undo the newest mask: XOR it out again, put the overwritten values back."""
+        mask, old = self.masks.pop(), self.saved.pop()
+        _xor_and_put(self.qt, self.values.view(-1), mask, old)
+
+
+def _numpy_ok(qt: QuantizedTensor, values: Tensor) -> bool:
+    # CPU float32 (the usual case): numpy's fancy indexing is ~5x faster than torch's
+    # index_put on CPU and gives the same IEEE products (one float32 multiply each).
+    return (values.device.type == "cpu" and values.dtype == torch.float32
+            and qt.scale.dtype == torch.float32 and not qt.scale.requires_grad)
+
+
+def _dequantize(qt: QuantizedTensor) -> Tensor:
+    """``qt.dequantize()``; on CPU without its int64 copy of the codes (numpy indexes a
+    table with the uint8 codes directly), which is 8 bytes per weight of peak memory."""
+    if not _numpy_ok(qt, qt.scale):
+        return qt.dequantize()
+    vals = qt.table().numpy()[qt.codes.numpy()]
+    vals *= qt.scale.detach().numpy()  # same broadcast, same float32 products
+    return torch.from_numpy(vals)
+
+
+def _xor_and_refresh(qt: QuantizedTensor, values: Tensor, mask: FlipMask) -> Tensor:
+    """Apply ``mask`` to ``qt.codes``, rewrite ``values`` at its indices from the new codes
+    (exactly ``qt.dequantize_at``), and return the values that were there before."""
+    if not _numpy_ok(qt, values):
+        old = values.index_select(0, mask.index)
+        apply_mask_(qt.codes, mask)
+        values.index_copy_(0, mask.index, qt.dequantize_at(mask.index).to(values.dtype))
+        return old
+    idx = mask.index.numpy()
+    codes = qt.codes.view(-1).numpy()
+    vals = values.numpy()
+    old = vals[idx]  # fancy indexing copies
+    codes[idx] ^= mask.xor.numpy()  # indices are unique: each code is touched once
+    new = qt.table().numpy()[codes[idx]]
+    scale = qt.scale.detach().numpy().reshape(-1)
+    if scale.size == 1:
+        new *= scale[0]
+    else:  # channel scales run along dim 0
+        new *= scale[idx // qt.codes[0].numel()]
+    vals[idx] = new
+    return torch.from_numpy(old)
+
+
+def _xor_and_put(qt: QuantizedTensor, values: Tensor, mask: FlipMask, old: Tensor) -> None:
+    """Inverse of `_xor_and_refresh`: XOR is its own inverse; the values are put back."""
+    if not _numpy_ok(qt, values):
+        apply_mask_(qt.codes, mask)
+        values.index_copy_(0, mask.index, old)
+        return
+    idx = mask.index.numpy()
+    qt.codes.view(-1).numpy()[idx] ^= mask.xor.numpy()
+    values.numpy()[idx] = old.numpy()
 
 
 @dataclass
@@ -78,10 +140,10 @@ class MemoryImage:
         with torch.no_grad():
             for name, layer in layers:
                 qt = layer.quantized_weight()
-                self.weights.append((layer, _Slot(f"{name}.weight", qt, qt.dequantize())))
+                self.weights.append((layer, _Slot(f"{name}.weight", qt, _dequantize(qt))))
                 if want_bias and layer.bias is not None:
                     qb = quantize(layer.bias, bias_bits(layer), fmt=layer.fmt)
-                    self.biases.append((layer, _Slot(f"{name}.bias", qb, qb.dequantize())))
+                    self.biases.append((layer, _Slot(f"{name}.bias", qb, _dequantize(qb))))
 
     def __enter__(self) -> MemoryImage:
         for layer, slot in self.weights:
@@ -116,9 +178,7 @@ class MemoryImage:
         for slot in self.slots(error_model):
             mask = sample_mask(slot.qt.codes, slot.qt.bits, error_model, seed=seed, trial=trial,
                                name=slot.name)
-            apply_mask_(slot.qt.codes, mask)
-            slot.values.view(-1)[mask.index] = slot.qt.dequantize_at(mask.index)
-            slot.masks.append(mask)
+            slot.apply(mask)
             stats.flipped_bits += mask.nbits_flipped
             stats.total_bits += mask.nbits_total
         return stats
@@ -128,9 +188,7 @@ class MemoryImage:
         """Undo every injection, newest first (XOR is its own inverse)."""
         for _, slot in self.weights + self.biases:
             while slot.masks:
-                mask = slot.masks.pop()
-                apply_mask_(slot.qt.codes, mask)
-                slot.values.view(-1)[mask.index] = slot.qt.dequantize_at(mask.index)
+                slot.undo()
 
 
 class _CallCounter:
@@ -191,6 +249,6 @@ def state_digest(model: nn.Module) -> str:
     h = hashlib.sha256()
     for k, v in sorted(model.state_dict().items()):
         h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-                 if v.numel() else b"")
+        if v.numel():  # hashed through the buffer protocol: no copy of the weights
+            h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
     return h.hexdigest()

@@ -5,7 +5,8 @@ For every trial ``t`` and bit error rate ``p`` the engine flips the bits of tria
 those at a higher one), measures accuracy on the whole test set, and undoes the flips.
 Per BER it reports the mean accuracy over trials, its standard deviation, a 95%
 Student-t confidence interval of the mean, every per-trial accuracy and the empirical
-error rate each trial produced.
+error rate each trial produced, and the wall time of each trial next to that of the
+clean pass (``EvalResult.clean_seconds``), so the engine's overhead is visible.
 
 Adaptive mode adds trials until the interval's half-width is below a target (or a
 trial budget is spent), so a flat curve costs few trials and a noisy one gets more.
@@ -76,12 +77,14 @@ class BerResult:
     trials: int
     accuracies: list[float]
     empirical_rates: list[float]
+    trial_seconds: list[float] = field(default_factory=list)  # inject + forward + undo
 
     @classmethod
-    def from_trials(cls, ber: float, accs: list[float], rates: list[float]) -> BerResult:
+    def from_trials(cls, ber: float, accs: list[float], rates: list[float],
+                    seconds: list[float] | None = None) -> BerResult:
         mean, lo, hi = t_interval(accs)
         sd = math.sqrt(sum((a - mean) ** 2 for a in accs) / (len(accs) - 1)) if len(accs) > 1 else 0.0
-        return cls(ber, mean, sd, lo, hi, len(accs), accs, rates)
+        return cls(ber, mean, sd, lo, hi, len(accs), accs, rates, list(seconds or []))
 
     @property
     def half_width(self) -> float:
@@ -96,6 +99,7 @@ class EvalResult:
     results: list[BerResult]
     seconds: float = 0.0
     meta: dict[str, Any] = field(default_factory=dict)
+    clean_seconds: float = 0.0  # the one clean pass over the data (the overhead baseline)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -161,15 +165,19 @@ def evaluate(
     t0 = time.perf_counter()
     accs: dict[float, list[float]] = {b: [] for b in bers}
     rates: dict[float, list[float]] = {b: [] for b in bers}
+    secs: dict[float, list[float]] = {b: [] for b in bers}
     correct_log: dict[float, list[Tensor]] = {b: [] for b in bers}
 
     from mcel.train import _progress
 
     with MemoryImage(model, em) as image, _progress(progress) as bar:
+        tc = time.perf_counter()
         clean = fwd.accuracy()
+        clean_seconds = time.perf_counter() - tc
         task = bar.add_task("evaluate", total=trials * len(bers), info="")
         for t in range(trials):
             for b in bers:
+                tt = time.perf_counter()
                 emb = at_rate(em, b)
                 if em.mode == "transient" or "activations" in em.targets:
                     acc, rate, corr = _transient_trial(model, fwd, image, emb, seed, t)
@@ -178,6 +186,8 @@ def evaluate(
                     corr = fwd.correct()
                     acc, rate = corr.float().mean().item(), st.empirical_rate
                     image.restore()
+                # .item() above waited for the device, so this is the trial's wall time
+                secs[b].append(time.perf_counter() - tt)
                 accs[b].append(acc)
                 rates[b].append(rate)
                 if keep_correct:
@@ -193,8 +203,8 @@ def evaluate(
         raise RuntimeError("evaluation changed the model's state")
     result = EvalResult(
         clean_accuracy=clean, error_model=em.to_dict(), seed=seed,
-        results=[BerResult.from_trials(b, accs[b], rates[b]) for b in bers],
-        seconds=time.perf_counter() - t0,
+        results=[BerResult.from_trials(b, accs[b], rates[b], secs[b]) for b in bers],
+        seconds=time.perf_counter() - t0, clean_seconds=clean_seconds,
     )
     if keep_correct:
         result.meta["correct"] = {b: torch.stack(v) for b, v in correct_log.items()}
