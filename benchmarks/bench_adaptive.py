@@ -27,8 +27,8 @@ import time
 from typing import Any
 
 import torch
-
 from _harness import goal, load_split, machine_info, standalone, table
+
 from mcel.evaluate import evaluate, t_interval
 from mcel.train import TrainConfig, build_loss, build_model
 

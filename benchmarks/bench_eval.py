@@ -31,9 +31,19 @@ import time
 from typing import Any
 
 import torch
+from _harness import (
+    goal,
+    interleaved,
+    load_split,
+    machine_info,
+    median,
+    paired_ratio,
+    standalone,
+    summary,
+    sync_fn,
+    table,
+)
 
-from _harness import (goal, interleaved, load_split, machine_info, median, paired_ratio,
-                      standalone, summary, sync_fn, table)
 from mcel.engine import MemoryImage
 from mcel.evaluate import evaluate
 from mcel.faults import BitErrorModel

@@ -25,9 +25,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from _harness import (
+    goal,
+    interleaved,
+    machine_info,
+    median,
+    paired_ratio,
+    standalone,
+    summary,
+    sync_fn,
+    table,
+)
 
-from _harness import (goal, interleaved, machine_info, median, paired_ratio, standalone,
-                      summary, sync_fn, table)
 from mcel.faults import BitErrorModel, FaultKey, apply_mask_, inject_, sample_mask
 
 RATES = (1e-4, 1e-3, 1e-2)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from _harness import REPO, command_line, machine_info, write_json
+
 from mcel.experiments.sweep import audit
 
 GRID = """\

@@ -37,9 +37,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from _harness import (goal, load_split, machine_info, peak_rss_bytes, reset_peak_rss,
-                      rss_bytes, standalone, table)
+from _harness import (
+    goal,
+    load_split,
+    machine_info,
+    peak_rss_bytes,
+    reset_peak_rss,
+    rss_bytes,
+    standalone,
+    table,
+)
 
 PHASES = ("clean", "evaluate", "naive")
 N_IMAGES = 1_024
@@ -50,6 +57,7 @@ MIB = 1 << 20
 
 def _child(device: str, phase: str, n_images: int, data_dir: str | None) -> dict[str, Any]:
     from bench_eval import BERS, NAIVE_BER, build_model, clean_accuracy, naive_faulty_copy
+
     from mcel.evaluate import evaluate
     from mcel.quant import quant_layers
 

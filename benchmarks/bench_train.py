@@ -28,9 +28,19 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from _harness import (
+    goal,
+    interleaved,
+    load_split,
+    machine_info,
+    median,
+    paired_ratio,
+    standalone,
+    summary,
+    sync_fn,
+    table,
+)
 
-from _harness import (goal, interleaved, load_split, machine_info, median, paired_ratio,
-                      standalone, summary, sync_fn, table)
 from mcel.engine import transient_weight_faults
 from mcel.train import TrainConfig, build_loss, build_model
 

@@ -25,7 +25,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-
 from _harness import REPO, command_line, machine_info, write_json  # noqa: E402
 
 BENCHMARKS = ("eval", "train", "adaptive", "inject", "memory")
@@ -120,7 +119,7 @@ def _md_table(headers: list[str], rows: list[list[Any]]) -> list[str]:
 
 
 def _sec_eval(r: dict, goals: list) -> list[str]:
-    L = [f"## 1. Evaluation throughput under persistent weight faults", "",
+    L = ["## 1. Evaluation throughput under persistent weight faults", "",
          f"{r['model']}; {r['quantized_weights']:,} quantized weights "
          f"({r['stored_bits']:,} stored bits); data: {r['data']}; batch {r['batch_size']}; "
          f"{r['rounds']} interleaved rounds of: one `evaluate()` call (its own clean pass + "
@@ -452,7 +451,7 @@ def render(main_dir: Path, quick_dir: Path, gpu_dir: Path) -> str:
          f"- Date: {m['date']}",
          f"- Machine: {_machine_line(m)}; device `{m['device']}`",
          f"- Total time: {run.get('seconds', '?')} s",
-         f"- Load average (1/5/15 min) when each benchmark started: "
+         "- Load average (1/5/15 min) when each benchmark started: "
          + "; ".join("/".join(f"{v:g}" for v in t) for t in loads if t)
          + ". The machine is shared: other jobs ran at the same time, so every comparison "
            "below is measured side by side (cases take turns, medians over rounds, paired "
@@ -477,7 +476,7 @@ def render(main_dir: Path, quick_dir: Path, gpu_dir: Path) -> str:
     gpu = {k: v for k, v in load_dir(gpu_dir).items() if k != "run"}
     if gpu:
         g = next(iter(gpu.values()))
-        L += [f"## GPU run", "", f"`{g.get('command', '')}` on {g['machine']['date']}; "
+        L += ["## GPU run", "", f"`{g.get('command', '')}` on {g['machine']['date']}; "
               f"{_machine_line(g['machine'])}. JSON: `{_rel(gpu_dir)}`.", ""]
         L += _headline(gpu)
     else:

@@ -123,7 +123,7 @@ def test_end_to_end_rows(reference):
         # clean accuracy = share of positive margins (ties aside), in every format
         assert abs(sum(m > 0 for m in margins) / 360 - r["clean_acc"]) < 0.01
         assert set(json.loads(r["versions"])) >= {"mcel", "torch", "python"}
-    for (run_id, _fmt, _em, ber, _seed), (mean, _sd, lo, hi, n, clean, trials) in evals.items():
+    for (_run_id, _fmt, _em, ber, _seed), (mean, _sd, lo, hi, n, clean, trials) in evals.items():
         assert lo <= mean <= hi and n == TRIALS
         assert mean == pytest.approx(sum(t[1] for t in trials) / n)
         if ber == 0:

@@ -8,8 +8,8 @@ import torch
 from mcel import MCELError
 from mcel.train import TrainConfig, load_run, train
 
-FAST = dict(dataset="digits", model="mlp", model_kwargs={"hidden": 32}, quant="int4", epochs=3, lr=0.01,
-            batch_size=64, limit_train=512, limit_test=200)
+FAST = dict(dataset="digits", model="mlp", model_kwargs={"hidden": 32}, quant="int4", epochs=3,
+            lr=0.01, batch_size=64, limit_train=512, limit_test=200)
 
 
 def test_run_folder_reloads_to_the_same_accuracy(tmp_path):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,8 @@ def _floats(text: str) -> list[float]:
     try:
         vals = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got '{text}'") from None
+        msg = f"expected comma-separated numbers, got '{text}'"
+        raise argparse.ArgumentTypeError(msg) from None
     if not vals:
         raise argparse.ArgumentTypeError("expected at least one number")
     return vals

@@ -83,7 +83,8 @@ class BerResult:
     def from_trials(cls, ber: float, accs: list[float], rates: list[float],
                     seconds: list[float] | None = None) -> BerResult:
         mean, lo, hi = t_interval(accs)
-        sd = math.sqrt(sum((a - mean) ** 2 for a in accs) / (len(accs) - 1)) if len(accs) > 1 else 0.0
+        n = len(accs)
+        sd = math.sqrt(sum((a - mean) ** 2 for a in accs) / (n - 1)) if n > 1 else 0.0
         return cls(ber, mean, sd, lo, hi, len(accs), accs, rates, list(seconds or []))
 
     @property

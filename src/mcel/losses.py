@@ -17,6 +17,7 @@ them (zero mean, unit standard deviation); both then multiply by ``scale``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -35,7 +36,8 @@ DEFAULT_SCALE = 8.0
 _EPS = 1e-6
 
 
-def normalize_logits(input: Tensor, normalize: str = "none", scale: float = DEFAULT_SCALE) -> Tensor:
+def normalize_logits(input: Tensor, normalize: str = "none",
+                     scale: float = DEFAULT_SCALE) -> Tensor:
     """Put logits (N, C, ...) on the scale in which the margin is measured (class dim 1)."""
     if normalize == "none":
         return input
@@ -91,7 +93,7 @@ def mcel_loss(
     >>> bool(mcel_loss(z, y, margin=2.0) > F.cross_entropy(z, y))
     True
     """
-    if not torch.isfinite(torch.as_tensor(float(margin))):
+    if not math.isfinite(margin):
         raise MCELError(f"margin must be a finite number, got {margin}")
     if input.dim() < 2:
         # CE also accepts unbatched (C,) input; give it a batch dim and take it off again.

@@ -12,9 +12,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def _save(fig, path: str | Path) -> Path:
-    from mcel.io import atomic_write_bytes
-
     import io
+
+    from mcel.io import atomic_write_bytes
 
     buf = io.BytesIO()
     fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png", dpi=130, bbox_inches="tight")

@@ -33,7 +33,6 @@ True
 from __future__ import annotations
 
 import fnmatch
-import math
 import numbers
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import KW_ONLY, dataclass, fields, replace
