@@ -29,6 +29,7 @@ test: $(STAMP)
 	$(VPY) -m pytest src tests
 
 bench: $(STAMP)
+	$(VPY) benchmarks/bench_load.py
 	$(VPY) benchmarks/run_all.py
 
 clean:

@@ -388,8 +388,22 @@ def _sec_memory(r: dict, goals: list) -> list[str]:
     return L
 
 
+def _sec_load(r: dict, goals: list) -> list[str]:
+    ok = r["complete_and_consistent"]
+    goals.append([f"load: {r['cells']} cells, --jobs {r['jobs']}, complete and consistent",
+                  "no lost or duplicated rows", "yes" if ok else "; ".join(r["problems"]),
+                  "**met**" if ok else "**NOT met**"])
+    rows, want = r["rows"], r["expected_rows"]
+    return [f"## {len(SECTIONS)}. {r['title']}", "",
+            f"Wall time {r['wall_seconds']:.1f} s ({r['cells_per_second']:.2f} cells/s); "
+            f"rerunning the finished grid skips every cell in {r['rerun_wall_seconds']:.1f} s. "
+            f"Rows: runs {rows['runs']}/{want['runs']}, evals {rows['evals']}/{want['evals']}, "
+            f"trials {rows['trials']}/{want['trials']} (found/expected). Date "
+            f"{r['machine']['date']}.", ""]
+
+
 SECTIONS = {"eval": _sec_eval, "train": _sec_train, "adaptive": _sec_adaptive,
-            "inject": _sec_inject, "memory": _sec_memory}
+            "inject": _sec_inject, "memory": _sec_memory, "load": _sec_load}
 
 
 def _headline(res: dict[str, dict]) -> list[str]:
