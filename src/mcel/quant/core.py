@@ -51,7 +51,8 @@ def _levels_int(w: Tensor, bits: int, granularity: str) -> tuple[Tensor, Tensor]
     qmax = (1 << (bits - 1)) - 1
     amax = w.abs().amax(dim=_reduce_dims(w, granularity), keepdim=True)
     scale = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
-    return torch.clamp(torch.round(w / scale), -qmax, qmax), scale
+    # in place after the first division: one weight-sized temporary instead of three
+    return torch.div(w, scale).round_().clamp_(-qmax, qmax), scale
 
 
 def _levels_binary(w: Tensor, bits: int, granularity: str) -> tuple[Tensor, Tensor]:
