@@ -220,20 +220,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=cmd_demo)
 
-    for register in _EXTRA_COMMANDS:
+    for register in _extra_commands():
         register(sub)
     return p
 
 
-_EXTRA_COMMANDS: list = []
+def _extra_commands() -> tuple:
+    """Commands that live beside their subsystems (sweep; report, margins, tune-margin)."""
+    from mcel.experiments.cli import add_sweep_command
+    from mcel.report.cli import add_analysis_commands
 
-from mcel.experiments.cli import add_sweep_command  # noqa: E402
-
-_EXTRA_COMMANDS.append(add_sweep_command)
-
-from mcel.report.cli import add_analysis_commands  # noqa: E402
-
-_EXTRA_COMMANDS.append(add_analysis_commands)
+    return (add_sweep_command, add_analysis_commands)
 
 
 def _version() -> str:
