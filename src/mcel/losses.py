@@ -44,9 +44,8 @@ def normalize_logits(input: Tensor, normalize: str = "none",
     if normalize == "l2":
         return scale * input / input.norm(dim=1, keepdim=True).clamp_min(_EPS)
     if normalize == "std":
-        centred = input - input.mean(dim=1, keepdim=True)
-        std = centred.pow(2).mean(dim=1, keepdim=True).add(_EPS).sqrt()
-        return scale * centred / std
+        var, mean = torch.var_mean(input, dim=1, keepdim=True, correction=0)
+        return (input - mean) * var.add(_EPS).rsqrt().mul(scale)
     raise MCELError(f"unknown normalize '{normalize}'; valid: {', '.join(NORMALIZATIONS)}")
 
 
@@ -60,9 +59,8 @@ def _target_shift(input: Tensor, target: Tensor, ignore_index: int) -> Tensor:
             )
         return target.to(input.dtype)
     valid = target != ignore_index
-    safe = torch.where(valid, target, torch.zeros_like(target)).unsqueeze(1)
-    onehot = torch.zeros_like(input).scatter_(1, safe, 1.0)
-    return onehot * valid.unsqueeze(1).to(input.dtype)
+    safe = torch.where(valid, target, 0).unsqueeze(1)
+    return torch.zeros_like(input).scatter_(1, safe, valid.unsqueeze(1).to(input.dtype))
 
 
 def mcel_loss(
@@ -105,7 +103,7 @@ def mcel_loss(
         return out.squeeze(0) if reduction == "none" else out
     z = normalize_logits(input, normalize, scale)
     if margin != 0:
-        z = z - margin * _target_shift(z, target, ignore_index)
+        z = z.sub(_target_shift(z, target, ignore_index), alpha=margin)
     return F.cross_entropy(
         z, target, weight=weight, ignore_index=ignore_index, reduction=reduction,
         label_smoothing=label_smoothing,
