@@ -252,13 +252,18 @@ def vgg3(
         *_conv_bn_relu(ch, ch),
         nn.MaxPool2d(2),
     )
-    classifier = nn.Sequential(
-        nn.Linear(_flat_size(features, (c, h, w)), fc, bias=False),
-        nn.BatchNorm1d(fc),
+    return FeatureClassifier(features, _fc_head(_flat_size(features, (c, h, w)), fc,
+                                                num_classes))
+
+
+def _fc_head(in_features: int, hidden: int, num_classes: int) -> nn.Sequential:
+    """fc(hidden) -> BN -> ReLU -> fc(num_classes): the VGG classifier."""
+    return nn.Sequential(
+        nn.Linear(in_features, hidden, bias=False),
+        nn.BatchNorm1d(hidden),
         nn.ReLU(inplace=True),
-        nn.Linear(fc, num_classes),
+        nn.Linear(hidden, num_classes),
     )
-    return FeatureClassifier(features, classifier)
 
 
 @register_model
@@ -287,13 +292,8 @@ def vgg7(
         c_in = ch
     features = nn.Sequential(*layers)
     fc = _scaled(1024, width)
-    classifier = nn.Sequential(
-        nn.Linear(_flat_size(features, (c, h, w)), fc, bias=False),
-        nn.BatchNorm1d(fc),
-        nn.ReLU(inplace=True),
-        nn.Linear(fc, num_classes),
-    )
-    return FeatureClassifier(features, classifier)
+    return FeatureClassifier(features, _fc_head(_flat_size(features, (c, h, w)), fc,
+                                                num_classes))
 
 
 class BasicBlock(nn.Module):

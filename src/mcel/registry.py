@@ -17,6 +17,16 @@ from mcel.errors import MCELError
 T = TypeVar("T")
 
 
+def did_you_mean(name: object, valid, prefix: str = "") -> str:
+    """`` (did you mean 'x'?)`` for the closest valid name, or nothing.
+
+    >>> did_you_mean("mnst", ["mnist", "svhn"])
+    " (did you mean 'mnist'?)"
+    """
+    close = difflib.get_close_matches(str(name), list(valid), n=1)
+    return f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+
+
 class Registry(Generic[T]):
     """A named collection of factories (functions or classes).
 
@@ -58,8 +68,7 @@ class Registry(Generic[T]):
             raise MCELError(self.unknown_message(name)) from None
 
     def unknown_message(self, name: str) -> str:
-        close = difflib.get_close_matches(str(name), self._items, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        hint = did_you_mean(name, self._items)
         return f"unknown {self.kind} '{name}'{hint}; valid: {', '.join(self.names())}"
 
     def names(self, pattern: str = "*") -> list[str]:

@@ -41,6 +41,7 @@ from mcel.io import (
 from mcel.losses import NORMALIZATIONS, create_loss
 from mcel.models import create_model
 from mcel.quant import QuantSpec, quantize_model
+from mcel.registry import did_you_mean
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("cosine", "step", "none")
@@ -87,10 +88,7 @@ class TrainConfig:
 
         def one_of(value: str, valid, what: str) -> None:
             if value not in valid:
-                import difflib
-
-                close = difflib.get_close_matches(str(value), list(valid), n=1)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                hint = did_you_mean(value, valid)
                 raise MCELError(f"unknown {what} '{value}'{hint}; valid: {', '.join(valid)}")
 
         _check_types(self)
@@ -131,10 +129,7 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            import difflib
-
-            close = difflib.get_close_matches(unknown[0], known, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            hint = did_you_mean(unknown[0], known)
             raise MCELError(f"unknown config key '{unknown[0]}'{hint}")
         return cls(**d)
 

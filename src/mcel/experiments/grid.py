@@ -43,7 +43,6 @@ field (``model_kwargs``) is never expanded: put variants in an axis of mappings,
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import itertools
 import math
 import numbers
@@ -53,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from mcel.errors import MCELError
+from mcel.registry import did_you_mean
 from mcel.train import TrainConfig
 
 TOP_KEYS = ("name", "db", "base", "grid", "eval")
@@ -221,8 +221,7 @@ def expand(grid: Grid | Mapping[str, Any], *, data_dir: str | None = None) -> li
 def _no_unknown(d: Mapping, valid, source: str, prefix: str, what: str = "key") -> None:
     for k in d:
         if k not in valid:
-            close = difflib.get_close_matches(str(k), list(valid), n=1)
-            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            hint = did_you_mean(k, valid, prefix)
             raise MCELError(f"{source}: unknown {what} '{prefix}{k}'{hint}; "
                             f"valid: {', '.join(valid)}")
 
@@ -267,8 +266,7 @@ def _axis_options(axis: str, values: list[Any], src: str) -> list[tuple[Any, dic
         elif axis in _FIELDS:
             options.append((v, _coerce({axis: v}, src, "grid")))
         else:
-            close = difflib.get_close_matches(axis, list(_FIELDS), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            hint = did_you_mean(axis, _FIELDS)
             raise MCELError(f"{src}: {where} is {v!r}, but axis '{axis}' is not a training "
                             f"setting{hint}, so its values must be mappings of settings")
     return options
@@ -394,8 +392,7 @@ def _eval_plan(ev: Mapping[str, Any], config: TrainConfig, src: str) -> EvalPlan
     valid_fmts = list_formats()
     for f in fmts_list:
         if f not in valid_fmts:
-            close = difflib.get_close_matches(str(f), valid_fmts, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            hint = did_you_mean(f, valid_fmts)
             raise MCELError(f"{src}: eval.fmts: unknown number format '{f}'{hint}; "
                             f"valid: {', '.join(valid_fmts)}")
     ems_raw = ev.get("error_model", "ber=0")

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from mcel.errors import MCELError
 from mcel.quant.formats import encode, get_format, level_table
-from mcel.registry import Registry
+from mcel.registry import Registry, did_you_mean
 
 INT_BITS = (2, 3, 4, 5, 6, 7, 8, 16)
 GRANULARITIES = ("tensor", "channel")
@@ -97,10 +97,7 @@ def parse_scheme(word: str) -> tuple[str, int | None]:
     if word.startswith("int") and word[3:].isdigit() and int(word[3:]) in INT_BITS:
         return "int", int(word[3:])
     valid = ["float", "binary", "ternary"] + [f"int{b}" for b in INT_BITS]
-    import difflib
-
-    close = difflib.get_close_matches(word, valid, n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    hint = did_you_mean(word, valid)
     raise MCELError(f"unknown quantization '{word}'{hint}; valid: {', '.join(valid)}")
 
 
