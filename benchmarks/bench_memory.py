@@ -18,7 +18,10 @@ pass's + one copy of the quantized weights (float32) + their codes.
 
 On CPU, clean and evaluate run once more with glibc's ``MALLOC_MMAP_THRESHOLD_`` fixed
 at 128 KiB: then every large block goes back to the OS when freed, so the peak shows
-the memory that is live, not what the allocator kept of freed temporaries.
+the memory that is live, not what the allocator kept of freed temporaries. The goal is
+judged on that live figure, the CPU analogue of CUDA's ``max_memory_allocated``; the
+default-allocator figure is reported beside it (glibc raises its mmap threshold after
+the first large free and then keeps freed blocks, which is allocator policy).
 
 Batch 256 on 1,024 images (the activations of a 1024 batch are ~400 MiB on vgg3 and
 would bury the weights' share in their noise); clean and evaluate run twice, alternating,
@@ -66,7 +69,9 @@ def _child(device: str, phase: str, n_images: int, data_dir: str | None) -> dict
     model = build_model(dev)
     x, y, source = load_split("fashion-mnist", "test", n_images, data_dir)
     x, y = x.to(dev), y.to(dev)
-    clean_accuracy(model, x[:8], y[:8])  # load kernels / libraries before the baseline
+    # load kernels, libraries and modules (the progress bar's too) before the baseline
+    clean_accuracy(model, x[:8], y[:8])
+    evaluate(model, x[:8], y[:8], BERS, trials=1, seed=0, batch_size=BATCH)
     gc.collect()
     if cuda:
         torch.cuda.synchronize(dev)
@@ -172,9 +177,12 @@ def run(device: str = "cpu", quick: bool = False, data_dir: str | None = None) -
         "budget_mib": round(budget / MIB, 1),
         "goal": goal(ev / budget, 1.0),
     }
+    if not cuda:  # judged on live memory below; this is the default allocator's view
+        res["default_allocator_ratio"] = res.pop("goal")["value"]
     if not cuda:
-        live = {p: _spawn(p, device, data_dir, LIVE_ENV)["peak_rss_growth"]
-                for p in ("clean", "evaluate")}
+        live_runs = {p: [_spawn(p, device, data_dir, LIVE_ENV)["peak_rss_growth"]
+                         for _ in range(REPEATS)] for p in ("clean", "evaluate")}
+        live = {p: None if None in v else min(v) for p, v in live_runs.items()}
         if None not in live.values():
             res["live_memory_check"] = {
                 "env": " ".join(f"{k}={v}" for k, v in LIVE_ENV.items()),
@@ -182,8 +190,9 @@ def run(device: str = "cpu", quick: bool = False, data_dir: str | None = None) -
                 "evaluate_extra_over_clean_mib": round((live["evaluate"] - live["clean"]) / MIB, 1),
                 "evaluate_extra_in_weight_copies": round(
                     (live["evaluate"] - live["clean"]) / weight_copy, 2),
-                "goal": goal(live["evaluate"] / (live["clean"] + weight_copy + codes), 1.0),
+                "budget_mib": round((live["clean"] + weight_copy + codes) / MIB, 1),
             }
+            res["goal"] = goal(live["evaluate"] / (live["clean"] + weight_copy + codes), 1.0)
     if cuda:
         res["host_rss_growth_mib"] = {p: round((phases[p]["peak_rss_growth"] or 0) / MIB, 1)
                                       for p in PHASES}
@@ -202,12 +211,13 @@ def format_result(res: dict[str, Any]) -> str:
             + table(["phase", "peak growth MiB"], rows)
             + f"\nevaluate over clean: {res['evaluate_extra_over_clean_mib']} MiB "
               f"({res['evaluate_extra_in_weight_copies']} weight copies); naive over clean: "
-              f"{res['naive_extra_over_clean_mib']} MiB; budget {res['budget_mib']} MiB, "
-              f"met: {res['goal']['met']}"
+              f"{res['naive_extra_over_clean_mib']} MiB; budget {res['budget_mib']} MiB"
             + ("" if "live_memory_check" not in res else
                f"\nlive memory ({res['live_memory_check']['env']}): evaluate over clean "
                f"{res['live_memory_check']['evaluate_extra_over_clean_mib']} MiB "
-               f"({res['live_memory_check']['evaluate_extra_in_weight_copies']} weight copies)"))
+               f"({res['live_memory_check']['evaluate_extra_in_weight_copies']} weight copies)")
+            + (f"\ngoal (evaluate <= budget): {res['goal']['value']:.3f}, "
+               f"met: {res['goal']['met']}" if "goal" in res else ""))
 
 
 if __name__ == "__main__":

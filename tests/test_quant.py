@@ -17,6 +17,7 @@ from mcel.quant import (
     quant_layers,
     quantize,
     quantize_model,
+    quantize_values,
     set_format,
 )
 
@@ -86,6 +87,32 @@ def test_quantize_idempotent_and_codes_in_range(word, fmt, granularity):
         assert set(levels.tolist()) <= allowed
     else:
         assert levels.abs().max() <= 2 ** (bits - 1) - 1
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("granularity", ["tensor", "channel"])
+@pytest.mark.parametrize("word", ["binary", "ternary", "int2", "int4", "int8", "int16"])
+def test_quantize_values_is_dequantize_bit_for_bit(word, fmt, granularity):
+    scheme, bits = parse_scheme(word)
+    # small weights round to -0.0 levels; the values must still equal the table's +0.0
+    w = torch.randn(5, 4, 3, generator=torch.Generator().manual_seed(3)) * torch.tensor(
+        [1.0, 1e-3, 0.5])
+    w[0, 0, 0] = w.abs().max() * 4  # most weights round to zero
+    before = w.clone()
+    qt, values = quantize_values(w, bits, scheme=scheme, fmt=fmt, granularity=granularity)
+    ref = quantize(w, bits, scheme=scheme, fmt=fmt, granularity=granularity)
+    assert torch.equal(qt.codes, ref.codes) and torch.equal(qt.scale, ref.scale)
+    deq = ref.dequantize()
+    assert torch.equal(values.view(torch.int32), deq.view(torch.int32))  # bits, signed zeros
+    assert torch.equal(w, before) and values.data_ptr() != w.data_ptr()
+
+
+def test_abs_max_scale_matches_abs_amax():
+    w = torch.randn(7, 5, 2, generator=torch.Generator().manual_seed(4))
+    for gran, dims in (("tensor", (0, 1, 2)), ("channel", (1, 2))):
+        qt = quantize(w, 8, granularity=gran)
+        ref = w.abs().amax(dim=dims, keepdim=True) / 127
+        assert torch.equal(qt.scale, ref)
 
 
 def test_int_quantization_error_is_bounded():

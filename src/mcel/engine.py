@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from mcel.errors import MCELError
 from mcel.faults import BitErrorModel, FaultKey, FlipMask, apply_mask_, inject, sample_mask
-from mcel.quant import QuantizedTensor, quant_layers, quantize
+from mcel.quant import QuantizedTensor, quant_layers, quantize_values
 
 
 @dataclass
@@ -56,16 +56,6 @@ def _numpy_ok(qt: QuantizedTensor, values: Tensor) -> bool:
     # index_put on CPU and gives the same IEEE products (one float32 multiply each).
     return (values.device.type == "cpu" and values.dtype == torch.float32
             and qt.scale.dtype == torch.float32 and not qt.scale.requires_grad)
-
-
-def _dequantize(qt: QuantizedTensor) -> Tensor:
-    """``qt.dequantize()``; on CPU without its int64 copy of the codes (numpy indexes a
-    table with the uint8 codes directly), which is 8 bytes per weight of peak memory."""
-    if not _numpy_ok(qt, qt.scale):
-        return qt.dequantize()
-    vals = qt.table().numpy()[qt.codes.numpy()]
-    vals *= qt.scale.detach().numpy()  # same broadcast, same float32 products
-    return torch.from_numpy(vals)
 
 
 def _xor_and_refresh(qt: QuantizedTensor, values: Tensor, mask: FlipMask) -> Tensor:
@@ -139,11 +129,13 @@ class MemoryImage:
         want_bias = error_model is not None and "biases" in error_model.targets
         with torch.no_grad():
             for name, layer in layers:
-                qt = layer.quantized_weight()
-                self.weights.append((layer, _Slot(f"{name}.weight", qt, _dequantize(qt))))
+                # codes + values from one float buffer: no weight-sized temporaries
+                qt, values = quantize_values(layer.weight, layer.bits, scheme=layer.scheme,
+                                             fmt=layer.fmt, granularity=layer.granularity)
+                self.weights.append((layer, _Slot(f"{name}.weight", qt, values)))
                 if want_bias and layer.bias is not None:
-                    qb = quantize(layer.bias, bias_bits(layer), fmt=layer.fmt)
-                    self.biases.append((layer, _Slot(f"{name}.bias", qb, _dequantize(qb))))
+                    qb, bvalues = quantize_values(layer.bias, bias_bits(layer), fmt=layer.fmt)
+                    self.biases.append((layer, _Slot(f"{name}.bias", qb, bvalues)))
 
     def __enter__(self) -> MemoryImage:
         for layer, slot in self.weights:

@@ -7,6 +7,7 @@ from mcel.quant.core import (
     fake_quantize,
     parse_scheme,
     quantize,
+    quantize_values,
     value_table,
 )
 from mcel.quant.formats import decode, encode, list_formats
@@ -21,6 +22,7 @@ from mcel.quant.layers import (
 
 __all__ = [
     "INT_BITS", "QuantizedTensor", "code_dtype", "fake_quantize", "parse_scheme", "quantize",
+    "quantize_values",
     "value_table", "decode", "encode", "list_formats", "QuantConv2d", "QuantLinear",
     "QuantSpec", "quant_layers", "quantize_model", "set_format",
 ]

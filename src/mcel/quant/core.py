@@ -47,9 +47,19 @@ def _mean_abs(x: Tensor, granularity: str) -> Tensor:
     return x.abs().mean(dim=_reduce_dims(x, granularity), keepdim=True)
 
 
+def _abs_max(w: Tensor, granularity: str) -> Tensor:
+    """``w.abs().amax(dims, keepdim=True)`` without a weight-sized ``abs`` temporary
+    (max |w| = max(-min w, max w) exactly)."""
+    if granularity == "tensor" or w.dim() < 2:
+        lo, hi = torch.aminmax(w)
+        return torch.maximum(-lo, hi).reshape([1] * w.dim())
+    lo, hi = torch.aminmax(w.reshape(w.shape[0], -1), dim=1)
+    return torch.maximum(-lo, hi).reshape([-1] + [1] * (w.dim() - 1))
+
+
 def _levels_int(w: Tensor, bits: int, granularity: str) -> tuple[Tensor, Tensor]:
     qmax = (1 << (bits - 1)) - 1
-    amax = w.abs().amax(dim=_reduce_dims(w, granularity), keepdim=True)
+    amax = _abs_max(w, granularity)
     scale = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
     # in place after the first division: one weight-sized temporary instead of three
     return torch.div(w, scale).round_().clamp_(-qmax, qmax), scale
@@ -121,10 +131,20 @@ def value_table(scheme: str, bits: int, fmt: str, device: torch.device) -> Tenso
     return _TABLES[key]
 
 
+_CHUNK = 1 << 16  # elements per encoding step: bounds its int64 temporaries to ~0.5 MiB
+
+
 def levels_to_codes(levels: Tensor, scheme: str, bits: int, fmt: str) -> Tensor:
+    """Float levels -> codes. Encoding works in int64, 8 bytes per weight, so it runs
+    in chunks: a large layer's codes cost no more than the codes themselves."""
     if scheme == "binary":
         return (levels > 0).to(code_dtype(bits))
-    return encode(levels.long(), bits, fmt).to(code_dtype(bits))
+    codes = torch.empty(levels.shape, dtype=code_dtype(bits), device=levels.device)
+    flat, out = levels.reshape(-1), codes.view(-1)
+    for start in range(0, flat.numel(), _CHUNK):
+        part = flat[start:start + _CHUNK]
+        out[start:start + _CHUNK] = encode(part.long(), bits, fmt)
+    return codes
 
 
 @dataclass
@@ -194,6 +214,33 @@ def quantize(
     >>> torch.equal(quantize(qt.dequantize(), 8, granularity="channel").codes, qt.codes)
     True
     """
+    return _quantize(tensor, bits, scheme, fmt, granularity)[0]
+
+
+def quantize_values(
+    tensor: Tensor,
+    bits: int,
+    *,
+    scheme: str = "int",
+    fmt: str = "twos_complement",
+    granularity: str = "tensor",
+) -> tuple[QuantizedTensor, Tensor]:
+    """`quantize` plus the dequantized values, computed in the buffer that held the
+    levels: the stored form of a layer costs one float copy of it, not two.
+
+    >>> qt, values = quantize_values(torch.randn(4, 3), 4)
+    >>> torch.equal(values, qt.dequantize())
+    True
+    """
+    qt, levels = _quantize(tensor, bits, scheme, fmt, granularity)
+    # the value table holds exactly these levels; "+ 0" turns a rounded -0.0 into the
+    # table's +0.0, so the values match dequantize() bit for bit
+    return qt, levels.mul_(qt.scale).add_(0.0)
+
+
+def _quantize(
+    tensor: Tensor, bits: int, scheme: str, fmt: str, granularity: str
+) -> tuple[QuantizedTensor, Tensor]:
     spec = SCHEMES.get(scheme)
     check_bits(scheme, bits)
     get_format(fmt)
@@ -201,7 +248,10 @@ def quantize(
         raise MCELError(f"unknown granularity '{granularity}'; valid: {', '.join(GRANULARITIES)}")
     w = tensor.detach().float()
     levels, scale = spec.levels(w, bits, granularity)
-    return QuantizedTensor(levels_to_codes(levels, scheme, bits, fmt), scale, bits, fmt, scheme)
+    if levels.data_ptr() == w.data_ptr():  # never hand out the caller's buffer to write
+        levels = levels.clone()
+    qt = QuantizedTensor(levels_to_codes(levels, scheme, bits, fmt), scale, bits, fmt, scheme)
+    return qt, levels
 
 
 def fake_quantize(w: Tensor, scheme: str, bits: int, granularity: str = "tensor") -> Tensor:
