@@ -5,6 +5,9 @@ Side by side, in the same process and on the same codes, taking turns in every r
 
 - ``sparse``: `mcel.faults.inject_` (exact ladder sampler + XOR), cost ~ flips;
 - ``sample``: `mcel.faults.sample_mask` alone (the part of ``sparse`` that draws);
+- ``xor``: `mcel.faults.apply_mask_` of a mask drawn beforehand: gathering, XORing and
+  scattering only the touched codes, the floor of any in-place method that runs as
+  separate numpy/torch operations;
 - ``dense``: the obvious baseline, one uniform number per bit
   (``torch.rand(N * 8) < p``), packed into a per-code XOR word and applied;
 - ``clone``: ``codes.clone()``, the cost of merely copying the tensor; on CPU also
@@ -74,7 +77,9 @@ def run(device: str = "cpu", quick: bool = False, data_dir: str | None = None) -
         def sample(r: int, model: BitErrorModel = model) -> None:
             sample_mask(codes, BITS, model, seed=0, trial=r + 1)
 
+        premask = sample_mask(codes, BITS, model, seed=0, trial=0)
         cases = {"sparse": sparse, "sample": sample,
+                 "xor": lambda r, m=premask: apply_mask_(codes, m),
                  "dense": lambda r, p=p: dense_inject_(codes, p),
                  "clone": lambda r: codes.clone()}
         if dev.type == "cpu":
@@ -89,6 +94,8 @@ def run(device: str = "cpu", quick: bool = False, data_dir: str | None = None) -
             "flips_median": int(np.median(flips)),
             "sparse_ms": round(ms["sparse"], 3),
             "sample_ms": round(ms["sample"], 3),
+            "xor_ms": round(ms["xor"], 3),
+            "xor_over_clone": round(paired_ratio(t["xor"], t[base]), 2),
             "dense_ms": round(ms["dense"], 3),
             "clone_ms": round(ms["clone"], 3),
             "copy_1t_ms": round(ms["copy_1t"], 3) if "copy_1t" in ms else None,
@@ -119,13 +126,14 @@ def run(device: str = "cpu", quick: bool = False, data_dir: str | None = None) -
 
 
 def format_table(result: dict[str, Any]) -> str:
-    rows = [[r["p"], f"{r['flips_median']:,}", r["sparse_ms"], r["sample_ms"], r["dense_ms"],
+    rows = [[r["p"], f"{r['flips_median']:,}", r["sparse_ms"], r["sample_ms"],
+             r.get("xor_ms", "-"), r["dense_ms"],
              r["clone_ms"], r["copy_1t_ms"] if r.get("copy_1t_ms") is not None else "-",
              f"{r['dense_over_sparse']:.1f}", f"{r['sparse_over_clone']:.2f}",
              r.get("goal_sparse_over_clone", {}).get("met", "-")] for r in result["rows"]]
     return (f"inject_: {result['n_codes']:,} uint8 codes x {result['bits']} bits on "
             f"{result['device']}, median of {result['repeats']}\n"
-            + table(["p", "flips", "sparse ms", "(sample ms)", "dense ms", "clone ms",
+            + table(["p", "flips", "sparse ms", "(sample ms)", "(xor ms)", "dense ms", "clone ms",
                      "copy 1t ms", "dense/sparse", "sparse/copy", "<=1"], rows))
 
 

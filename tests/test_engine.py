@@ -128,6 +128,52 @@ def test_adaptive_mode_stops_once_interval_is_narrow():
     assert r.half_width <= 0.01 and 5 <= r.trials < 400
 
 
+@pytest.mark.parametrize("targets", [("weights",), ("weights", "biases")])
+def test_batched_trials_equal_sequential_trials(targets):
+    """vmapped trials see exactly the faults of the sequential path: same per-sample
+    predictions, same empirical rates, and the model is untouched."""
+    torch.manual_seed(0)
+    conv = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(64, 4))
+    model = quantize_model(conv, QuantSpec("int4")).eval()
+    x, _ = _data()
+    with torch.no_grad():
+        y = model(x).argmax(1)  # clean accuracy 1, so faults show
+    em = BitErrorModel(ber=0.0, targets=targets)
+    before = state_digest(model)
+    one = evaluate(model, x, y, [0.01, 0.05], em, trials=7, keep_correct=True)
+    many = evaluate(model, x, y, [0.01, 0.05], em, trials=7, trial_batch=3,
+                    keep_correct=True, batch_size=100)
+    assert state_digest(model) == before
+    for a, b in zip(one.results, many.results):
+        assert a.accuracies == b.accuracies and a.empirical_rates == b.empirical_rates
+        assert len(b.trial_seconds) == 7
+    for ber in (0.01, 0.05):
+        assert torch.equal(one.meta["correct"][ber], many.meta["correct"][ber])
+    assert one.results[1].mean < one.results[0].mean < one.clean_accuracy
+
+
+def test_batched_adaptive_stops_where_sequential_stops():
+    model = _model()
+    x, y = _data()
+    kw = dict(trials=60, target_half_width=0.03, min_trials=4)
+    one = evaluate(model, x, y, [0.02, 0.05], **kw)
+    for k in (5, 16):
+        many = evaluate(model, x, y, [0.02, 0.05], trial_batch=k, **kw)
+        assert [r.trials for r in many.results] == [r.trials for r in one.results]
+        assert [r.accuracies for r in many.results] == [r.accuracies for r in one.results]
+    assert 4 <= one.results[0].trials < 60  # the stop fell inside a batch
+
+
+def test_batched_trials_reject_transient_and_bad_sizes():
+    model = _model()
+    x, y = _data()
+    with pytest.raises(MCELError, match="persistent"):
+        evaluate(model, x, y, [0.01], BitErrorModel(ber=0.0, mode="transient"), trial_batch=2)
+    with pytest.raises(MCELError, match="trial_batch"):
+        evaluate(model, x, y, [0.01], trial_batch=0)
+
+
 def test_transient_faults_redraw_every_forward_and_are_reproducible():
     model = _model()
     x, _ = _data()

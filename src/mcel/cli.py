@@ -139,6 +139,9 @@ def _add_eval_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adaptive", type=float, default=None, metavar="HALF_WIDTH",
                    help="stop once each 95%% interval is narrower than +-HALF_WIDTH (e.g. 0.005)")
     p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--trial-batch", type=int, default=1, metavar="K",
+                   help="run K trials as one batched forward (K weight copies; for small "
+                        "models on a GPU; persistent weight/bias faults only)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--limit-test", type=int, default=None)
@@ -159,7 +162,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                         limit=args.limit_test or config.limit_test)
     res = evaluate(model, x, y, args.ber, em, trials=args.trials, seed=args.seed,
                    batch_size=args.batch_size, target_half_width=args.adaptive,
-                   progress=sys.stderr.isatty())
+                   progress=sys.stderr.isatty(), trial_batch=args.trial_batch)
     res.meta.update(run_dir=str(args.run_dir), fmt=args.fmt or config.fmt)
     _print_eval(res)
     if args.json:
@@ -244,7 +247,7 @@ def _check_common_flags(args: argparse.Namespace) -> None:
     --adaptive half-width is a positive number, a --json file can be written."""
     import math
 
-    for name in ("batch_size", "limit_train", "limit_test", "epochs", "trials"):
+    for name in ("batch_size", "limit_train", "limit_test", "epochs", "trials", "trial_batch"):
         v = getattr(args, name, None)
         if v is not None and v < 1:
             raise MCELError(f"--{name.replace('_', '-')} must be a positive integer, got {v}")

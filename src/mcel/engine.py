@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -174,6 +174,32 @@ class MemoryImage:
             stats.flipped_bits += mask.nbits_flipped
             stats.total_bits += mask.nbits_total
         return stats
+
+    @torch.no_grad()
+    def stacked_values(
+        self, error_model: BitErrorModel, *, seed: int, trials: Sequence[int]
+    ) -> tuple[list[Tensor], list[Tensor], list[InjectionStats]]:
+        """The values of every weight (and bias) slot under each of ``trials``, stacked
+        along a new dim 0: one copy of the weights per trial, for running the trials as
+        one batched forward. Each trial's faults are exactly those of `inject` with the
+        same key; the image itself is left unchanged."""
+        stats = [InjectionStats() for _ in trials]
+        targeted = {id(s) for s in self.slots(error_model)}
+        out: list[list[Tensor]] = [[], []]
+        for kind, pairs in enumerate((self.weights, self.biases)):
+            for _, slot in pairs:
+                stack = slot.values.unsqueeze(0).repeat(len(trials), *[1] * slot.values.dim())
+                if id(slot) in targeted:
+                    for k, t in enumerate(trials):
+                        mask = sample_mask(slot.qt.codes, slot.qt.bits, error_model, seed=seed,
+                                           trial=t, name=slot.name)
+                        slot.apply(mask)  # XOR + refresh the touched values, copy them out
+                        stack[k].view(-1)[mask.index] = slot.values.view(-1)[mask.index]
+                        slot.undo()
+                        stats[k].flipped_bits += mask.nbits_flipped
+                        stats[k].total_bits += mask.nbits_total
+                out[kind].append(stack)
+        return out[0], out[1], stats
 
     @torch.no_grad()
     def restore(self) -> None:

@@ -142,6 +142,7 @@ def evaluate(
     min_trials: int = 10,
     progress: bool = False,
     keep_correct: bool = False,
+    trial_batch: int = 1,
 ) -> EvalResult:
     """Accuracy of ``model`` on ``(x, y)`` under bit errors at each rate in ``bers``.
 
@@ -150,7 +151,10 @@ def evaluate(
     ``target_half_width`` (e.g. 0.005 for +-0.5 points) trials stop early once every
     BER's 95% interval is that narrow, between ``min_trials`` and ``trials``.
     ``keep_correct`` stores per-trial, per-sample correctness in ``meta`` (for margin
-    analysis). The model's state is bit-identical afterwards (checked).
+    analysis). ``trial_batch`` runs that many trials as one batched forward
+    (``torch.func.vmap`` over stacked weight sets, one weight copy per trial): for small
+    models on a GPU; persistent weight faults only; same faults and results. The
+    model's state is bit-identical afterwards (checked).
     """
     bers = sorted(float(b) for b in bers)
     for b in bers:
@@ -158,7 +162,12 @@ def evaluate(
             raise MCELError(f"BER {b} is outside [0, 1]")
     if trials < 1:
         raise MCELError(f"trials must be >= 1, got {trials}")
+    if isinstance(trial_batch, bool) or not isinstance(trial_batch, int) or trial_batch < 1:
+        raise MCELError(f"trial_batch must be an integer >= 1, got {trial_batch!r}")
     em = error_model or BitErrorModel(ber=0.0)
+    if trial_batch > 1 and (em.mode == "transient" or "activations" in em.targets):
+        raise MCELError("trial_batch > 1 needs persistent faults in weights/biases; "
+                        "use trial_batch=1 for transient or activation faults")
     was_training = model.training
     model.eval()
     before = state_digest(model)
@@ -171,34 +180,49 @@ def evaluate(
 
     from mcel.train import _progress
 
+    batched = trial_batch > 1
     with MemoryImage(model, em) as image, _progress(progress) as bar:
         tc = time.perf_counter()
         clean = fwd.accuracy()
         clean_seconds = time.perf_counter() - tc
         task = bar.add_task("evaluate", total=trials * len(bers), info="")
-        for t in range(trials):
+        t = 0
+        while t < trials:
+            block = list(range(t, min(t + trial_batch, trials)))
             for b in bers:
                 tt = time.perf_counter()
                 emb = at_rate(em, b)
-                if em.mode == "transient" or "activations" in em.targets:
+                if batched:
+                    corrs, rs = _batched_trials(fwd, image, emb, seed, block)
+                elif em.mode == "transient" or "activations" in em.targets:
                     acc, rate, corr = _transient_trial(model, fwd, image, emb, seed, t)
+                    corrs, rs = [corr], [rate]
                 else:
                     st = image.inject(emb, seed=seed, trial=t)
-                    corr = fwd.correct()
-                    acc, rate = corr.float().mean().item(), st.empirical_rate
+                    corrs, rs = [fwd.correct()], [st.empirical_rate]
                     image.restore()
-                # .item() above waited for the device, so this is the trial's wall time
-                secs[b].append(time.perf_counter() - tt)
-                accs[b].append(acc)
-                rates[b].append(rate)
+                # .item() below waits for the device, so this is the trials' wall time
+                accs_b = [c.float().mean().item() for c in corrs]
+                each = (time.perf_counter() - tt) / len(block)
+                accs[b] += accs_b
+                rates[b] += rs
+                secs[b] += [each] * len(block)
                 if keep_correct:
-                    correct_log[b].append(corr.cpu())
-                bar.update(task, advance=1, info=f"ber {b:g} acc {acc:.3f}")
-            if target_half_width is not None and t + 1 >= min_trials and all(
-                BerResult.from_trials(b, accs[b], rates[b]).half_width <= target_half_width
-                for b in bers
-            ):
-                break
+                    correct_log[b] += [c.cpu() for c in corrs]
+                bar.update(task, advance=len(block), info=f"ber {b:g} acc {accs_b[-1]:.3f}")
+            t += len(block)
+            if target_half_width is not None:
+                # the first trial count at which every interval is narrow enough: a batch
+                # may have run past it, and its extra trials are dropped, so the result
+                # does not depend on trial_batch
+                done = next((n for n in range(max(min_trials, t - len(block) + 1), t + 1)
+                             if all(BerResult.from_trials(b, accs[b][:n], rates[b][:n])
+                                    .half_width <= target_half_width for b in bers)), None)
+                if done is not None:
+                    for d in (accs, rates, secs, correct_log):
+                        for b in bers:
+                            del d[b][done:]
+                    break
     model.train(was_training)
     if state_digest(model) != before:  # the engine's core promise; never expected to fire
         raise RuntimeError("evaluation changed the model's state")
@@ -210,6 +234,34 @@ def evaluate(
     if keep_correct:
         result.meta["correct"] = {b: torch.stack(v) for b, v in correct_log.items()}
     return result
+
+
+def _batched_trials(fwd: _Forward, image: MemoryImage, em: BitErrorModel, seed: int,
+                    block: list[int]) -> tuple[list[Tensor], list[float]]:
+    """Trials ``block`` as one vmapped forward over stacked weight sets."""
+    ws, bs, stats = image.stacked_values(em, seed=seed, trials=block)
+    layers_w = [layer for layer, _ in image.weights]
+    layers_b = [layer for layer, _ in image.biases]
+
+    def predict(w: list[Tensor], b: list[Tensor], xb: Tensor) -> Tensor:
+        for layer, v in zip(layers_w, w):
+            layer.weight_override = v
+        for layer, v in zip(layers_b, b):
+            layer.bias_override = v
+        return fwd.model(xb).argmax(1)
+
+    batched = torch.func.vmap(predict, in_dims=(0, 0, None))
+    try:
+        with torch.no_grad():
+            preds = torch.cat([batched(ws, bs, fwd.x[i:i + fwd.batch_size])
+                               for i in range(0, len(fwd.x), fwd.batch_size)], dim=1)
+    finally:  # back to the image's own values
+        for layer, slot in image.weights:
+            layer.weight_override = slot.values
+        for layer, slot in image.biases:
+            layer.bias_override = slot.values
+    correct = preds == fwd.y
+    return list(correct.unbind(0)), [st.empirical_rate for st in stats]
 
 
 def _transient_trial(model, fwd: _Forward, image: MemoryImage, em: BitErrorModel, seed: int,
