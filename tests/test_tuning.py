@@ -40,8 +40,10 @@ def test_tune_picks_the_best_margin_within_budget(tuned):
         assert best["acc"] == max(r["acc"] for r in eligible)
         assert res["best_margin"] == best["margin"]
         assert res["beats_ce"] == (best["acc"] > res["ce"]["acc"])
+        assert res["recommended_margin"] == (best["margin"] if res["beats_ce"] else 0.0)
     else:
         assert res["best"] is None and res["best_margin"] is None
+        assert res["recommended_margin"] == 0.0
     json.dumps(res)  # everything it returns can be saved
 
 

@@ -79,7 +79,9 @@ def tune_margin(
     ``margin``, ``clean_acc``, ``acc``, ``ci_low``, ``ci_high``, ``delta_vs_ce``,
     ``eligible``, ``test_clean_acc``, ``train_seconds``, ``run_id``), ``ce``, ``best``
     (the chosen row, or None when no margin is within budget), ``best_margin``,
-    ``beats_ce``, and the settings (``ber``, ``clean_budget``, ``trials``, ``seed``,
+    ``beats_ce``, ``recommended_margin`` (the best margin if it beats CE, else 0:
+    MCEL at margin 0 is CE, so the tuned loss is never chosen worse than CE on the
+    selection data), and the settings (``ber``, ``clean_budget``, ``trials``, ``seed``,
     ``error_model``, ``selected_on``, ``n_select``).
     """
     from mcel.evaluate import evaluate
@@ -129,8 +131,11 @@ def tune_margin(
     eligible = [r for r in rows if r["eligible"]]
     # Best accuracy under errors; ties go to higher clean accuracy, then a smaller margin.
     best = max(eligible, key=lambda r: (r["acc"], r["clean_acc"], -r["margin"]), default=None)
+    beats = best is not None and best["acc"] > ce["acc"]
     return {"ber": ber, "error_model": em.to_dict(), "clean_budget": clean_budget,
             "trials": trials, "seed": seed, "selected_on": where, "n_select": len(y),
             "rows": rows, "ce": ce, "best": best,
             "best_margin": None if best is None else best["margin"],
-            "beats_ce": best is not None and best["acc"] > ce["acc"]}
+            "beats_ce": beats,
+            # MCEL with margin 0 is CE exactly, so "no margin helps" has an answer too
+            "recommended_margin": best["margin"] if beats else 0.0}

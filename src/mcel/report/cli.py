@@ -164,12 +164,15 @@ def print_tuning(res: dict[str, Any]) -> None:
     if res["best"] is None:
         c.print(f"no margin keeps clean accuracy within {100 * res['clean_budget']:g} points of "
                 "CE; try smaller margins or a larger --clean-budget")
+        c.print("recommended: margin 0 (MCEL at margin 0 is CE)")
     else:
         b = res["best"]
         verdict = "better than" if res["beats_ce"] else "not better than"
         c.print(f"chosen margin {b['margin']:g} ({b['method']}): {b['acc']:.4f} at BER "
                 f"{res['ber']:g}, {verdict} CE's {res['ce']['acc']:.4f} "
                 f"({100 * b['delta_vs_ce']:+.2f} points)")
+        c.print(f"recommended: margin {res['recommended_margin']:g}"
+                + ("" if res["beats_ce"] else " (MCEL at margin 0 is CE: no margin beat it)"))
 
 
 # -- report ---------------------------------------------------------------------------------
