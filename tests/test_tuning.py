@@ -55,7 +55,23 @@ def test_an_unlimited_budget_takes_the_most_tolerant(tuned):
     assert res["best"]["acc"] == max(r["acc"] for r in res["rows"][1:])
 
 
+def test_several_seeds_need_a_paired_interval_above_zero():
+    res = tune_margin(BASE, 0.02, margins=(4,), clean_budget=1.0, trials=5, seed=0,
+                      seeds=(0, 1, 2))
+    assert res["seeds"] == [0, 1, 2]
+    ce, m4 = res["rows"]
+    assert [p["seed"] for p in m4["per_seed"]] == [0, 1, 2]
+    assert m4["acc"] == pytest.approx(sum(p["acc"] for p in m4["per_seed"]) / 3)
+    diffs = [a["acc"] - b["acc"] for a, b in zip(m4["per_seed"], ce["per_seed"])]
+    assert m4["delta_vs_ce"] == pytest.approx(sum(diffs) / 3)
+    assert m4["delta_ci_low"] <= m4["delta_vs_ce"] <= m4["delta_ci_high"]
+    assert res["beats_ce"] == (m4["delta_ci_low"] > 0)
+    assert res["recommended_margin"] == (4.0 if res["beats_ce"] else 0.0)
+    assert len({p["run_id"] for p in m4["per_seed"]}) == 3
+
+
 @pytest.mark.parametrize("kwargs,needle", [
+    ({"seeds": (1, 1)}, "distinct"),
     ({"margins": ()}, "at least one"),
     ({"margins": (-1,)}, ">= 0"),
     ({"clean_budget": -0.1}, "clean_budget"),

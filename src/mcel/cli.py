@@ -28,6 +28,16 @@ def _floats(text: str) -> list[float]:
     return vals
 
 
+def _ints(text: str) -> list[int]:
+    try:
+        vals = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
+    if not vals or min(vals) < 0:
+        raise argparse.ArgumentTypeError(f"expected non-negative integers, got '{text}'")
+    return vals
+
+
 def _load_yaml(path: str) -> dict[str, Any]:
     import yaml
 

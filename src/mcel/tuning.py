@@ -56,6 +56,7 @@ def tune_margin(
     trials: int = 30,
     seed: int = 0,
     *,
+    seeds: Sequence[int] | None = None,
     val: tuple[Tensor, Tensor] | None = None,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
@@ -74,17 +75,23 @@ def tune_margin(
             minus this (0.005 = half a point).
         trials, seed: Monte-Carlo trials and fault seed of each evaluation (the same
             faults for every candidate: the comparison is paired).
+        seeds: training seeds (default: the base config's). With two or more, every
+            candidate is trained once per seed, accuracies are means over seeds, and a
+            margin only counts as better than CE when its difference to CE, paired by
+            seed, has a 95% interval above zero: a single training seed often cannot
+            tell a margin's effect from seed-to-seed spread.
 
     Returns a dict: ``rows`` (CE first, then one row per margin with ``method``,
     ``margin``, ``clean_acc``, ``acc``, ``ci_low``, ``ci_high``, ``delta_vs_ce``,
-    ``eligible``, ``test_clean_acc``, ``train_seconds``, ``run_id``), ``ce``, ``best``
+    ``eligible``, ``test_clean_acc``, ``train_seconds``, ``run_id``, and per seed
+    ``per_seed``; with several seeds ``delta_ci_low``/``delta_ci_high``), ``ce``, ``best``
     (the chosen row, or None when no margin is within budget), ``best_margin``,
     ``beats_ce``, ``recommended_margin`` (the best margin if it beats CE, else 0:
     MCEL at margin 0 is CE, so the tuned loss is never chosen worse than CE on the
     selection data), and the settings (``ber``, ``clean_budget``, ``trials``, ``seed``,
     ``error_model``, ``selected_on``, ``n_select``).
     """
-    from mcel.evaluate import evaluate
+    from mcel.evaluate import evaluate, t_interval
     from mcel.experiments.store import method_label
     from mcel.faults import BitErrorModel
     from mcel.train import train
@@ -107,33 +114,54 @@ def tune_margin(
     candidates = [dataclasses.replace(base_config, loss="ce", margin=None)]
     candidates += [dataclasses.replace(base_config, loss="mcel", margin=m, normalize=norm)
                    for m in dict.fromkeys(margins)]
+    seeds = [int(base_config.seed)] if seeds is None else [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise MCELError(f"seeds must be distinct training seeds, got {seeds}")
     x, y, where = _selection_data(base_config, val)
     rows = []
     for cfg in candidates:
         label = method_label(cfg.to_dict())
-        model, metrics = train(cfg, progress=progress)
-        res = evaluate(model, x, y, [ber], em, trials=trials, seed=seed, progress=progress)
-        r = res.results[0]
+        per_seed = []
+        for s in seeds:
+            cfg_s = dataclasses.replace(cfg, seed=s)
+            model, metrics = train(cfg_s, progress=progress)
+            res = evaluate(model, x, y, [ber], em, trials=trials, seed=seed, progress=progress)
+            r = res.results[0]
+            per_seed.append({"seed": s, "clean_acc": res.clean_accuracy, "acc": r.mean,
+                             "ci_low": r.ci_low, "ci_high": r.ci_high,
+                             "test_clean_acc": metrics["test_acc"],
+                             "train_seconds": metrics["train_seconds"],
+                             "run_id": cfg_s.digest()})
+            if log:
+                log(f"{label} seed {s}: clean {res.clean_accuracy:.4f}, at BER {ber:g} "
+                    f"{r.mean:.4f} [{r.ci_low:.4f}, {r.ci_high:.4f}]")
+        acc, lo, hi = (t_interval([p["acc"] for p in per_seed]) if len(seeds) > 1 else
+                       (per_seed[0]["acc"], per_seed[0]["ci_low"], per_seed[0]["ci_high"]))
+        mean = lambda k, ps=per_seed: sum(p[k] for p in ps) / len(ps)  # noqa: E731
         rows.append({"method": label, "loss": cfg.loss, "margin": cfg.margin,
                      "normalize": cfg.normalize if cfg.loss == "mcel" else None,
-                     "clean_acc": res.clean_accuracy, "acc": r.mean, "ci_low": r.ci_low,
-                     "ci_high": r.ci_high, "test_clean_acc": metrics["test_acc"],
-                     "train_seconds": metrics["train_seconds"], "run_id": cfg.digest()})
-        if log:
-            log(f"{label}: clean {res.clean_accuracy:.4f}, at BER {ber:g} {r.mean:.4f} "
-                f"[{r.ci_low:.4f}, {r.ci_high:.4f}]")
+                     "clean_acc": mean("clean_acc"), "acc": acc, "ci_low": lo, "ci_high": hi,
+                     "test_clean_acc": mean("test_clean_acc"),
+                     "train_seconds": mean("train_seconds"),
+                     "run_id": per_seed[0]["run_id"], "per_seed": per_seed})
     ce = rows[0]
     floor = ce["clean_acc"] - clean_budget
     for row in rows:
         # A tiny tolerance: equal accuracies computed on the same samples must pass.
         row["eligible"] = row["loss"] == "mcel" and row["clean_acc"] >= floor - 1e-12
         row["delta_vs_ce"] = row["acc"] - ce["acc"]
+        if len(seeds) > 1:  # paired by training seed
+            diffs = [a["acc"] - b["acc"] for a, b in zip(row["per_seed"], ce["per_seed"])]
+            _, row["delta_ci_low"], row["delta_ci_high"] = t_interval(diffs)
     eligible = [r for r in rows if r["eligible"]]
     # Best accuracy under errors; ties go to higher clean accuracy, then a smaller margin.
     best = max(eligible, key=lambda r: (r["acc"], r["clean_acc"], -r["margin"]), default=None)
     beats = best is not None and best["acc"] > ce["acc"]
+    if beats and len(seeds) > 1:
+        beats = best["delta_ci_low"] > 0
     return {"ber": ber, "error_model": em.to_dict(), "clean_budget": clean_budget,
-            "trials": trials, "seed": seed, "selected_on": where, "n_select": len(y),
+            "trials": trials, "seed": seed, "seeds": seeds, "selected_on": where,
+            "n_select": len(y),
             "rows": rows, "ce": ce, "best": best,
             "best_margin": None if best is None else best["margin"],
             "beats_ce": beats,

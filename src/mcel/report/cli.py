@@ -134,7 +134,7 @@ def cmd_tune_margin(args: argparse.Namespace) -> int:
     em = parse_error_model(args.error_model) if args.error_model else None
     res = tune_margin(base, args.ber, em, margins=args.margins, normalize=None,
                       clean_budget=args.clean_budget, trials=args.trials, seed=args.eval_seed,
-                      progress=sys.stderr.isatty(), log=_log)
+                      seeds=args.seeds, progress=sys.stderr.isatty(), log=_log)
     print_tuning(res)
     if args.json:
         write_json(args.json, res)
@@ -146,17 +146,27 @@ def print_tuning(res: dict[str, Any]) -> None:
     """The table of everything ``tune_margin`` tried, and its choice."""
     from rich.table import Table
 
-    t = Table(title=f"margin search at BER {res['ber']:g} ({res['trials']} trials; chosen on "
-                    f"{res['n_select']} samples: {res['selected_on']})")
+    seeds = res.get("seeds") or [None]
+    over = f"{len(seeds)} training seeds, " if len(seeds) > 1 else ""
+    t = Table(title=f"margin search at BER {res['ber']:g} ({over}{res['trials']} trials; chosen "
+                    f"on {res['n_select']} samples: {res['selected_on']})")
     t.add_column("method", no_wrap=True)
     for col in ("clean %", f"BER {res['ber']:g}: acc % [95% CI]", "Δ vs CE", "in budget",
                 "test clean %", "train s"):
         t.add_column(col, justify="right")
+
+    def delta(r: dict[str, Any]) -> str:
+        if r["loss"] == "ce":
+            return "—"
+        ci = ("" if "delta_ci_low" not in r else
+              f" [{100 * r['delta_ci_low']:+.2f}, {100 * r['delta_ci_high']:+.2f}]")
+        return f"{100 * r['delta_vs_ce']:+.2f}{ci}"
+
     for r in res["rows"]:
         mark = " *" if res["best"] is r else ""
         t.add_row(r["method"] + mark, f"{100 * r['clean_acc']:.2f}",
                   f"{100 * r['acc']:.2f} [{100 * r['ci_low']:.2f}, {100 * r['ci_high']:.2f}]",
-                  "—" if r["loss"] == "ce" else f"{100 * r['delta_vs_ce']:+.2f}",
+                  delta(r),
                   "CE" if r["loss"] == "ce" else ("yes" if r["eligible"] else "no"),
                   f"{100 * r['test_clean_acc']:.2f}", f"{r['train_seconds']:.1f}")
     c = _console()
@@ -167,7 +177,8 @@ def print_tuning(res: dict[str, Any]) -> None:
         c.print("recommended: margin 0 (MCEL at margin 0 is CE)")
     else:
         b = res["best"]
-        verdict = "better than" if res["beats_ce"] else "not better than"
+        verdict = "better than" if res["beats_ce"] else (
+            "not significantly better than" if len(seeds) > 1 else "not better than")
         c.print(f"chosen margin {b['margin']:g} ({b['method']}): {b['acc']:.4f} at BER "
                 f"{res['ber']:g}, {verdict} CE's {res['ce']['acc']:.4f} "
                 f"({100 * b['delta_vs_ce']:+.2f} points)")
@@ -189,7 +200,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def add_analysis_commands(sub) -> None:
     """Add ``margins``, ``tune-margin`` and ``report`` to the ``mcel`` subparsers."""
-    from mcel.cli import _add_train_flags, _floats
+    from mcel.cli import _add_train_flags, _floats, _ints
 
     m = sub.add_parser("margins", help="margins vs survival under bit errors, and flip "
                                        "certificates of the output layer")
@@ -219,6 +230,9 @@ def add_analysis_commands(sub) -> None:
                    help="largest clean-accuracy loss vs CE allowed (default 0.005)")
     t.add_argument("--trials", type=int, default=30, help="Monte-Carlo trials (default 30)")
     t.add_argument("--eval-seed", type=int, default=0, help="fault seed")
+    t.add_argument("--seeds", type=_ints, default=None,
+                   help="training seeds, e.g. 0,1,2: a margin must then beat CE with a "
+                        "95%% interval (paired by seed) above zero (default: --seed only)")
     t.add_argument("--error-model", default=None,
                    help="e.g. 'p01=1e-3,p10=1e-2'; --ber then sets its largest rate")
     t.add_argument("--json", default=None, help="write everything tried as JSON here")
