@@ -387,6 +387,14 @@ def _sec_memory(r: dict, goals: list) -> list[str]:
               f"{r['goal']['value']:.3f}, {_met(r['goal'])}."]
         goals.append(["memory: evaluate live peak vs clean + 1 weight copy + codes", "<= 1.0",
                       f"{r['goal']['value']:.3f}", _met(r["goal"])])
+        if live and not r["goal"]["met"]:
+            over = live["peak_growth_mib"]["evaluate"] - live["budget_mib"]
+            L += [f"- **Not met by {over:.1f} MiB.** What is live during a faulty forward "
+                  f"besides the image is the trial's sparse fault mask: at BER 1e-2 about "
+                  f"1% x 4 bits of the codes flip, and each flipped code costs an int64 "
+                  f"index and its XOR word (9 bytes), about 2 MiB here, growing with the "
+                  f"BER, not with the model. Undoing a trial recomputes the touched values "
+                  f"from the codes instead of saving them, so nothing else is kept per trial."]
     if "default_allocator_ratio" in r:
         L += [f"With glibc's default allocator settings the same ratio is "
               f"{r['default_allocator_ratio']:.2f} ({r['evaluate_extra_over_clean_mib']} MiB "

@@ -153,6 +153,26 @@ def test_batched_trials_equal_sequential_trials(targets):
     assert one.results[1].mean < one.results[0].mean < one.clean_accuracy
 
 
+@pytest.mark.parametrize("fmt", ["twos_complement", "sign_magnitude", "offset_binary"])
+@pytest.mark.parametrize("granularity", ["tensor", "channel"])
+def test_restore_gives_back_the_clean_values_bit_for_bit(fmt, granularity):
+    model = quantize_model(
+        nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)),
+        QuantSpec("int4", fmt=fmt, granularity=granularity)).eval()
+    em = BitErrorModel(ber=0.2, targets=("weights", "biases"))
+    with MemoryImage(model, em) as image:
+        slots = [s for _, s in image.weights + image.biases]
+        clean = [s.values.clone() for s in slots]
+        codes = [s.qt.codes.clone() for s in slots]
+        for trial in range(3):  # stacked masks, undone newest first
+            image.inject(em, seed=0, trial=trial)
+        assert any(not torch.equal(s.values, c) for s, c in zip(slots, clean))
+        image.restore()
+        for s, c, k in zip(slots, clean, codes):
+            assert torch.equal(s.values.view(torch.int32), c.view(torch.int32))
+            assert torch.equal(s.qt.codes, k)
+
+
 def test_batched_adaptive_stops_where_sequential_stops():
     model = _model()
     x, y = _data()

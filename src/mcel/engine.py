@@ -38,17 +38,17 @@ class _Slot:
     qt: QuantizedTensor
     values: Tensor  # dequantized, shaped like the parameter
     masks: list = field(default_factory=list)  # applied FlipMasks, oldest first
-    saved: list = field(default_factory=list)  # per mask, the values it overwrote
 
     def apply(self, mask: FlipMask) -> None:
         """XOR ``mask`` into the codes and refresh only the values it touches."""
-        self.saved.append(_xor_and_refresh(self.qt, self.values.view(-1), mask))
+        _xor_and_refresh(self.qt, self.values.view(-1), mask)
         self.masks.append(mask)
 
     def undo(self) -> None:
-        """Undo the newest mask: XOR it out again, put the overwritten values back."""
-        mask, old = self.masks.pop(), self.saved.pop()
-        _xor_and_put(self.qt, self.values.view(-1), mask, old)
+        """Undo the newest mask: XOR it out again and refresh the same values, which
+        gives back exactly the clean ones (values are ``table[code] * scale``), so
+        nothing is saved per trial but the sparse mask."""
+        _xor_and_refresh(self.qt, self.values.view(-1), self.masks.pop())
 
 
 def _numpy_ok(qt: QuantizedTensor, values: Tensor) -> bool:
@@ -58,18 +58,15 @@ def _numpy_ok(qt: QuantizedTensor, values: Tensor) -> bool:
             and qt.scale.dtype == torch.float32 and not qt.scale.requires_grad)
 
 
-def _xor_and_refresh(qt: QuantizedTensor, values: Tensor, mask: FlipMask) -> Tensor:
-    """Apply ``mask`` to ``qt.codes``, rewrite ``values`` at its indices from the new codes
-    (exactly ``qt.dequantize_at``), and return the values that were there before."""
+def _xor_and_refresh(qt: QuantizedTensor, values: Tensor, mask: FlipMask) -> None:
+    """Apply ``mask`` to ``qt.codes`` and rewrite ``values`` at its indices from the new
+    codes (exactly ``qt.dequantize_at``)."""
     if not _numpy_ok(qt, values):
-        old = values.index_select(0, mask.index)
         apply_mask_(qt.codes, mask)
         values.index_copy_(0, mask.index, qt.dequantize_at(mask.index).to(values.dtype))
-        return old
+        return
     idx = mask.index.numpy()
     codes = qt.codes.view(-1).numpy()
-    vals = values.numpy()
-    old = vals[idx]  # fancy indexing copies
     codes[idx] ^= mask.xor.numpy()  # indices are unique: each code is touched once
     new = qt.table().numpy()[codes[idx]]
     scale = qt.scale.detach().numpy().reshape(-1)
@@ -77,19 +74,7 @@ def _xor_and_refresh(qt: QuantizedTensor, values: Tensor, mask: FlipMask) -> Ten
         new *= scale[0]
     else:  # channel scales run along dim 0
         new *= scale[idx // qt.codes[0].numel()]
-    vals[idx] = new
-    return torch.from_numpy(old)
-
-
-def _xor_and_put(qt: QuantizedTensor, values: Tensor, mask: FlipMask, old: Tensor) -> None:
-    """Inverse of `_xor_and_refresh`: XOR is its own inverse; the values are put back."""
-    if not _numpy_ok(qt, values):
-        apply_mask_(qt.codes, mask)
-        values.index_copy_(0, mask.index, old)
-        return
-    idx = mask.index.numpy()
-    qt.codes.view(-1).numpy()[idx] ^= mask.xor.numpy()
-    values.numpy()[idx] = old.numpy()
+    values.numpy()[idx] = new
 
 
 @dataclass
