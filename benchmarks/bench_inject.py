@@ -5,7 +5,8 @@ Side by side, in the same process and on the same codes, taking turns in every r
 
 - ``sparse``: `mcel.faults.inject_` (exact ladder sampler + XOR), cost ~ flips;
 - ``sample``: `mcel.faults.sample_mask` alone (the part of ``sparse`` that draws);
-- ``xor``: `mcel.faults.apply_mask_` of a mask drawn beforehand: gathering, XORing and
+- ``xor``: `mcel.faults.apply_mask_` of a mask drawn beforehand (another per round, so
+  its codes are as cold in the cache as a fresh injection's): gathering, XORing and
   scattering only the touched codes, the floor of any in-place method that runs as
   separate numpy/torch operations;
 - ``dense``: the obvious baseline, one uniform number per bit
@@ -77,9 +78,12 @@ def run(device: str = "cpu", quick: bool = False, data_dir: str | None = None) -
         def sample(r: int, model: BitErrorModel = model) -> None:
             sample_mask(codes, BITS, model, seed=0, trial=r + 1)
 
-        premask = sample_mask(codes, BITS, model, seed=0, trial=0)
+        # a mask of its own per round (drawn beforehand), so the codes it touches are
+        # as cold in the cache as those of a fresh injection
+        premasks = {r: sample_mask(codes, BITS, model, seed=1, trial=r + 1)
+                    for r in range(-1, rounds)}
         cases = {"sparse": sparse, "sample": sample,
-                 "xor": lambda r, m=premask: apply_mask_(codes, m),
+                 "xor": lambda r, m=premasks: apply_mask_(codes, m[r]),
                  "dense": lambda r, p=p: dense_inject_(codes, p),
                  "clone": lambda r: codes.clone()}
         if dev.type == "cpu":
