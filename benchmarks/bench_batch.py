@@ -23,8 +23,16 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from _harness import interleaved, load_split, machine_info, median, paired_ratio, standalone
-from _harness import sync_fn, table
+from _harness import (
+    interleaved,
+    load_split,
+    machine_info,
+    median,
+    paired_ratio,
+    standalone,
+    sync_fn,
+    table,
+)
 
 from mcel.evaluate import evaluate
 from mcel.models import create_model

@@ -345,9 +345,9 @@ def _sec_inject(r: dict, goals: list) -> list[str]:
                            f"{r['n_codes'] / 1e6:g} MB, so the goal needs a fused, compiled "
                            f"sample-and-XOR kernel (or the GPU), not a rearrangement of "
                            f"numpy calls." if x["xor_over_clone"] >= 0.8 else
-                           f"; the rest is the sampler's work in numpy (about 40 Poisson "
-                           f"draws, one sort, the XOR words: fixed costs per call), which "
-                           f"only a compiled sampler would remove.")))
+                           "; the rest is the sampler's work in numpy (about 40 Poisson "
+                           "draws, one sort, the XOR words: fixed costs per call), which "
+                           "only a compiled sampler would remove.")))
     if L[-1].startswith("- "):
         L.append("")
     return L

@@ -32,7 +32,8 @@ def _ints(text: str) -> list[int]:
     try:
         vals = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
+        msg = f"expected comma-separated integers, got '{text}'"
+        raise argparse.ArgumentTypeError(msg) from None
     if not vals or min(vals) < 0:
         raise argparse.ArgumentTypeError(f"expected non-negative integers, got '{text}'")
     return vals
