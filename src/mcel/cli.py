@@ -17,24 +17,24 @@ from mcel.errors import MCELError
 EXIT_USAGE = 2
 
 
-def _floats(text: str) -> list[float]:
+def _split_list(text: str, cast, what: str) -> list:
+    """A comma-separated command-line list, each item through ``cast``."""
     try:
-        vals = [float(v) for v in text.split(",") if v.strip()]
+        vals = [cast(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        msg = f"expected comma-separated numbers, got '{text}'"
-        raise argparse.ArgumentTypeError(msg) from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got '{text}'") from None
     if not vals:
-        raise argparse.ArgumentTypeError("expected at least one number")
+        raise argparse.ArgumentTypeError(f"expected at least one value, got '{text}'")
     return vals
 
 
+def _floats(text: str) -> list[float]:
+    return _split_list(text, float, "numbers")
+
+
 def _ints(text: str) -> list[int]:
-    try:
-        vals = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        msg = f"expected comma-separated integers, got '{text}'"
-        raise argparse.ArgumentTypeError(msg) from None
-    if not vals or min(vals) < 0:
+    vals = _split_list(text, int, "integers")
+    if min(vals) < 0:
         raise argparse.ArgumentTypeError(f"expected non-negative integers, got '{text}'")
     return vals
 
