@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from mcel.errors import MCELError
+from mcel.faults import native
 from mcel.faults.error_model import BitErrorModel
 from mcel.faults.ladder import TimeFn, rate_time, sample_ladder
 
@@ -210,13 +211,23 @@ def sample_mask(
     With ``stuck_value=None`` a cell's value is a fair coin fixed by (key, cell):
     SplitMix64 of the cell index salted from the key, so it never changes with the rate.
     """
+    return _sample(codes, bits, error_model, FaultKey(seed, trial, name, step), apply=False)
+
+
+def _sample(
+    codes: torch.Tensor, bits: int, error_model: BitErrorModel, key: FaultKey, apply: bool
+) -> FlipMask:
+    """`sample_mask`; with ``apply`` the mask is also XORed into ``codes``."""
     bits = _check_codes(codes, bits)
-    key = FaultKey(seed, trial, name, step)
     n = codes.numel() * bits
     flat = codes.view(-1)
     prot = error_model.protected_mask(bits)
     r0, r1 = error_model.rate_tables(bits)  # protected positions already at rate 0
     top = float(max(r0.max(), r1.max()))
+    if top > 0.0 and not error_model.stuck_at:
+        mask = _native_flips(flat, bits, key, r0, r1, prot, top, apply)
+        if mask is not None:
+            return mask
     pos = np.empty(0, np.int64)
     if top > 0.0:
         time_of = _time_fn(r0, r1, prot, flat, bits)
@@ -234,7 +245,39 @@ def sample_mask(
             value = error_model.stuck_value
         differs = np.compress(_stored_bits(flat, cells, bits) != value, cells)
         pos = _override(pos, cells, differs)
-    return _mask_from_positions(pos, bits, codes)
+    mask = _mask_from_positions(pos, bits, codes)
+    if apply:
+        apply_mask_(codes, mask)
+    return mask
+
+
+def _native_flips(
+    flat: torch.Tensor, bits: int, key: FaultKey, r0: np.ndarray, r1: np.ndarray,
+    prot: np.ndarray, top: float, apply: bool,
+) -> FlipMask | None:
+    """The flips by the native kernel (`mcel.faults.native`), bit-identical to the numpy
+    path; None where it does not apply (then the caller samples in numpy)."""
+    on_cpu = flat.device.type == "cpu"
+    if np.array_equal(r0, r1):
+        uniform = bool(np.all(r0[~prot] == r0.max()))
+        mode, table = (0, None) if uniform else (1, rate_time(r0))
+    else:  # the rate depends on the stored bit, which the kernel reads from the codes
+        mode, table = 2, np.concatenate([rate_time(r0), rate_time(r1)])
+    if not on_cpu and mode == 2:
+        return None
+    host = flat.numpy() if on_cpu else np.empty(0, _NP_DTYPE[flat.dtype])
+    bitmask = sum(1 << int(b) for b in np.flatnonzero(prot)) if mode == 0 else 0
+    out = native.ladder_mask(*key.rngs(_FLIPS), flat.numel() * bits, top, mode, table,
+                             bitmask, host, bits, apply and on_cpu)
+    if out is None:
+        return None
+    idx, xor, nbits = out
+    mask = FlipMask(index=torch.from_numpy(idx).to(flat.device),
+                    xor=torch.from_numpy(xor).to(flat.device),
+                    nbits_flipped=nbits, nbits_total=flat.numel() * bits)
+    if apply and not on_cpu:
+        apply_mask_(flat, mask)
+    return mask
 
 
 def apply_mask_(codes: torch.Tensor, mask: FlipMask) -> torch.Tensor:
@@ -244,8 +287,10 @@ def apply_mask_(codes: torch.Tensor, mask: FlipMask) -> torch.Tensor:
     if not codes.is_contiguous():
         raise MCELError("codes must be contiguous (faults are applied in place on a flat view)")
     # indices are unique, so gather -> xor -> scatter touches each code once
-    if codes.device.type == "cpu":  # numpy: single-threaded, no OpenMP start-up per call
-        codes.numpy().reshape(-1)[mask.index.cpu().numpy()] ^= mask.xor.cpu().numpy()
+    if codes.device.type == "cpu":  # single-threaded: no OpenMP start-up per call
+        flat, idx, xor = codes.numpy().reshape(-1), mask.index.cpu().numpy(), mask.xor.cpu().numpy()
+        if not native.xor_(flat, idx, xor):
+            flat[idx] ^= xor
     else:
         codes.view(-1)[mask.index.to(codes.device)] ^= mask.xor.to(codes.device)
     return codes
@@ -255,12 +300,7 @@ def inject_(
     codes: torch.Tensor, bits: int, error_model: BitErrorModel, generator: FaultKey | int
 ) -> FlipMask:
     """Sample the faults for key ``generator`` and XOR them into ``codes`` in place."""
-    key = FaultKey.coerce(generator)
-    mask = sample_mask(
-        codes, bits, error_model, seed=key.seed, trial=key.trial, name=key.name, step=key.step
-    )
-    apply_mask_(codes, mask)
-    return mask
+    return _sample(codes, bits, error_model, FaultKey.coerce(generator), apply=True)
 
 
 def inject(

@@ -1,0 +1,216 @@
+"""Optional native kernel of the ladder sampler: the same masks, without numpy's overhead.
+
+`_ladder.c` (next to this file) is compiled on first use with the system C compiler and
+linked against numpy's own random library (``numpy/random/lib/libnpyrandom.a``), so
+the Poisson counts and bounded integers are numpy's code, called on the very bit
+generators the numpy path uses: every mask is bit-identical to the numpy path (tests
+compare them key by key). The library is cached per (source, numpy, Python, platform)
+under ``$MCEL_CACHE`` (default ``~/.cache/mcel``); a compile takes about a second.
+
+``MCEL_NATIVE=0`` turns it off; without a C compiler it is off and everything runs in
+numpy (`status` says why). It covers flips (uniform, per-position and asymmetric rates
+up to 1/16); stuck-at models and higher rates take the numpy path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from mcel.faults.ladder import _T_DENSE, BLOCKS, rate_time
+
+_SRC = Path(__file__).with_name("_ladder.c")
+_LOCK = threading.Lock()
+_STATE: dict[str, object] = {}  # "lib": CDLL | None, "why": str
+
+_P = ctypes.c_void_p
+_I64, _I32, _U64, _D = ctypes.c_int64, ctypes.c_int32, ctypes.c_uint64, ctypes.c_double
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("MCEL_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+        "mcel")
+    return Path(root) / "native"
+
+
+def _library_path() -> Path:
+    tag = hashlib.sha256(b"|".join([
+        _SRC.read_bytes(), np.__version__.encode(), sys.version.encode(),
+        platform.machine().encode(), platform.system().encode(),
+    ])).hexdigest()[:16]
+    return _cache_dir() / f"ladder-{tag}.so"
+
+
+def _compile(out: Path) -> None:
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        raise OSError("no C compiler (set CC, or install gcc)")
+    npdir = Path(np.__file__).parent
+    lib = npdir / "random" / "lib" / "libnpyrandom.a"
+    if not lib.exists():
+        raise OSError(f"numpy has no {lib}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # compile to a private name, then rename: concurrent workers never see half a file
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    os.close(fd)
+    try:
+        # -ffp-contract=off: no fused multiply-add, so times round exactly as numpy's do
+        cmd = [cc, "-O2", "-shared", "-fPIC", "-ffp-contract=off", "-std=gnu11",
+               "-I", np.get_include(), str(_SRC), str(lib), "-lm", "-o", tmp]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        if res.returncode != 0:
+            raise OSError(f"{Path(cc).name} failed: {res.stderr.strip()[:300]}")
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    lib.mcel_marks.restype = _I64
+    lib.mcel_marks.argtypes = [_P, _U64, _P, _I32, _P, _I64, _P]
+    lib.mcel_keep.restype = _I64
+    lib.mcel_keep.argtypes = [_P, _P, _I32, _P, _P, _P, _I32, _I32, _I32, _U64, _P, _I32, _U64,
+                              _P, _I32]
+    lib.mcel_group.restype = _I64
+    lib.mcel_group.argtypes = [_P, _I32, _I64, _I32, _P, _I32, _I32, _P, _P, _P]
+    lib.mcel_xor.restype = _I32
+    lib.mcel_xor.argtypes = [_P, _I32, _I64, _P, _P, _I64]
+    return lib
+
+
+def load() -> ctypes.CDLL | None:
+    """The compiled kernel, building it on first use; None when unavailable."""
+    if "lib" in _STATE:
+        return _STATE["lib"]  # type: ignore[return-value]
+    with _LOCK:
+        if "lib" in _STATE:
+            return _STATE["lib"]  # type: ignore[return-value]
+        lib, why = None, "ok"
+        if os.environ.get("MCEL_NATIVE", "1") == "0":
+            why = "off (MCEL_NATIVE=0)"
+        else:
+            try:
+                path = _library_path()
+                if not path.exists():
+                    _compile(path)
+                lib = _declare(ctypes.CDLL(str(path)))
+                why = f"ok ({path})"
+            except (OSError, subprocess.SubprocessError) as exc:
+                why = f"unavailable: {exc}"
+        _STATE["lib"], _STATE["why"] = lib, why
+        return lib
+
+
+def status() -> str:
+    """One line: whether the native kernel is in use, and why not."""
+    load()
+    return f"native ladder kernel: {_STATE['why']}"
+
+
+def _reset() -> None:
+    """Forget the loaded kernel (tests: re-read MCEL_NATIVE)."""
+    _STATE.clear()
+
+
+def _ptr(a: np.ndarray) -> int:
+    return a.ctypes.data
+
+
+_capsule_pointer = ctypes.pythonapi.PyCapsule_GetPointer
+_capsule_pointer.restype = ctypes.c_void_p
+_capsule_pointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+
+
+def _bitgen(rng: np.random.Generator) -> int:
+    """Address of the generator's ``bitgen_t`` (numpy's C interface to it)."""
+    return _capsule_pointer(rng.bit_generator.capsule, b"BitGenerator")
+
+
+def ladder_mask(
+    rng_marks: np.random.Generator,
+    rng_times: np.random.Generator,
+    n: int,
+    top: float,
+    mode: int,
+    table: np.ndarray | None,
+    prot: int,
+    codes: np.ndarray,
+    bits: int,
+    apply: bool,
+) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """The flips of `mcel.faults.ladder.sample_ladder` at rates up to ``top <= 1/16``,
+    grouped per code: ``(idx, xor, nbits)`` for ``codes`` (flat, contiguous, CPU
+    when ``mode == 2`` or ``apply``), XORed in when ``apply``. ``mode`` 0: one rate,
+    bit positions in the bitmask ``prot`` dropped; 1: ``table[bit]`` = t(rate) per
+    position; 2: ``table[stored * bits + bit]``. None when the kernel is unavailable
+    or the marks overflow the buffer (the caller takes the numpy path with fresh
+    generators)."""
+    lib = load()
+    if lib is None:
+        return None
+    t_top = float(rate_time(top))  # the numpy path's rounding, to the last bit
+    if t_top > _T_DENSE:
+        return None
+    blocks = [(a, b) for a, b in BLOCKS if a < t_top]
+    nblocks = len(blocks)
+    if nblocks == 0:
+        return np.empty(0, np.int64), np.empty(0, codes.dtype), 0
+    ta = np.array([a for a, _ in blocks])
+    tb = np.array([b for _, b in blocks])
+    lam = np.array([n * (b - a) for a, b in blocks])  # as Python computes it per block
+    mean = float(lam.sum())
+    cap = int(mean + 12.0 * math.sqrt(mean) + 256)  # exceeded with probability < 1e-30
+    wide = n > 1 << 32
+    pos = np.empty(cap, np.uint64 if wide else np.uint32)
+    counts = np.zeros(nblocks, np.int64)
+    total = lib.mcel_marks(_bitgen(rng_marks), n, _ptr(lam), nblocks, _ptr(pos), cap,
+                           _ptr(counts))
+    if total < 0:
+        return None
+    timed_from, k_top = nblocks, 0
+    if mode == 0:
+        timed_from = int(np.searchsorted(tb, t_top, side="right"))  # blocks with tb <= t_top
+        skipped = int(counts[:timed_from].sum())
+        if timed_from < nblocks:
+            if skipped and counts[timed_from:].any():
+                rng_times.bit_generator.advance(skipped)  # as the numpy path skips them
+            a, b = blocks[timed_from]
+            k_top = math.ceil((t_top - a) / (b - a) * 2.0**53)
+    tab = np.ascontiguousarray(table if table is not None else np.zeros(1), np.float64)
+    kept = lib.mcel_keep(_bitgen(rng_times), _ptr(pos), wide, _ptr(counts), _ptr(ta), _ptr(tb),
+                         nblocks, mode, timed_from, k_top, _ptr(tab), bits, prot, _ptr(codes),
+                         codes.itemsize)
+    pos = pos[:kept]
+    pos.sort()  # numpy's SIMD sort beats a plain C radix sort here
+    idx = np.empty(kept, np.int64)
+    xor = np.empty(kept, codes.dtype)
+    nbits = np.zeros(1, np.int64)
+    k = lib.mcel_group(_ptr(pos), wide, kept, bits, _ptr(codes), codes.itemsize, int(apply),
+                       _ptr(idx), _ptr(xor), _ptr(nbits))
+    return idx[:k], xor[:k], int(nbits[0])
+
+
+def xor_(codes: np.ndarray, idx: np.ndarray, xor: np.ndarray) -> bool:
+    """``codes[idx] ^= xor`` in place for unique ``idx``; False (nothing done) when the
+    kernel is off or the arrays are not the plain kind it takes (the caller uses numpy,
+    which also raises the errors). An index out of range changes nothing."""
+    lib = load()
+    plain = (idx.dtype == np.int64 and xor.dtype == codes.dtype and idx.shape == xor.shape
+             and codes.flags.c_contiguous and idx.flags.c_contiguous and xor.flags.c_contiguous)
+    if lib is None or not plain:
+        return False
+    return lib.mcel_xor(_ptr(codes), codes.itemsize, codes.size, _ptr(idx), _ptr(xor),
+                        idx.size) == 0
