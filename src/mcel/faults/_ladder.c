@@ -1,10 +1,10 @@
 /* Native kernel of the ladder sampler (mcel/faults/ladder.py), built on first use by
  * mcel/faults/native.py.
  *
- * It draws exactly what the numpy code draws: Poisson counts and uniform cells come from
- * numpy's own random_poisson and random_bounded_uint{32,64}_fill (linked from numpy's
- * libnpyrandom), times from the bit generator's next_raw, so every mask is
- * bit-identical to the numpy path. What it saves is the bookkeeping between draws:
+ * It draws exactly what the numpy code draws, from the same PCG64 states: Poisson counts
+ * come from numpy's own random_poisson (linked from numpy's libnpyrandom), uniform cells
+ * and times from an inlined copy of PCG64 and numpy's bounded-integer method, so every
+ * mask is bit-identical to the numpy path (tests compare them key by key). What it saves is the bookkeeping between draws:
  * filtering, deduplicating, grouping bits into per-code XOR words and XORing them in,
  * without numpy temporaries. The sort in between is numpy's (SIMD, faster than any
  * plain C sort here).
@@ -15,10 +15,93 @@
 #include "numpy/random/bitgen.h"
 
 int64_t random_poisson(bitgen_t *g, double lam);
-void random_bounded_uint32_fill(bitgen_t *g, uint32_t off, uint32_t rng, intptr_t cnt,
-                                bool use_masked, uint32_t *out);
 void random_bounded_uint64_fill(bitgen_t *g, uint64_t off, uint64_t rng, intptr_t cnt,
                                 bool use_masked, uint64_t *out);
+
+/* numpy's PCG64 (XSL-RR 128/64), inlined: the same outputs as the numpy generator whose
+ * state it starts from (numpy.random.PCG64.state), several times faster than calling it
+ * through bitgen_t per draw. native.py checks it against numpy before first use. */
+typedef struct {
+    __uint128_t state, inc;
+    int has32;     /* next_uint32 hands out the high half of a 64-bit draw it kept */
+    uint32_t buf;
+} pcg_t;
+
+#define PCG_MULT (((__uint128_t)UINT64_C(2549297995355413924) << 64) | \
+                  UINT64_C(4865540595714422341))
+
+static inline uint64_t pcg_next64(pcg_t *g) {
+    g->state = g->state * PCG_MULT + g->inc;
+    uint64_t x = (uint64_t)(g->state >> 64) ^ (uint64_t)g->state;
+    unsigned rot = (unsigned)(g->state >> 122);
+    return (x >> rot) | (x << ((64 - rot) & 63));
+}
+
+static inline uint32_t pcg_next32(pcg_t *g) {
+    if (g->has32) {
+        g->has32 = 0;
+        return g->buf;
+    }
+    uint64_t x = pcg_next64(g);
+    g->has32 = 1;
+    g->buf = (uint32_t)(x >> 32);
+    return (uint32_t)x;
+}
+
+/* LCG jump ahead by delta steps in O(log delta) (Brown 1994), as PCG64.advance. */
+static void pcg_advance(pcg_t *g, uint64_t delta) {
+    __uint128_t mult = PCG_MULT, plus = g->inc, acc_mult = 1, acc_plus = 0;
+    for (; delta; delta >>= 1) {
+        if (delta & 1) {
+            acc_mult *= mult;
+            acc_plus = acc_plus * mult + plus;
+        }
+        plus = (mult + 1) * plus;
+        mult *= mult;
+    }
+    g->state = acc_mult * g->state + acc_plus;
+}
+
+static uint64_t bg_next64(void *s) { return pcg_next64(s); }
+static uint32_t bg_next32(void *s) { return pcg_next32(s); }
+static double bg_next_double(void *s) { return (double)(pcg_next64(s) >> 11) * 0x1p-53; }
+
+/* words: state high, state low, inc high, inc low, has_uint32, uinteger */
+static pcg_t pcg_from(const uint64_t *w) {
+    pcg_t g;
+    g.state = ((__uint128_t)w[0] << 64) | w[1];
+    g.inc = ((__uint128_t)w[2] << 64) | w[3];
+    g.has32 = (int)w[4];
+    g.buf = (uint32_t)w[5];
+    return g;
+}
+
+/* numpy's Lemire draw of a uniform integer in [0, rng] (rng < 2^32 - 1). */
+static inline uint32_t bounded32(pcg_t *g, uint32_t rng) {
+    const uint32_t excl = rng + 1;
+    uint64_t m = (uint64_t)pcg_next32(g) * excl;
+    uint32_t left = (uint32_t)m;
+    if (left < excl) {
+        const uint32_t threshold = (UINT32_MAX - rng) % excl;
+        while (left < threshold) {
+            m = (uint64_t)pcg_next32(g) * excl;
+            left = (uint32_t)m;
+        }
+    }
+    return (uint32_t)(m >> 32);
+}
+
+/* First words of the stream from state words w (the self-check against numpy):
+ * out[0..k) = next64, then out[k..2k) = next32, then out[2k] = a bounded draw in
+ * [0, rng], then out[2k+1] = next64 after advance(delta). */
+void mcel_pcg_check(const uint64_t *w, int32_t k, uint32_t rng, uint64_t delta, uint64_t *out) {
+    pcg_t g = pcg_from(w);
+    for (int32_t i = 0; i < k; i++) out[i] = pcg_next64(&g);
+    for (int32_t i = 0; i < k; i++) out[k + i] = pcg_next32(&g);
+    out[2 * k] = rng == UINT32_MAX ? pcg_next32(&g) : bounded32(&g, rng);
+    pcg_advance(&g, delta);
+    out[2 * k + 1] = pcg_next64(&g);
+}
 
 /* Cell positions are uint32 when n <= 2^32 (half the memory traffic), else uint64. */
 static inline uint64_t get_pos(const void *pos, bool wide, int64_t i) {
@@ -28,26 +111,6 @@ static inline uint64_t get_pos(const void *pos, bool wide, int64_t i) {
 static inline void set_pos(void *pos, bool wide, int64_t i, uint64_t v) {
     if (wide) ((uint64_t *)pos)[i] = v;
     else ((uint32_t *)pos)[i] = (uint32_t)v;
-}
-
-/* Marks of blocks 0..nblocks-1: per block a Poisson(lam[j]) count, then that many
- * uniform cells of range(n), drawn as uint32 when n <= 2^32 (as the numpy code asks)
- * into pos (uint32 then, else uint64). counts[j] = marks of block j. Returns the
- * total, or -1 when it would exceed cap (the caller falls back to numpy). */
-int64_t mcel_marks(bitgen_t *g, uint64_t n, const double *lam, int32_t nblocks, void *pos,
-                   int64_t cap, int64_t *counts) {
-    const bool wide = n > (UINT64_C(1) << 32);
-    int64_t total = 0;
-    for (int32_t j = 0; j < nblocks; j++) {
-        int64_t m = random_poisson(g, lam[j]);
-        counts[j] = m;
-        if (m == 0) continue;
-        if (m > cap - total) return -1;
-        if (wide) random_bounded_uint64_fill(g, 0, n - 1, m, false, (uint64_t *)pos + total);
-        else random_bounded_uint32_fill(g, 0, (uint32_t)(n - 1), m, false, (uint32_t *)pos + total);
-        total += m;
-    }
-    return total;
 }
 
 /* Bit position p -> (code, bit in code); sh = log2(bits) when bits is a power of two
@@ -102,30 +165,58 @@ int32_t mcel_xor(void *codes, int32_t elem, int64_t size, const int64_t *idx, co
     return 0;
 }
 
-/* Keep the marks that hit, compacted in place at the front of pos; returns how many.
+/* The ladder's flips below the rate: their bit positions, unsorted, in pos (uint32
+ * when n <= 2^32, else uint64); returns how many, or -1 past cap (the caller falls back
+ * to numpy).
  *
- * mode 0, one rate: blocks before timed_from lie below the rate (every mark hits);
- *   later blocks (at most the last) keep a mark iff its 53-bit uniform is < k_top. One
- *   raw draw per mark of the timed blocks only: the caller advanced the times stream
- *   past the others. Bit positions set in prot are dropped.
+ * Per block j, from the marks stream (state words mw): a Poisson(lam[j]) count (numpy's
+ * random_poisson), then that many uniform cells of range(n), drawn as uint32 when
+ * n <= 2^32 (as the numpy code asks). A timed block also draws one time per mark from
+ * the times stream (tw); the two streams are independent, so drawing both in one loop
+ * gives the numpy path's numbers while their latencies overlap.
+ * mode 0, one rate: blocks before timed_from lie below the rate (every mark hits, and
+ *   the times stream skips their marks, as PCG64.advance does in numpy); later blocks
+ *   (at most the last) keep a mark iff its 53-bit uniform is < k_top. Bit positions set
+ *   in prot are dropped.
  * mode 1, a rate per bit position: every block is timed; a mark hits iff
  *   ta + (tb - ta) u < table[bit] (protected positions have time 0: never).
  * mode 2, a rate per stored value and position: iff ... < table[stored * bits + bit],
  *   the stored bit read from codes. */
-int64_t mcel_keep(bitgen_t *tg, void *pos, int32_t wide, const int64_t *counts,
-                  const double *ta, const double *tb, int32_t nblocks, int32_t mode,
-                  int32_t timed_from, uint64_t k_top, const double *table, int32_t bits,
-                  uint64_t prot, const void *codes, int32_t elem) {
+int64_t mcel_flips(const uint64_t *mw, const uint64_t *tw, uint64_t n, const double *lam,
+                   const double *ta, const double *tb, int32_t nblocks, int32_t mode,
+                   int32_t timed_from, uint64_t k_top, const double *table, int32_t bits,
+                   uint64_t prot, const void *codes, int32_t elem, void *pos, int64_t cap) {
+    pcg_t mg = pcg_from(mw), tg = pcg_from(tw);
+    bitgen_t bg = {&mg, bg_next64, bg_next32, bg_next_double, bg_next64};
+    const bool wide = n > (UINT64_C(1) << 32);
+    const uint32_t rng32 = (uint32_t)(n - 1);
     const uint64_t b = (uint64_t)bits;
     const int sh = log2_exact(bits);
-    int64_t r = 0, w = 0;
+    uint64_t skipped = 0;
+    int64_t drawn = 0, w = 0;
+    uint64_t *wide_buf = wide ? (uint64_t *)pos : NULL;
     for (int32_t j = 0; j < nblocks; j++) {
+        int64_t m = random_poisson(&bg, lam[j]);
+        if (m == 0) continue;
+        if (m > cap - drawn) return -1;
+        drawn += m;
         const bool timed = mode != 0 || j >= timed_from;
+        if (!timed) skipped += (uint64_t)m;
+        else if (skipped) {
+            pcg_advance(&tg, skipped);
+            skipped = 0;
+        }
+        int64_t base = w;
+        if (wide) {  /* rare (over 2^32 bit positions): numpy's own fill, then filter */
+            random_bounded_uint64_fill(&bg, 0, n - 1, m, false, wide_buf + base);
+        }
         const double lo = ta[j], width = tb[j] - ta[j];
-        for (int64_t e = r + counts[j]; r < e; r++) {
-            uint64_t p = get_pos(pos, wide, r);
+        for (int64_t i = 0; i < m; i++) {
+            uint64_t p;
+            if (wide) p = wide_buf[base + i];
+            else p = rng32 == UINT32_MAX ? pcg_next32(&mg) : bounded32(&mg, rng32);
             if (timed) {
-                uint64_t u53 = tg->next_raw(tg->state) >> 11;
+                uint64_t u53 = pcg_next64(&tg) >> 11;
                 if (mode == 0) {
                     if (u53 >= k_top) continue;
                 } else {
@@ -144,32 +235,39 @@ int64_t mcel_keep(bitgen_t *tg, void *pos, int32_t wide, const int64_t *counts,
 }
 
 /* Sorted marks pos[0..w) -> distinct bits grouped per code: idx[0..k) (flat code
- * indices, ascending) and xw[0..k) (words of elem bytes), XORed into codes when apply.
- * Returns k; *nbits = distinct bits. */
+ * indices, ascending) and xw[0..k) (words of elem bytes), XORed into codes in the same
+ * pass when apply. Returns k; *nbits = distinct bits. */
 int64_t mcel_group(const void *pos, int32_t wide, int64_t w, int32_t bits, void *codes,
                    int32_t elem, int32_t apply, int64_t *idx, void *xw, int64_t *nbits) {
     const uint64_t b = (uint64_t)bits;
     const int sh = log2_exact(bits);
     int64_t k = 0, nb = 0;
-    uint64_t prev = UINT64_MAX, word = 0;
-#define GROUP_LOOP(T)                                                  \
-    {                                                                  \
-        T *x = xw;                                                     \
-        for (int64_t i = 0; i < w; i++) {                              \
-            uint64_t p = get_pos(pos, wide, i);                        \
-            if (p == prev) continue;                                   \
-            prev = p;                                                  \
-            nb++;                                                      \
-            uint64_t code = code_of(p, sh, b);                         \
-            if (k > 0 && (uint64_t)idx[k - 1] == code) {               \
-                word |= UINT64_C(1) << bit_of(p, sh, b);               \
-            } else {                                                   \
-                if (k > 0) x[k - 1] = (T)word;                         \
-                idx[k++] = (int64_t)code;                              \
-                word = UINT64_C(1) << bit_of(p, sh, b);                \
-            }                                                          \
-        }                                                              \
-        if (k > 0) x[k - 1] = (T)word;                                 \
+#define GROUP_LOOP(T)                                                          \
+    {                                                                          \
+        T *x = xw, *c = codes;                                                 \
+        uint64_t prev = UINT64_MAX, code = 0, word = 0;                        \
+        for (int64_t i = 0; i <= w; i++) {                                     \
+            uint64_t p = i < w ? get_pos(pos, wide, i) : UINT64_MAX;           \
+            if (p == prev) continue; /* a bit hit by two marks flips once */   \
+            prev = p;                                                          \
+            uint64_t cp = i < w ? code_of(p, sh, b) : UINT64_MAX;              \
+            if (k > 0 && cp == code) {                                         \
+                word |= UINT64_C(1) << bit_of(p, sh, b);                       \
+                nb++;                                                          \
+                continue;                                                      \
+            }                                                                  \
+            if (k > 0) { /* the previous code is complete */                   \
+                x[k - 1] = (T)word;                                            \
+                if (apply) c[code] ^= (T)word;                                 \
+            }                                                                  \
+            if (i == w) break;                                                 \
+            if (apply && i + PREFETCH < w)                                     \
+                __builtin_prefetch(c + code_of(get_pos(pos, wide, i + PREFETCH), sh, b), 1); \
+            code = cp;                                                         \
+            idx[k++] = (int64_t)code;                                          \
+            word = UINT64_C(1) << bit_of(p, sh, b);                            \
+            nb++;                                                              \
+        }                                                                      \
     }
     switch (elem) {
         case 1: GROUP_LOOP(uint8_t) break;
@@ -179,6 +277,5 @@ int64_t mcel_group(const void *pos, int32_t wide, int64_t w, int32_t bits, void 
     }
 #undef GROUP_LOOP
     *nbits = nb;
-    if (apply) xor_words(codes, elem, idx, xw, k);
     return k;
 }

@@ -15,6 +15,7 @@ up to 1/16); stuck-at models and higher rates take the numpy path.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import math
 import os
@@ -79,16 +80,45 @@ def _compile(out: Path) -> None:
 
 
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
-    lib.mcel_marks.restype = _I64
-    lib.mcel_marks.argtypes = [_P, _U64, _P, _I32, _P, _I64, _P]
-    lib.mcel_keep.restype = _I64
-    lib.mcel_keep.argtypes = [_P, _P, _I32, _P, _P, _P, _I32, _I32, _I32, _U64, _P, _I32, _U64,
-                              _P, _I32]
+    lib.mcel_pcg_check.restype = None
+    lib.mcel_pcg_check.argtypes = [_P, _I32, ctypes.c_uint32, _U64, _P]
+    lib.mcel_flips.restype = _I64
+    lib.mcel_flips.argtypes = [_P, _P, _U64, _P, _P, _P, _I32, _I32, _I32, _U64, _P, _I32, _U64,
+                               _P, _I32, _P, _I64]
     lib.mcel_group.restype = _I64
     lib.mcel_group.argtypes = [_P, _I32, _I64, _I32, _P, _I32, _I32, _P, _P, _P]
     lib.mcel_xor.restype = _I32
     lib.mcel_xor.argtypes = [_P, _I32, _I64, _P, _P, _I64]
     return lib
+
+
+def _pcg_words(rng: np.random.Generator) -> np.ndarray | None:
+    """The generator's PCG64 state as the kernel takes it; None for other bit generators."""
+    st = rng.bit_generator.state
+    if st.get("bit_generator") != "PCG64":
+        return None
+    mask = (1 << 64) - 1
+    s, inc = st["state"]["state"], st["state"]["inc"]
+    return np.array([s >> 64, s & mask, inc >> 64, inc & mask, st["has_uint32"],
+                     st["uinteger"]], dtype=np.uint64)
+
+
+def _self_check(lib: ctypes.CDLL) -> str | None:
+    """None when the kernel's inlined PCG64 reproduces this numpy's; else what differs."""
+    k, rng, delta = 5, 80_000_000 - 1, 123_457
+    ref = np.random.Generator(np.random.PCG64(np.random.SeedSequence([1, 2, 3])))
+    words = _pcg_words(ref)
+    out = np.zeros(2 * k + 2, np.uint64)
+    lib.mcel_pcg_check(_ptr(words), k, rng, delta, _ptr(out))
+    bg = ref.bit_generator
+    want = list(bg.random_raw(k))
+    want += list(ref.integers(0, 2**32, size=k, dtype=np.uint32))  # plain next_uint32 draws
+    want.append(ref.integers(0, rng + 1, dtype=np.uint32))
+    bg.advance(delta)
+    want.append(bg.random_raw())
+    if [int(x) for x in out] != [int(x) for x in want]:
+        return f"its PCG64 differs from numpy {np.__version__}'s"
+    return None
 
 
 def load() -> ctypes.CDLL | None:
@@ -107,7 +137,11 @@ def load() -> ctypes.CDLL | None:
                 if not path.exists():
                     _compile(path)
                 lib = _declare(ctypes.CDLL(str(path)))
-                why = f"ok ({path})"
+                differs = _self_check(lib)
+                if differs:
+                    lib, why = None, f"disabled: {differs}"
+                else:
+                    why = f"ok ({path})"
             except (OSError, subprocess.SubprocessError) as exc:
                 why = f"unavailable: {exc}"
         _STATE["lib"], _STATE["why"] = lib, why
@@ -129,14 +163,29 @@ def _ptr(a: np.ndarray) -> int:
     return a.ctypes.data
 
 
-_capsule_pointer = ctypes.pythonapi.PyCapsule_GetPointer
-_capsule_pointer.restype = ctypes.c_void_p
-_capsule_pointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
-
-
-def _bitgen(rng: np.random.Generator) -> int:
-    """Address of the generator's ``bitgen_t`` (numpy's C interface to it)."""
-    return _capsule_pointer(rng.bit_generator.capsule, b"BitGenerator")
+@functools.lru_cache(maxsize=64)
+def _plan(n: int, top: float) -> tuple | None:
+    """What the kernel needs for ``n`` cells at rate ``top``, computed as the numpy path
+    does (to the last bit): the blocks' time bounds and mean marks, a buffer size, the
+    number of blocks entirely below the rate and the 53-bit threshold of the next one.
+    None above 1/16 (the numpy path's per-cell part)."""
+    t_top = float(rate_time(top))
+    if t_top > _T_DENSE:
+        return None
+    blocks = [(a, b) for a, b in BLOCKS if a < t_top]
+    ta = np.array([a for a, _ in blocks], np.float64)
+    tb = np.array([b for _, b in blocks], np.float64)
+    lam = np.array([n * (b - a) for a, b in blocks], np.float64)  # as Python computes it
+    mean = float(lam.sum())
+    cap = int(mean + 12.0 * math.sqrt(mean) + 256)  # exceeded with probability < 1e-30
+    below = int(np.searchsorted(tb, t_top, side="right"))  # blocks with tb <= t_top
+    k_top = 0
+    if below < len(blocks):
+        a, b = blocks[below]
+        k_top = math.ceil((t_top - a) / (b - a) * 2.0**53)
+    for arr in (ta, tb, lam):
+        arr.flags.writeable = False  # shared by every call with these arguments
+    return ta, tb, lam, cap, below, k_top
 
 
 def ladder_mask(
@@ -161,38 +210,25 @@ def ladder_mask(
     lib = load()
     if lib is None:
         return None
-    t_top = float(rate_time(top))  # the numpy path's rounding, to the last bit
-    if t_top > _T_DENSE:
+    plan = _plan(n, top)
+    if plan is None:
         return None
-    blocks = [(a, b) for a, b in BLOCKS if a < t_top]
-    nblocks = len(blocks)
+    ta, tb, lam, cap, below, k_top = plan
+    nblocks = lam.size
     if nblocks == 0:
         return np.empty(0, np.int64), np.empty(0, codes.dtype), 0
-    ta = np.array([a for a, _ in blocks])
-    tb = np.array([b for _, b in blocks])
-    lam = np.array([n * (b - a) for a, b in blocks])  # as Python computes it per block
-    mean = float(lam.sum())
-    cap = int(mean + 12.0 * math.sqrt(mean) + 256)  # exceeded with probability < 1e-30
     wide = n > 1 << 32
-    pos = np.empty(cap, np.uint64 if wide else np.uint32)
-    counts = np.zeros(nblocks, np.int64)
-    total = lib.mcel_marks(_bitgen(rng_marks), n, _ptr(lam), nblocks, _ptr(pos), cap,
-                           _ptr(counts))
-    if total < 0:
+    marks, times = _pcg_words(rng_marks), _pcg_words(rng_times)
+    if marks is None or times is None:
         return None
-    timed_from, k_top = nblocks, 0
-    if mode == 0:
-        timed_from = int(np.searchsorted(tb, t_top, side="right"))  # blocks with tb <= t_top
-        skipped = int(counts[:timed_from].sum())
-        if timed_from < nblocks:
-            if skipped and counts[timed_from:].any():
-                rng_times.bit_generator.advance(skipped)  # as the numpy path skips them
-            a, b = blocks[timed_from]
-            k_top = math.ceil((t_top - a) / (b - a) * 2.0**53)
+    timed_from = below if mode == 0 else 0  # mode 0: untimed blocks first
     tab = np.ascontiguousarray(table if table is not None else np.zeros(1), np.float64)
-    kept = lib.mcel_keep(_bitgen(rng_times), _ptr(pos), wide, _ptr(counts), _ptr(ta), _ptr(tb),
-                         nblocks, mode, timed_from, k_top, _ptr(tab), bits, prot, _ptr(codes),
-                         codes.itemsize)
+    pos = np.empty(cap, np.uint64 if wide else np.uint32)
+    kept = lib.mcel_flips(_ptr(marks), _ptr(times), n, _ptr(lam), _ptr(ta), _ptr(tb), nblocks,
+                          mode, timed_from, k_top, _ptr(tab), bits, prot, _ptr(codes),
+                          codes.itemsize, _ptr(pos), cap)
+    if kept < 0:
+        return None
     pos = pos[:kept]
     pos.sort()  # numpy's SIMD sort beats a plain C radix sort here
     idx = np.empty(kept, np.int64)
