@@ -3,12 +3,16 @@
 Side by side, in the same process and on the same codes, taking turns in every round
 (see ``_harness.interleaved``):
 
-- ``sparse``: `mcel.faults.inject_` (exact ladder sampler + XOR), cost ~ flips;
+- ``sparse``: `mcel.faults.inject_` (exact ladder sampler + XOR), cost ~ flips, with the
+  native kernel (`mcel.faults.native`) where it is available;
+- ``sparse_np``: the same with the kernel off (numpy path; bit-identical masks);
 - ``sample``: `mcel.faults.sample_mask` alone (the part of ``sparse`` that draws);
+- ``draws``: as many raw PCG64 draws (numpy ``random_raw``) as the sampler's streams
+  consume on average (a 32-bit cell per mark, a 64-bit time per timed mark): the floor
+  of any sampler that reproduces these streams;
 - ``xor``: `mcel.faults.apply_mask_` of a mask drawn beforehand (another per round, so
-  its codes are as cold in the cache as a fresh injection's): gathering, XORing and
-  scattering only the touched codes, the floor of any in-place method that runs as
-  separate numpy/torch operations;
+  its codes are as cold in the cache as a fresh injection's): the touched codes only,
+  the floor of any in-place method;
 - ``dense``: the obvious baseline, one uniform number per bit
   (``torch.rand(N * 8) < p``), packed into a per-code XOR word and applied;
 - ``clone``: ``codes.clone()``, the cost of merely copying the tensor; on CPU also
@@ -41,7 +45,7 @@ from _harness import (
     table,
 )
 
-from mcel.faults import BitErrorModel, FaultKey, apply_mask_, inject_, sample_mask
+from mcel.faults import BitErrorModel, FaultKey, apply_mask_, inject_, native, sample_mask
 
 RATES = (1e-4, 1e-3, 1e-2)
 BITS = 8
@@ -75,14 +79,23 @@ def run(device: str = "cpu", quick: bool = False, data_dir: str | None = None) -
             mask = inject_(codes, BITS, model, FaultKey(seed=0, trial=r + 1))
             flips.append(mask.nbits_flipped)
 
+        def sparse_np(r: int, model: BitErrorModel = model) -> None:
+            with native.disabled():
+                inject_(codes, BITS, model, FaultKey(seed=0, trial=r + 1))
+
         def sample(r: int, model: BitErrorModel = model) -> None:
             sample_mask(codes, BITS, model, seed=0, trial=r + 1)
+
+        marks, timed = native.expected_draws(n * BITS, p)
+        n_draws = int(marks / 2 + timed)
+        bg = np.random.PCG64(0)
 
         # a mask of its own per round (drawn beforehand), so the codes it touches are
         # as cold in the cache as those of a fresh injection
         premasks = {r: sample_mask(codes, BITS, model, seed=1, trial=r + 1)
                     for r in range(-1, rounds)}
-        cases = {"sparse": sparse, "sample": sample,
+        cases = {"sparse": sparse, "sparse_np": sparse_np, "sample": sample,
+                 "draws": lambda r, k=n_draws, g=bg: g.random_raw(k),
                  "xor": lambda r, m=premasks: apply_mask_(codes, m[r]),
                  "dense": lambda r, p=p: dense_inject_(codes, p),
                  "clone": lambda r: codes.clone()}
@@ -97,7 +110,12 @@ def run(device: str = "cpu", quick: bool = False, data_dir: str | None = None) -
             "p": p,
             "flips_median": int(np.median(flips)),
             "sparse_ms": round(ms["sparse"], 3),
+            "sparse_numpy_ms": round(ms["sparse_np"], 3),
+            "numpy_over_sparse": round(paired_ratio(t["sparse_np"], t["sparse"]), 2),
             "sample_ms": round(ms["sample"], 3),
+            "draws": n_draws,
+            "draws_ms": round(ms["draws"], 3),
+            "draws_over_clone": round(paired_ratio(t["draws"], t[base]), 2),
             "xor_ms": round(ms["xor"], 3),
             "xor_over_clone": round(paired_ratio(t["xor"], t[base]), 2),
             "dense_ms": round(ms["dense"], 3),
@@ -121,6 +139,7 @@ def run(device: str = "cpu", quick: bool = False, data_dir: str | None = None) -
         "title": "Injection at the limit: in-place sparse injection vs clone and dense",
         "machine": machine_info(dev),
         "device": str(dev),
+        "sampler": native.status(),
         "n_codes": n,
         "bits": BITS,
         "repeats": rounds,
@@ -130,14 +149,16 @@ def run(device: str = "cpu", quick: bool = False, data_dir: str | None = None) -
 
 
 def format_table(result: dict[str, Any]) -> str:
-    rows = [[r["p"], f"{r['flips_median']:,}", r["sparse_ms"], r["sample_ms"],
-             r.get("xor_ms", "-"), r["dense_ms"],
+    rows = [[r["p"], f"{r['flips_median']:,}", r["sparse_ms"], r["sparse_numpy_ms"],
+             r["sample_ms"], r["draws_ms"], r.get("xor_ms", "-"), r["dense_ms"],
              r["clone_ms"], r["copy_1t_ms"] if r.get("copy_1t_ms") is not None else "-",
              f"{r['dense_over_sparse']:.1f}", f"{r['sparse_over_clone']:.2f}",
              r.get("goal_sparse_over_clone", {}).get("met", "-")] for r in result["rows"]]
     return (f"inject_: {result['n_codes']:,} uint8 codes x {result['bits']} bits on "
             f"{result['device']}, median of {result['repeats']}\n"
-            + table(["p", "flips", "sparse ms", "(sample ms)", "(xor ms)", "dense ms", "clone ms",
+            + f"{result['sampler']}\n"
+            + table(["p", "flips", "sparse ms", "numpy path ms", "(sample ms)", "(draws ms)",
+                     "(xor ms)", "dense ms", "clone ms",
                      "copy 1t ms", "dense/sparse", "sparse/copy", "<=1"], rows))
 
 

@@ -133,7 +133,7 @@ static uint64_t load_code(const void *codes, int32_t elem, uint64_t i) {
     }
 }
 
-#define PREFETCH 16 /* codes ahead: sorted indices are too far apart for the hardware */
+#define PREFETCH 32 /* codes ahead: sorted indices are too far apart for the hardware */
 
 static void xor_words(void *codes, int32_t elem, const int64_t *idx, const void *xw,
                       int64_t count) {
@@ -181,11 +181,13 @@ int32_t mcel_xor(void *codes, int32_t elem, int64_t size, const int64_t *idx, co
  * mode 1, a rate per bit position: every block is timed; a mark hits iff
  *   ta + (tb - ta) u < table[bit] (protected positions have time 0: never).
  * mode 2, a rate per stored value and position: iff ... < table[stored * bits + bit],
- *   the stored bit read from codes. */
+ *   the stored bit read from codes.
+ * fetch: prefetch the codes of kept marks (they are about to be XORed). */
 int64_t mcel_flips(const uint64_t *mw, const uint64_t *tw, uint64_t n, const double *lam,
                    const double *ta, const double *tb, int32_t nblocks, int32_t mode,
                    int32_t timed_from, uint64_t k_top, const double *table, int32_t bits,
-                   uint64_t prot, const void *codes, int32_t elem, void *pos, int64_t cap) {
+                   uint64_t prot, const void *codes, int32_t elem, int32_t fetch, void *pos,
+                   int64_t cap) {
     pcg_t mg = pcg_from(mw), tg = pcg_from(tw);
     bitgen_t bg = {&mg, bg_next64, bg_next32, bg_next_double, bg_next64};
     const bool wide = n > (UINT64_C(1) << 32);
@@ -229,6 +231,9 @@ int64_t mcel_flips(const uint64_t *mw, const uint64_t *tw, uint64_t n, const dou
             }
             if (prot && ((prot >> bit_of(p, sh, b)) & 1)) continue;
             set_pos(pos, wide, w++, p);
+            /* start fetching the code's cache line now: the XOR that follows the sort
+             * then finds it in cache, its memory latency hidden behind the draws */
+            if (fetch) __builtin_prefetch((const char *)codes + code_of(p, sh, b) * elem, 1, 2);
         }
     }
     return w;

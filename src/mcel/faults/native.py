@@ -14,6 +14,7 @@ up to 1/16); stuck-at models and higher rates take the numpy path.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -84,7 +85,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.mcel_pcg_check.argtypes = [_P, _I32, ctypes.c_uint32, _U64, _P]
     lib.mcel_flips.restype = _I64
     lib.mcel_flips.argtypes = [_P, _P, _U64, _P, _P, _P, _I32, _I32, _I32, _U64, _P, _I32, _U64,
-                               _P, _I32, _P, _I64]
+                               _P, _I32, _I32, _P, _I64]
     lib.mcel_group.restype = _I64
     lib.mcel_group.argtypes = [_P, _I32, _I64, _I32, _P, _I32, _I32, _P, _P, _P]
     lib.mcel_xor.restype = _I32
@@ -152,6 +153,31 @@ def status() -> str:
     """One line: whether the native kernel is in use, and why not."""
     load()
     return f"native ladder kernel: {_STATE['why']}"
+
+
+@contextlib.contextmanager
+def disabled():
+    """Inside, everything takes the numpy path (benchmarks compare the two)."""
+    load()
+    saved = dict(_STATE)
+    _STATE.update(lib=None, why="off (native.disabled())")
+    try:
+        yield
+    finally:
+        _STATE.clear()
+        _STATE.update(saved)
+
+
+def expected_draws(n: int, top: float) -> tuple[float, float] | None:
+    """Mean marks and mean timed marks (each one 64-bit time draw) the kernel makes
+    for ``n`` cells at one rate ``top``; None above 1/16. Every mark costs half a 64-bit
+    draw (a 32-bit cell), so ``marks / 2 + timed`` PCG64 steps is the floor of sampling
+    with these streams."""
+    plan = _plan(n, top)
+    if plan is None:
+        return None
+    lam, below = plan[2], plan[4]
+    return float(lam.sum()), float(lam[below:].sum())
 
 
 def _reset() -> None:
@@ -226,7 +252,7 @@ def ladder_mask(
     pos = np.empty(cap, np.uint64 if wide else np.uint32)
     kept = lib.mcel_flips(_ptr(marks), _ptr(times), n, _ptr(lam), _ptr(ta), _ptr(tb), nblocks,
                           mode, timed_from, k_top, _ptr(tab), bits, prot, _ptr(codes),
-                          codes.itemsize, _ptr(pos), cap)
+                          codes.itemsize, int(apply), _ptr(pos), cap)
     if kept < 0:
         return None
     pos = pos[:kept]
