@@ -153,7 +153,7 @@ def run(device: str = "cpu", quick: bool = False, data_dir: str | None = None) -
         "title": "Injection at the limit: in-place sparse injection vs clone and dense",
         "machine": machine_info(dev),
         "device": str(dev),
-        "sampler": native.status(),
+        "sampler": "native kernel" if native.load() is not None else native.status(),
         "n_codes": n,
         "bits": BITS,
         "repeats": rounds,
