@@ -402,12 +402,17 @@ def _sec_memory(r: dict, goals: list) -> list[str]:
                       f"{r['goal']['value']:.3f}", _met(r["goal"])])
         if live and not r["goal"]["met"]:
             over = live["peak_growth_mib"]["evaluate"] - live["budget_mib"]
-            L += [f"- **Not met by {over:.1f} MiB.** What is live during a faulty forward "
-                  f"besides the image is the trial's sparse fault mask: at BER 1e-2 about "
-                  f"1% x 4 bits of the codes flip, and each flipped code costs an int64 "
-                  f"index and its XOR word (9 bytes), about 2 MiB here, growing with the "
-                  f"BER, not with the model. Undoing a trial recomputes the touched values "
-                  f"from the codes instead of saving them, so nothing else is kept per trial.", ""]
+            L += [f"- **Not met by {over:.1f} MiB.** Undoing a trial recomputes the "
+                  f"touched values from the codes, and a mask that does not read the "
+                  f"stored bits (this uniform BER) is drawn again for the undo instead of "
+                  f"being kept through the forward; what else is live is the allocator's "
+                  f"and the interpreter's own scatter.", ""]
+        elif live:
+            L += ["- Nothing of a trial stays live through its forward: undoing it "
+                  "recomputes the touched values from the codes, and a mask that does not "
+                  "read the stored bits (uniform or per-position rates) is drawn again for "
+                  "the undo instead of being kept (an asymmetric or stuck-at mask is kept: "
+                  "an int64 index and an XOR word per flipped code).", ""]
     if "default_allocator_ratio" in r:
         L += [f"With glibc's default allocator settings the same ratio is "
               f"{r['default_allocator_ratio']:.2f} ({r['evaluate_extra_over_clean_mib']} MiB "

@@ -87,3 +87,4 @@ def test_console_script_runs():
     r = subprocess.run([sys.executable, "-m", "mcel.cli", "--version"], capture_output=True,
                        text=True)
     assert r.returncode == 0 and r.stdout.startswith("mcel ")
+    assert "native ladder kernel:" in r.stdout

@@ -10,7 +10,7 @@ from torch import nn
 from mcel import MCELError
 from mcel.engine import MemoryImage, state_digest, transient_weight_faults
 from mcel.evaluate import at_rate, evaluate, t_interval
-from mcel.faults import BitErrorModel, FaultKey, inject
+from mcel.faults import BitErrorModel, FaultKey, FlipMask, inject
 from mcel.quant import QuantSpec, quant_layers, quantize_model
 
 
@@ -90,13 +90,16 @@ def test_nested_flips_across_bers():
     model = _model()
     em = BitErrorModel(ber=0.0)
     with MemoryImage(model, em) as image:
+        clean = [s.qt.codes.clone() for _, s in image.weights]
         prev = None
         for b in (0.001, 0.01, 0.1):
             image.inject(at_rate(em, b), seed=5, trial=2)
-            flipped = {(s.name, i) for _, s in image.weights for i in s.masks[-1].index.tolist()}
+            flipped = [s.qt.codes ^ c for (_, s), c in zip(image.weights, clean)]  # bits
             image.restore()
-            if prev is not None:
-                assert prev <= flipped
+            if prev is not None:  # every bit flipped at the lower rate flips here too
+                assert all(torch.equal(p & f, p) for p, f in zip(prev, flipped))
+                assert sum(int(f.count_nonzero()) for f in flipped) > sum(
+                    int(p.count_nonzero()) for p in prev)
             prev = flipped
 
 
@@ -173,6 +176,30 @@ def test_restore_gives_back_the_clean_values_bit_for_bit(fmt, granularity):
             assert torch.equal(s.qt.codes, k)
 
 
+@pytest.mark.parametrize("em,redrawn", [
+    (BitErrorModel(ber=0.05), True),
+    (BitErrorModel(bit_rates=(0.0, 0.01, 0.05, 0.1)), True),
+    (BitErrorModel(p01=0.02, p10=0.1), False),  # draws read the stored bits
+    (BitErrorModel(ber=0.01, stuck_at=0.05), False),
+])
+def test_masks_that_do_not_read_the_codes_are_redrawn_not_kept(em, redrawn):
+    model = _model()
+    with MemoryImage(model, em) as image:
+        slots = [s for _, s in image.weights]
+        clean = [s.values.clone() for s in slots]
+        codes = [s.qt.codes.clone() for s in slots]
+        for trial in (4, 9):
+            image.inject(em, seed=3, trial=trial)
+        kept = [m for s in slots for m in s.masks]
+        assert len(kept) == 2 * len(slots)
+        assert all(isinstance(m, FlipMask) != redrawn for m in kept)
+        assert any(not torch.equal(s.qt.codes, k) for s, k in zip(slots, codes))
+        image.restore()
+        for s, c, k in zip(slots, clean, codes):
+            assert torch.equal(s.values.view(torch.int32), c.view(torch.int32))
+            assert torch.equal(s.qt.codes, k)
+
+
 def test_batched_adaptive_stops_where_sequential_stops():
     model = _model()
     x, y = _data()
@@ -225,8 +252,9 @@ def test_layer_include_exclude():
     x, y = _data()
     em = BitErrorModel(ber=0.0, exclude=("1",))  # only the output layer '3' is faulty
     with MemoryImage(model, em) as image:
+        clean = [s.qt.codes.clone() for _, s in image.weights]
         image.inject(at_rate(em, 0.1), seed=0, trial=0)
-        hit = {s.name for _, s in image.weights if s.masks and len(s.masks[-1].index)}
+        hit = {s.name for (_, s), c in zip(image.weights, clean) if not torch.equal(s.qt.codes, c)}
         image.restore()
     assert hit == {"3.weight"}
 

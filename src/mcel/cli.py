@@ -213,7 +213,7 @@ def _log(msg: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mcel", description=__doc__.splitlines()[0] if __doc__ else "")
-    p.add_argument("--version", action="version", version=_version())
+    p.add_argument("--version", action=_VersionAction)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a quantized model (CE, MCEL, MHL, error injection)")
@@ -247,10 +247,23 @@ def _extra_commands() -> tuple:
     return (add_sweep_command, add_analysis_commands)
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: what is installed and which sampler runs (built only when asked)."""
+
+    def __init__(self, option_strings, dest, **kw) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="show the version and whether the native sampler is in use")
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(_version())
+        parser.exit()
+
+
 def _version() -> str:
     from mcel import __version__
+    from mcel.faults import native
 
-    return f"mcel {__version__}"
+    return f"mcel {__version__}; {native.status()}"
 
 
 def _check_common_flags(args: argparse.Namespace) -> None:

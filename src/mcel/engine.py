@@ -22,12 +22,35 @@ import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from mcel.errors import MCELError
 from mcel.faults import BitErrorModel, FaultKey, FlipMask, apply_mask_, inject, sample_mask
 from mcel.quant import QuantizedTensor, quant_layers, quantize_values
+
+
+@dataclass(frozen=True)
+class _Redraw:
+    """An applied mask kept as its key. Drawn again it is the same mask, as long as the
+    draw does not read the stored bits (no asymmetric rates, no stuck cells): then
+    nothing of the trial stays in memory while the forward runs."""
+
+    error_model: BitErrorModel
+    seed: int
+    trial: int
+
+    def mask(self, slot: _Slot) -> FlipMask:
+        return sample_mask(slot.qt.codes, slot.qt.bits, self.error_model, seed=self.seed,
+                           trial=self.trial, name=slot.name)
+
+
+def _reads_codes(error_model: BitErrorModel, bits: int) -> bool:
+    """Whether a draw depends on the stored bits (then a mask cannot be redrawn after
+    it changed them)."""
+    r0, r1 = error_model.rate_tables(bits)
+    return bool(error_model.stuck_at) or not np.array_equal(r0, r1)
 
 
 @dataclass
@@ -37,18 +60,21 @@ class _Slot:
     name: str
     qt: QuantizedTensor
     values: Tensor  # dequantized, shaped like the parameter
-    masks: list = field(default_factory=list)  # applied FlipMasks, oldest first
+    masks: list = field(default_factory=list)  # applied FlipMasks / _Redraws, oldest first
 
-    def apply(self, mask: FlipMask) -> None:
-        """XOR ``mask`` into the codes and refresh only the values it touches."""
+    def apply(self, mask: FlipMask, redraw: _Redraw | None = None) -> None:
+        """XOR ``mask`` into the codes and refresh only the values it touches; keep
+        ``redraw`` (its key) instead of the mask when given."""
         _xor_and_refresh(self.qt, self.values.view(-1), mask)
-        self.masks.append(mask)
+        self.masks.append(mask if redraw is None else redraw)
 
     def undo(self) -> None:
         """Undo the newest mask: XOR it out again and refresh the same values, which
         gives back exactly the clean ones (values are ``table[code] * scale``), so
-        nothing is saved per trial but the sparse mask."""
-        _xor_and_refresh(self.qt, self.values.view(-1), self.masks.pop())
+        nothing is saved per trial but the sparse mask, or only its key."""
+        entry = self.masks.pop()
+        mask = entry.mask(self) if isinstance(entry, _Redraw) else entry
+        _xor_and_refresh(self.qt, self.values.view(-1), mask)
 
 
 def _numpy_ok(qt: QuantizedTensor, values: Tensor) -> bool:
@@ -155,7 +181,11 @@ class MemoryImage:
         for slot in self.slots(error_model):
             mask = sample_mask(slot.qt.codes, slot.qt.bits, error_model, seed=seed, trial=trial,
                                name=slot.name)
-            slot.apply(mask)
+            # a redrawable mask is dropped now and drawn again by restore(): it would
+            # otherwise stay live through the forward (memory ~ BER x stored bits)
+            redraw = None if _reads_codes(error_model, slot.qt.bits) else _Redraw(
+                error_model, seed, trial)
+            slot.apply(mask, redraw)
             stats.flipped_bits += mask.nbits_flipped
             stats.total_bits += mask.nbits_total
         return stats
