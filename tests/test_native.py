@@ -7,6 +7,9 @@ drawn on both paths, key by key, and compared bit for bit.
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -107,6 +110,20 @@ def test_bad_index_changes_nothing(kernel) -> None:
     with pytest.raises(IndexError):
         apply_mask_(codes, mask)
     assert int(codes.count_nonzero()) == 0
+
+
+def test_fresh_compile_into_an_empty_cache(monkeypatch, tmp_path) -> None:
+    if not (os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")):
+        pytest.skip("no C compiler here: the numpy path is what runs")
+    monkeypatch.setenv("MCEL_CACHE", str(tmp_path))
+    native._reset()
+    try:
+        assert native.load() is not None, native.status()
+        assert str(tmp_path) in native.status()
+        assert len(list(tmp_path.glob("native/*.so"))) == 1  # and no temporary left over
+        assert len(list(tmp_path.glob("native/*"))) == 1
+    finally:
+        native._reset()
 
 
 def test_off_switch_and_missing_compiler_fall_back(monkeypatch, tmp_path) -> None:
