@@ -74,6 +74,17 @@ def test_masks_identical_to_numpy(kernel, monkeypatch, dtype, bits, model) -> No
         assert got.nbits_flipped > 0
 
 
+def test_tiny_tensors(kernel, monkeypatch) -> None:
+    # one bit in all (numpy draws no cell for a range of one), a few bits, no bits
+    model = BitErrorModel(ber=0.06)
+    for numel, bits in [(1, 1), (1, 3), (2, 1), (3, 8), (0, 8)]:
+        codes = torch.zeros(numel, dtype=torch.uint8)
+        for trial in range(40):
+            got = _sample_mask(codes, bits, model, seed=2, trial=trial)
+            same(got, numpy_path(monkeypatch, _sample_mask, codes, bits, model, seed=2,
+                                 trial=trial))
+
+
 @pytest.mark.parametrize("dtype,bits,model", CASES[::3], ids=[c[2].describe()[:40]
                                                            for c in CASES[::3]])
 def test_inject_identical_to_numpy(kernel, monkeypatch, dtype, bits, model) -> None:

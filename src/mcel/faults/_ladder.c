@@ -216,6 +216,7 @@ int64_t mcel_flips(const uint64_t *mw, const uint64_t *tw, uint64_t n, const dou
         for (int64_t i = 0; i < m; i++) {
             uint64_t p;
             if (wide) p = wide_buf[base + i];
+            else if (rng32 == 0) p = 0;  /* one cell: numpy draws nothing */
             else p = rng32 == UINT32_MAX ? pcg_next32(&mg) : bounded32(&mg, rng32);
             if (timed) {
                 uint64_t u53 = pcg_next64(&tg) >> 11;
