@@ -155,3 +155,12 @@ def test_off_switch_and_missing_compiler_fall_back(monkeypatch, tmp_path) -> Non
     finally:
         native._reset()
     assert not list(tmp_path.glob("native/*.so"))  # no half-written library left behind
+
+
+def test_a_kernel_that_does_not_reproduce_numpy_is_turned_off(kernel, monkeypatch) -> None:
+    lib = native.load()
+    assert native._self_check(lib) is None  # this numpy: the inlined PCG64 agrees
+    monkeypatch.setattr(native, "_self_check", lambda lib: "its PCG64 differs")
+    native._reset()
+    assert native.load() is None
+    assert "disabled: its PCG64 differs" in native.status()
