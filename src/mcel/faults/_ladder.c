@@ -4,10 +4,10 @@
  * It draws exactly what the numpy code draws, from the same PCG64 states: Poisson counts
  * come from numpy's own random_poisson (linked from numpy's libnpyrandom), uniform cells
  * and times from an inlined copy of PCG64 and numpy's bounded-integer method, so every
- * mask is bit-identical to the numpy path (tests compare them key by key). What it saves is the bookkeeping between draws:
- * filtering, deduplicating, grouping bits into per-code XOR words and XORing them in,
- * without numpy temporaries. The sort in between is numpy's (SIMD, faster than any
- * plain C sort here).
+ * mask is bit-identical to the numpy path (tests compare them key by key). It saves
+ * numpy's per-call overhead and temporaries: drawing, filtering, deduplicating, grouping
+ * bits into per-code XOR words and XORing them in happen in two passes. The sort in
+ * between is numpy's (SIMD, faster than a plain C sort here).
  */
 #include <stdbool.h>
 #include <stdint.h>

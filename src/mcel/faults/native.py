@@ -1,11 +1,13 @@
 """Optional native kernel of the ladder sampler: the same masks, without numpy's overhead.
 
 `_ladder.c` (next to this file) is compiled on first use with the system C compiler and
-linked against numpy's own random library (``numpy/random/lib/libnpyrandom.a``), so
-the Poisson counts and bounded integers are numpy's code, called on the very bit
-generators the numpy path uses: every mask is bit-identical to the numpy path (tests
-compare them key by key). The library is cached per (source, numpy, Python, platform)
-under ``$MCEL_CACHE`` (default ``~/.cache/mcel``); a compile takes about a second.
+linked against numpy's own random library (``numpy/random/lib/libnpyrandom.a``) for the
+Poisson counts; it starts from the PCG64 states of the very generators the numpy path
+would use and draws cells and times with an inlined PCG64 and numpy's bounded-integer
+method, so every mask is bit-identical to the numpy path (tests compare them key by key;
+`load` checks the inlined PCG64 against numpy's first and turns the kernel off if they
+differ). The library is cached per (source, numpy, Python, platform) under
+``$MCEL_CACHE`` (default ``~/.cache/mcel``); a compile takes about a second.
 
 ``MCEL_NATIVE=0`` turns it off; without a C compiler it is off and everything runs in
 numpy (`status` says why). It covers flips (uniform, per-position and asymmetric rates
@@ -37,7 +39,7 @@ _LOCK = threading.Lock()
 _STATE: dict[str, object] = {}  # "lib": CDLL | None, "why": str
 
 _P = ctypes.c_void_p
-_I64, _I32, _U64, _D = ctypes.c_int64, ctypes.c_int32, ctypes.c_uint64, ctypes.c_double
+_I64, _I32, _U64 = ctypes.c_int64, ctypes.c_int32, ctypes.c_uint64
 
 
 def _cache_dir() -> Path:
