@@ -221,6 +221,38 @@ def test_batched_trials_reject_transient_and_bad_sizes():
         evaluate(model, x, y, [0.01], trial_batch=0)
 
 
+@pytest.mark.parametrize("quant,fmt,granularity", [
+    ("int4", "twos_complement", "tensor"), ("int4", "sign_magnitude", "channel"),
+    ("int8", "offset_binary", "channel"), ("int3", "twos_complement", "tensor"),
+    ("binary", "twos_complement", "tensor"), ("ternary", "sign_magnitude", "channel"),
+])
+@pytest.mark.parametrize("em", [BitErrorModel(ber=0.05),
+                                BitErrorModel(ber=0.2, protected_bits=(-1,))])
+def test_sparse_transient_values_equal_the_whole_tensor_path(quant, fmt, granularity, em):
+    from mcel.engine import _CallCounter, _Transient
+    torch.manual_seed(0)
+    net = quantize_model(nn.Sequential(nn.Linear(16, 32), nn.Linear(32, 4)),
+                         QuantSpec(quant, fmt=fmt, granularity=granularity))
+    for name, layer in quant_layers(net):
+        with torch.no_grad():
+            layer.weight[0, :3] = 0.0  # exact zeros: their sign must not leak into values
+        for trial in range(3):
+            sparse = _Transient(em, 7, name, _CallCounter(trial)).faulty_values(layer)
+            whole = _Transient(em, 7, name, _CallCounter(trial))(layer.quantized_weight())
+            want = whole.dequantize()
+            assert sparse is not None and sparse.dtype == want.dtype
+            assert torch.equal(sparse.view(torch.int32), want.view(torch.int32))
+            if not (quant == "binary" and em.protected_bits):  # (its one bit is protected)
+                assert not torch.equal(want, layer.quantized_weight().dequantize())
+
+
+def test_code_dependent_transient_faults_take_the_whole_tensor_path():
+    from mcel.engine import _CallCounter, _Transient
+    layer = quant_layers(_model())[0][1]
+    for em in (BitErrorModel(p01=0.1, p10=0.01), BitErrorModel(ber=0.01, stuck_at=0.1)):
+        assert _Transient(em, 0, "1.weight", _CallCounter()).faulty_values(layer) is None
+
+
 def test_transient_faults_redraw_every_forward_and_are_reproducible():
     model = _model()
     x, _ = _data()

@@ -63,6 +63,18 @@ def test_same_seed_same_weights_and_error_injection_changes_training():
     assert mc["test_acc"] > 0.3
 
 
+def test_error_injection_training_is_the_same_on_the_sparse_path(monkeypatch):
+    # transient weight faults computed from the flipped elements only give the very
+    # weights of the whole-tensor round trip through codes
+    config = TrainConfig(**{**FAST, "epochs": 1, "train_ber": 0.02})
+    fast, _ = train(config)
+    from mcel.engine import _Transient
+    monkeypatch.setattr(_Transient, "faulty_values", lambda self, layer: None)
+    whole, _ = train(config)
+    sf, sw = fast.state_dict(), whole.state_dict()
+    assert all(torch.equal(sf[k], sw[k]) for k in sf)
+
+
 @pytest.mark.parametrize("loss", ["ce", "mcel", "mhl"])
 @pytest.mark.parametrize("quant", ["binary", "ternary", "int8"])
 def test_every_loss_and_scheme_trains(loss, quant):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -29,6 +30,7 @@ from torch import Tensor, nn
 from mcel.errors import MCELError
 from mcel.faults import BitErrorModel, FaultKey, FlipMask, apply_mask_, inject, sample_mask
 from mcel.quant import QuantizedTensor, quant_layers, quantize_values
+from mcel.quant.core import SCHEMES, code_dtype, levels_to_codes
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class _Redraw:
                            trial=self.trial, name=slot.name)
 
 
+@functools.lru_cache(maxsize=256)
 def _reads_codes(error_model: BitErrorModel, bits: int) -> bool:
     """Whether a draw depends on the stored bits (then a mask cannot be redrawn after
     it changed them)."""
@@ -235,12 +238,49 @@ class _CallCounter:
         return self.n - 1
 
 
-def _transient_fn(error_model: BitErrorModel, seed: int, name: str, counter: _CallCounter):
-    def fn(qt: QuantizedTensor) -> QuantizedTensor:
-        key = FaultKey(seed=seed, trial=counter.next(), name=name)
-        return dataclasses.replace(qt, codes=inject(qt.codes, qt.bits, error_model, key))
+class _Transient:
+    """The faults of one tensor, redrawn at every forward (trial = the forward counter)."""
 
-    return fn
+    def __init__(self, error_model: BitErrorModel, seed: int, name: str,
+                 counter: _CallCounter) -> None:
+        self.error_model, self.seed, self.name, self.counter = error_model, seed, name, counter
+
+    def _key(self) -> FaultKey:
+        return FaultKey(seed=self.seed, trial=self.counter.next(), name=self.name)
+
+    def __call__(self, qt: QuantizedTensor) -> QuantizedTensor:
+        """The stored tensor with this forward's faults (a faulty copy of the codes)."""
+        return dataclasses.replace(
+            qt, codes=inject(qt.codes, qt.bits, self.error_model, self._key()))
+
+    def faulty_values(self, layer) -> Tensor | None:
+        """``layer``'s faulty weights, exactly ``self(layer.quantized_weight())
+        .dequantize()``, computed from the float weights with only the flipped elements
+        encoded, flipped and decoded; None when the draw reads the stored bits
+        (asymmetric rates, stuck cells): then the caller takes the whole-tensor path."""
+        bits, scheme = layer.bits, layer.scheme
+        if _reads_codes(self.error_model, bits):
+            return None
+        w = layer.weight.detach().float()
+        levels, scale = SCHEMES.get(scheme).levels(w, bits, layer.granularity)
+        if levels.data_ptr() == w.data_ptr():
+            levels = levels.clone()
+        # the draw does not read the codes: a buffer of their size and type stands in
+        stand_in = torch.empty(w.shape, dtype=code_dtype(bits), device=w.device)
+        key = self._key()
+        mask = sample_mask(stand_in, bits, self.error_model, seed=key.seed, trial=key.trial,
+                           name=key.name)
+        index = mask.index
+        codes = levels_to_codes(levels.reshape(-1)[index], scheme, bits, layer.fmt)
+        faulty = QuantizedTensor(codes ^ mask.xor, scale, bits, layer.fmt, scheme)
+        # as quantize_values: "+ 0" makes a rounded -0.0 the table's +0.0
+        values = levels.mul_(scale).add_(0.0)
+        flat = values.view(-1)
+        if scale.numel() == 1:
+            flat[index] = faulty.levels() * scale.reshape(())
+        else:  # channel scales run along dim 0
+            flat[index] = faulty.levels() * scale.reshape(-1)[index // w[0].numel()]
+        return values
 
 
 @contextlib.contextmanager
@@ -260,13 +300,13 @@ def transient_weight_faults(model: nn.Module, error_model: BitErrorModel | None,
     try:
         for name, layer in layers:
             if "weights" in targets and error_model.applies_to(name, "weights"):
-                layer.weight_fault = _transient_fn(error_model, seed, f"{name}.weight", counter)
+                layer.weight_fault = _Transient(error_model, seed, f"{name}.weight", counter)
                 hooked.append(layer)
             if "activations" in targets and error_model.applies_to(name, "activations"):
                 if layer.act_bits is None:
                     raise MCELError(f"activation faults need quantized activations, but layer "
                                     f"'{name}' has none; train with --act-bits K")
-                layer.act_fault = _transient_fn(error_model, seed, f"{name}.act", counter)
+                layer.act_fault = _Transient(error_model, seed, f"{name}.act", counter)
                 hooked.append(layer)
         yield
     finally:

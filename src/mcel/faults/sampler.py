@@ -22,6 +22,7 @@ True
 
 from __future__ import annotations
 
+import functools
 import zlib
 from dataclasses import dataclass
 
@@ -221,11 +222,10 @@ def _sample(
     bits = _check_codes(codes, bits)
     n = codes.numel() * bits
     flat = codes.view(-1)
-    prot = error_model.protected_mask(bits)
-    r0, r1 = error_model.rate_tables(bits)  # protected positions already at rate 0
-    top = float(max(r0.max(), r1.max()))
+    rates = _rates(error_model, bits)
+    prot, r0, r1, top = rates.prot, rates.r0, rates.r1, rates.top
     if top > 0.0 and not error_model.stuck_at:
-        mask = _native_flips(flat, bits, key, r0, r1, prot, top, apply)
+        mask = _native_flips(flat, bits, key, rates, apply)
         if mask is not None:
             return mask
     pos = np.empty(0, np.int64)
@@ -251,24 +251,49 @@ def _sample(
     return mask
 
 
-def _native_flips(
-    flat: torch.Tensor, bits: int, key: FaultKey, r0: np.ndarray, r1: np.ndarray,
-    prot: np.ndarray, top: float, apply: bool,
-) -> FlipMask | None:
-    """The flips by the native kernel (`mcel.faults.native`), bit-identical to the numpy
-    path; None where it does not apply (then the caller samples in numpy)."""
-    on_cpu = flat.device.type == "cpu"
+@dataclass(frozen=True)
+class _Rates:
+    """What the sampler needs of a model at one code width, worked out once: the
+    protected positions, the rate tables, the top rate, and the native kernel's mode
+    (0: one rate, 1: per position, 2: per stored value), time table and protected
+    bitmask."""
+
+    prot: np.ndarray
+    r0: np.ndarray
+    r1: np.ndarray
+    top: float
+    mode: int
+    table: np.ndarray | None
+    bitmask: int
+
+
+@functools.lru_cache(maxsize=256)
+def _rates(error_model: BitErrorModel, bits: int) -> _Rates:
+    prot = error_model.protected_mask(bits)
+    r0, r1 = error_model.rate_tables(bits)  # protected positions already at rate 0
+    top = float(max(r0.max(), r1.max()))
     if np.array_equal(r0, r1):
         uniform = bool(np.all(r0[~prot] == r0.max()))
         mode, table = (0, None) if uniform else (1, rate_time(r0))
     else:  # the rate depends on the stored bit, which the kernel reads from the codes
         mode, table = 2, np.concatenate([rate_time(r0), rate_time(r1)])
-    if not on_cpu and mode == 2:
+    bitmask = sum(1 << int(b) for b in np.flatnonzero(prot)) if mode == 0 else 0
+    for a in (prot, r0, r1) + ((table,) if table is not None else ()):
+        a.flags.writeable = False  # shared by every draw of this model
+    return _Rates(prot, r0, r1, top, mode, table, bitmask)
+
+
+def _native_flips(
+    flat: torch.Tensor, bits: int, key: FaultKey, rates: _Rates, apply: bool
+) -> FlipMask | None:
+    """The flips by the native kernel (`mcel.faults.native`), bit-identical to the numpy
+    path; None where it does not apply (then the caller samples in numpy)."""
+    on_cpu = flat.device.type == "cpu"
+    if not on_cpu and rates.mode == 2:
         return None
     host = flat.numpy() if on_cpu else np.empty(0, _NP_DTYPE[flat.dtype])
-    bitmask = sum(1 << int(b) for b in np.flatnonzero(prot)) if mode == 0 else 0
-    out = native.ladder_mask(*key.rngs(_FLIPS), flat.numel() * bits, top, mode, table,
-                             bitmask, host, bits, apply and on_cpu)
+    out = native.ladder_mask(*key.rngs(_FLIPS), flat.numel() * bits, rates.top, rates.mode,
+                             rates.table, rates.bitmask, host, bits, apply and on_cpu)
     if out is None:
         return None
     idx, xor, nbits = out

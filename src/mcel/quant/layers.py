@@ -11,7 +11,9 @@ Two hooks let the bit-error engine act without touching the layer's state:
   there; persistent faults).
 * ``weight_fault`` / ``act_fault``: a callable ``QuantizedTensor -> QuantizedTensor``
   applied to freshly quantized codes in each forward (transient faults: error-injection
-  training, activation faults).
+  training, activation faults). A weight hook may also offer ``faulty_values(layer)``,
+  the same faulty weights computed without a whole-tensor round trip through codes
+  (None: use the codes).
 
 Both are plain attributes, not parameters or buffers: the state dict never sees them.
 """
@@ -118,7 +120,11 @@ class _QuantMixin:
             return self.weight_override
         if self.weight_fault is None:
             return fake_quantize(self.weight, self.scheme, self.bits, self.granularity)
-        faulty = self.weight_fault(self.quantized_weight()).dequantize()
+        # a fault hook may compute the faulty values itself, touching only what flips
+        sparse = getattr(self.weight_fault, "faulty_values", None)
+        faulty = sparse(self) if sparse is not None else None
+        if faulty is None:
+            faulty = self.weight_fault(self.quantized_weight()).dequantize()
         return self.weight + (faulty - self.weight).detach()  # STE through the faults
 
     def effective_bias(self) -> Tensor | None:
