@@ -19,16 +19,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from mcel.errors import MCELError
 from mcel.faults import BitErrorModel, FaultKey, FlipMask, apply_mask_, inject, sample_mask
+from mcel.faults.sampler import reads_codes
 from mcel.quant import QuantizedTensor, quant_layers, quantize_values
 from mcel.quant.core import SCHEMES, code_dtype, levels_to_codes
 
@@ -46,14 +45,6 @@ class _Redraw:
     def mask(self, slot: _Slot) -> FlipMask:
         return sample_mask(slot.qt.codes, slot.qt.bits, self.error_model, seed=self.seed,
                            trial=self.trial, name=slot.name)
-
-
-@functools.lru_cache(maxsize=256)
-def _reads_codes(error_model: BitErrorModel, bits: int) -> bool:
-    """Whether a draw depends on the stored bits (then a mask cannot be redrawn after
-    it changed them)."""
-    r0, r1 = error_model.rate_tables(bits)
-    return bool(error_model.stuck_at) or not np.array_equal(r0, r1)
 
 
 @dataclass
@@ -186,7 +177,7 @@ class MemoryImage:
                                name=slot.name)
             # a redrawable mask is dropped now and drawn again by restore(): it would
             # otherwise stay live through the forward (memory ~ BER x stored bits)
-            redraw = None if _reads_codes(error_model, slot.qt.bits) else _Redraw(
+            redraw = None if reads_codes(error_model, slot.qt.bits) else _Redraw(
                 error_model, seed, trial)
             slot.apply(mask, redraw)
             stats.flipped_bits += mask.nbits_flipped
@@ -259,27 +250,25 @@ class _Transient:
         encoded, flipped and decoded; None when the draw reads the stored bits
         (asymmetric rates, stuck cells): then the caller takes the whole-tensor path."""
         bits, scheme = layer.bits, layer.scheme
-        if _reads_codes(self.error_model, bits):
+        if reads_codes(self.error_model, bits):
             return None
         w = layer.weight.detach().float()
         levels, scale = SCHEMES.get(scheme).levels(w, bits, layer.granularity)
         if levels.data_ptr() == w.data_ptr():
             levels = levels.clone()
-        # the draw does not read the codes: a buffer of their size and type stands in
+        # the draw does not read the codes: a buffer of their size and type stands in,
+        # and takes the flipped codes at the flipped positions only
         stand_in = torch.empty(w.shape, dtype=code_dtype(bits), device=w.device)
         key = self._key()
         mask = sample_mask(stand_in, bits, self.error_model, seed=key.seed, trial=key.trial,
                            name=key.name)
         index = mask.index
         codes = levels_to_codes(levels.reshape(-1)[index], scheme, bits, layer.fmt)
-        faulty = QuantizedTensor(codes ^ mask.xor, scale, bits, layer.fmt, scheme)
+        stand_in.view(-1)[index] = codes ^ mask.xor
+        faulty = QuantizedTensor(stand_in, scale, bits, layer.fmt, scheme)
         # as quantize_values: "+ 0" makes a rounded -0.0 the table's +0.0
         values = levels.mul_(scale).add_(0.0)
-        flat = values.view(-1)
-        if scale.numel() == 1:
-            flat[index] = faulty.levels() * scale.reshape(())
-        else:  # channel scales run along dim 0
-            flat[index] = faulty.levels() * scale.reshape(-1)[index // w[0].numel()]
+        values.view(-1)[index] = faulty.dequantize_at(index)
         return values
 
 

@@ -133,18 +133,15 @@ def _bits_at(flat: torch.Tensor, idx: np.ndarray, bit: np.ndarray) -> np.ndarray
     return (vals >> bit.astype(vals.dtype)) & 1
 
 
-def _time_fn(
-    r0: np.ndarray, r1: np.ndarray, prot: np.ndarray, flat: torch.Tensor, bits: int
-) -> TimeFn | None:
-    """Per-bit time thresholds ``t(rate)`` of bit positions, by table lookup; None when
-    it is one rate outside protected bits (the ladder's fast path; protected positions
-    are dropped afterwards)."""
-    if np.array_equal(r0, r1):
-        if np.all(r0[~prot] == r0.max()):
-            return None
-        t0 = rate_time(r0)
-        return lambda p: t0[_split(p, bits)[1]]
-    table = np.concatenate([rate_time(r0), rate_time(r1)])  # [stored * bits + position]
+def _time_fn(rates: _Rates, flat: torch.Tensor, bits: int) -> TimeFn | None:
+    """Per-bit time thresholds ``t(rate)`` of bit positions, by table lookup (the
+    tables of `_rates`); None when it is one rate outside protected bits (the ladder's
+    fast path; protected positions are dropped afterwards)."""
+    table = rates.table
+    if rates.mode == 0:
+        return None
+    if rates.mode == 1:
+        return lambda p: table[_split(p, bits)[1]]
 
     def asymmetric(p: np.ndarray) -> np.ndarray:  # the rate depends on the stored bit
         idx, bit = _split(p, bits)
@@ -225,14 +222,14 @@ def _sample(
     n = codes.numel() * bits
     flat = codes.view(-1)
     rates = _rates(error_model, bits)
-    prot, r0, r1, top = rates.prot, rates.r0, rates.r1, rates.top
+    prot, top = rates.prot, rates.top
     if top > 0.0 and not error_model.stuck_at:
         mask = _native_flips(flat, bits, key, rates, apply)
         if mask is not None:
             return mask
     pos = np.empty(0, np.int64)
     if top > 0.0:
-        time_of = _time_fn(r0, r1, prot, flat, bits)
+        time_of = _time_fn(rates, flat, bits)
         pos = sample_ladder(*key.rngs(_FLIPS), n, top, time_of)
         if time_of is None and prot.any():  # uniform: drop protected positions after
             pos = np.compress(~prot[pos % bits], pos)
@@ -283,6 +280,12 @@ def _rates(error_model: BitErrorModel, bits: int) -> _Rates:
     for a in (prot, r0, r1) + ((table,) if table is not None else ()):
         a.flags.writeable = False  # shared by every draw of this model
     return _Rates(prot, r0, r1, top, mode, table, bitmask)
+
+
+def reads_codes(error_model: BitErrorModel, bits: int) -> bool:
+    """Whether a draw for ``bits``-wide codes reads the stored bits (asymmetric rates,
+    stuck cells): only then can a mask not be drawn again after it changed them."""
+    return bool(error_model.stuck_at) or _rates(error_model, bits).mode == 2
 
 
 def _native_flips(
