@@ -71,7 +71,7 @@ def _compile(out: Path) -> None:
     os.close(fd)
     try:
         # -ffp-contract=off: no fused multiply-add, so times round exactly as numpy's do
-        cmd = [cc, "-O2", "-shared", "-fPIC", "-ffp-contract=off", "-std=gnu11",
+        cmd = [cc, "-O3", "-shared", "-fPIC", "-ffp-contract=off", "-std=gnu11",
                "-I", np.get_include(), str(_SRC), str(lib), "-lm", "-o", tmp]
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         if res.returncode != 0:
@@ -87,7 +87,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.mcel_pcg_check.argtypes = [_P, _I32, ctypes.c_uint32, _U64, _P]
     lib.mcel_flips.restype = _I64
     lib.mcel_flips.argtypes = [_P, _P, _U64, _P, _P, _P, _I32, _I32, _I32, _U64, _P, _I32, _U64,
-                               _P, _I32, _I32, _P, _I64]
+                               _P, _I32, _P, _I64]
     lib.mcel_group.restype = _I64
     lib.mcel_group.argtypes = [_P, _I32, _I64, _I32, _P, _I32, _I32, _P, _P, _P]
     lib.mcel_xor.restype = _I32
@@ -254,7 +254,7 @@ def ladder_mask(
     pos = np.empty(cap, np.uint64 if wide else np.uint32)
     kept = lib.mcel_flips(_ptr(marks), _ptr(times), n, _ptr(lam), _ptr(ta), _ptr(tb), nblocks,
                           mode, timed_from, k_top, _ptr(tab), bits, prot, _ptr(codes),
-                          codes.itemsize, int(apply), _ptr(pos), cap)
+                          codes.itemsize, _ptr(pos), cap)
     if kept < 0:
         return None
     pos = pos[:kept]
