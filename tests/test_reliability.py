@@ -195,7 +195,8 @@ CASES = [
      "cannot write to {b}/file/run: Not a directory; choose another --out"),
     ("train-resume-other-config", TRAIN[:-4] + ["--limit-train", "100", "--limit-test", "100",
                                                 "--out", "{b}/run"],
-     "{b}/run holds a run of another config; use a new --out folder"),
+     "{b}/run holds a run of another config (limit_train 200 there, 100 here); use a new "
+     "--out folder"),
     # evaluate
     ("evaluate-ber-negative", ["evaluate", "{b}/run", "--ber", "0,-0.1"],
      "BER -0.1 is outside [0, 1]"),

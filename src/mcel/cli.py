@@ -46,6 +46,10 @@ def _load_yaml(path: str) -> dict[str, Any]:
         data = yaml.safe_load(Path(path).read_text())
     except FileNotFoundError:
         raise MCELError(f"config file {path} does not exist") from None
+    except OSError as e:  # a folder, no permission
+        raise MCELError(f"cannot read config file {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise MCELError(f"config file {path} is not text (UTF-8 YAML expected)") from None
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         at = f" at line {where.line + 1}" if where is not None else ""
@@ -62,7 +66,8 @@ def _load_yaml(path: str) -> dict[str, Any]:
 _TRAIN_FLAGS = {
     # flag: (config key, type, help)
     "dataset": (str, "dataset name (digits, mnist, fashion-mnist, cifar10, cifar100, svhn)"),
-    "data_dir": (str, "folder with the dataset files (else $MCEL_DATA, then ~/.cache/mcel)"),
+    "data_dir": (str, "folder with the dataset files (else $MCEL_DATA, then "
+                      "~/.cache/mcel/datasets)"),
     "model": (str, "model name (mlp, lenet5, vgg3, vgg7, resnet20)"),
     "quant": (str, "weight scheme: binary, ternary, int2..int8, int16, float"),
     "fmt": (str, "number format: twos_complement, sign_magnitude, offset_binary"),
@@ -88,9 +93,13 @@ _TRAIN_FLAGS = {
 }
 
 
-def _add_train_flags(p: argparse.ArgumentParser) -> None:
+def _add_train_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """The training settings as flags (all default to the config file / `TrainConfig`);
+    ``skip``: settings the command chooses itself."""
     p.add_argument("--config", help="YAML file of training settings; flags override it")
     for key, (typ, help_) in _TRAIN_FLAGS.items():
+        if key in skip:
+            continue
         p.add_argument("--" + key.replace("_", "-"), dest=key, type=typ, default=None, help=help_)
     p.add_argument("--quant-exclude", action="append", default=None,
                    help="keep layers matching this name pattern in float (repeatable)")
@@ -149,13 +158,15 @@ def _add_eval_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fmt", default=None, help="evaluate with codes stored in this number format")
     p.add_argument("--adaptive", type=float, default=None, metavar="HALF_WIDTH",
                    help="stop once each 95%% interval is narrower than +-HALF_WIDTH (e.g. 0.005)")
-    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--batch-size", type=int, default=1024, help="images per forward")
     p.add_argument("--trial-batch", type=int, default=1, metavar="K",
                    help="run K trials as one batched forward (K weight copies; for small "
                         "models on a GPU; persistent weight/bias faults only)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--limit-test", type=int, default=None)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--data-dir", default=None,
+                   help="folder with the dataset files (default: the run's own)")
+    p.add_argument("--limit-test", type=int, default=None,
+                   help="evaluate on the first N test images only (a quick look)")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -211,8 +222,35 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's error style: one line and exit 2, not the usage block
+    (subcommands inherit it through ``add_subparsers``)."""
+
+    def __init__(self, *a, **kw) -> None:
+        kw.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*a, **kw)
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows a flag's default where its help does not already name it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text or default is None or default is False
+                or default is argparse.SUPPRESS or not action.option_strings):
+            return text
+        shown = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in default) \
+            if isinstance(default, list) else "%(default)s"
+        return f"{text} (default {shown})"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mcel", description=__doc__.splitlines()[0] if __doc__ else "")
+    p = _Parser(prog="mcel", description="Make quantized neural networks tolerant to bit "
+                "errors, and measure how tolerant they are. 'mcel COMMAND --help' for each.")
     p.add_argument("--version", action=_VersionAction)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -229,9 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="CE vs MCEL vs error injection on digits (the main job)")
     d.add_argument("--out", default="demo-out", help="folder for the table and plot")
-    d.add_argument("--epochs", type=int, default=30)
-    d.add_argument("--trials", type=int, default=30)
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--epochs", type=int, default=30, help="training epochs per model")
+    d.add_argument("--trials", type=int, default=30, help="Monte-Carlo trials per BER")
+    d.add_argument("--seed", type=int, default=0, help="training and fault seed")
     d.set_defaults(func=cmd_demo)
 
     for register in _extra_commands():
@@ -286,6 +324,9 @@ def _check_common_flags(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    if not (sys.argv[1:] if argv is None else argv):  # bare `mcel`: what there is to do
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
     args = parser.parse_args(argv)
     try:
         _check_common_flags(args)

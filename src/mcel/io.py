@@ -114,7 +114,11 @@ def load_metadata(path: str | Path) -> dict[str, str]:
 
 def check_writable(folder: str | Path) -> Path:
     """Fail early, before any work, if results cannot be written to ``folder``."""
+    if not str(folder).strip():
+        raise MCELError("an empty folder name was given; give a folder for the results")
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise MCELError(f"{folder} is a file, not a folder; choose another --out")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".write-test.", dir=folder)
@@ -125,15 +129,42 @@ def check_writable(folder: str | Path) -> Path:
     return folder
 
 
+# what `mcel train` keeps in a run folder: never the target of a --json
+RUN_FILES = ("config.json", "state.json", "metrics.json", "model.safetensors",
+             "last.safetensors")
+
+
+def _looks_like_json(path: Path) -> bool:
+    """An empty file or one starting (after blanks) with '{' or '['."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64).lstrip()
+    except OSError:
+        return True  # unreadable: leave the verdict to the write
+    return head[:1] in (b"", b"{", b"[")
+
+
 def check_can_create(path: str | Path) -> Path:
     """Fail early, creating nothing, if the file ``path`` could not be written later.
 
     Looks for the nearest existing folder above it: a regular file in the way, a
     folder at ``path`` itself or a folder without write permission is one MCELError.
     """
+    if not str(path).strip():
+        raise MCELError("an empty file name was given; give a file name")
     path = Path(path)
     if path.is_dir():
         raise MCELError(f"cannot write {path}: it is a folder; give a file name")
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        # the write renames a new file into place: it would replace the link or device
+        raise MCELError(f"will not write {path}: it is a link or special file, not a "
+                        "plain file; give a plain file name")
+    if path.name in RUN_FILES and (path.parent / "config.json").is_file():
+        raise MCELError(f"will not overwrite {path}: it belongs to the run folder "
+                        f"{path.parent}; give another file name")
+    if path.is_file() and not _looks_like_json(path):
+        raise MCELError(f"will not overwrite {path}: it is not a JSON file; give another "
+                        "file name")
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent

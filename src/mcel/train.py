@@ -107,15 +107,30 @@ class TrainConfig:
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise MCELError(f"{name} must be a finite number >= 0, got {v!r}")
+        for name in ("lr", "scale"):  # zero would train nothing / divide the logits by 0
+            if getattr(self, name) == 0:
+                raise MCELError(f"{name} must be > 0, got 0")
         if self.train_ber > 1:
             raise MCELError(f"train_ber is a bit error rate in [0, 1], got {self.train_ber}")
-        if self.margin is not None and not math.isfinite(self.margin):
-            raise MCELError(f"margin must be a finite number, got {self.margin}")
+        if self.margin is not None and not (math.isfinite(self.margin) and self.margin >= 0):
+            raise MCELError(f"margin must be a finite number >= 0, got {self.margin}")
+        if not 0 <= self.seed < 2**63:  # what torch and numpy both take
+            raise MCELError(f"seed must be an integer in [0, 2^63), got {self.seed}")
+        check_device_name(self.device)
         for name in ("limit_train", "limit_test"):
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise MCELError(f"{name} must be a positive number of samples, got {v}")
-        self.error_model()  # a bad train_error_model fails here, before any file exists
+        em = self.error_model()  # a bad train_error_model fails here, before any file exists
+        if em is not None:
+            if self.train_error_model and self.train_ber > 0:
+                raise MCELError("give train_ber or train_error_model, not both")
+            if "biases" in em.targets:
+                raise MCELError("error-injection training flips weights and activations, "
+                                "not biases; drop 'biases' from targets")
+            if "activations" in em.targets and self.act_bits is None:
+                raise MCELError("error injection into activations needs quantized "
+                                "activations; set act_bits (--act-bits K)")
 
     def quant_spec(self) -> QuantSpec:
         return QuantSpec(self.quant, fmt=self.fmt, granularity=self.granularity,
@@ -172,13 +187,23 @@ def _check_types(config: TrainConfig) -> None:
             raise MCELError(f"config key '{f.name}' must be {names}, got {value!r}")
 
 
+def check_device_name(device: str) -> None:
+    """A device this tool runs on, by name (whether it is present is checked at use)."""
+    if device == "auto":
+        return
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        kind = None
+    if kind not in ("cpu", "cuda"):
+        raise MCELError(f"unknown device '{device}'; use auto, cpu, cuda or cuda:N")
+
+
 def resolve_device(device: str) -> torch.device:
+    check_device_name(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise MCELError(f"unknown device '{device}'; use auto, cpu, cuda or cuda:N") from None
+    dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise MCELError("device 'cuda' asked for, but no CUDA GPU is available; use --device cpu")
     return dev
@@ -306,7 +331,8 @@ def _train(config: TrainConfig, out: Path | None, device: torch.device, info, tr
             perm = torch.randperm(len(x_tr), generator=gen).to(device)
             total, correct, seen = 0.0, 0, 0
             with transient_weight_faults(model, em, seed=config.seed,
-                                         first_call=epoch * steps_per_epoch):
+                                         first_call=epoch * steps_per_epoch,
+                                         targets=em.targets if em else ("weights",)):
                 for i in range(0, len(x_tr), config.batch_size):
                     batch = perm[i:i + config.batch_size]
                     if len(batch) < info.world:
@@ -344,6 +370,7 @@ def _train(config: TrainConfig, out: Path | None, device: torch.device, info, tr
         save_tensors(writer / "model.safetensors", model.state_dict(),
                      metadata={"config": json.dumps(config.to_dict(), sort_keys=True)})
         write_json(writer / "metrics.json", metrics)
+        write_json(writer / "config.json", config.to_dict())  # (again: repairs a lost one)
     return model, metrics
 
 
@@ -365,10 +392,29 @@ def _save_state(out: Path, config: TrainConfig, model: nn.Module, opt: torch.opt
     write_json(out / "state.json", state)
 
 
+def _config_diff(out: Path, config: TrainConfig) -> str:
+    """The settings in which ``out/config.json`` differs from ``config`` (data_dir and
+    device do not count), e.g. "epochs 2 there, 3 here"; "" when it agrees or is absent
+    or unreadable (then the checkpoint decides)."""
+    try:
+        there = json.loads((out / "config.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    if not isinstance(there, dict):
+        return ""
+    here = config.to_dict()
+    keys = [k for k in here if k not in ("data_dir", "device") and there.get(k) != here[k]]
+    return "; ".join(f"{k} {there.get(k)!r} there, {here[k]!r} here" for k in keys[:3])
+
+
 def _maybe_resume(out: Path, config: TrainConfig, model: nn.Module, opt: torch.optim.Optimizer,
                   gen: torch.Generator, metrics: dict) -> int:
     ckpt = out / "last.safetensors"
     if not ckpt.exists():
+        differs = _config_diff(out, config)
+        if differs:  # a finished run whose checkpoint was deleted: not ours to overwrite
+            raise MCELError(f"{out} holds a run of another config ({differs}); use a new "
+                            "--out folder")
         return 0
     meta = load_metadata(ckpt)  # a foreign file (a pickle, say) fails here, unread
     try:
@@ -379,7 +425,9 @@ def _maybe_resume(out: Path, config: TrainConfig, model: nn.Module, opt: torch.o
         raise MCELError(f"{ckpt} has no readable progress record; it was not written by "
                         "mcel train: delete it to start over")
     if state.get("config_hash") != config.digest():
-        raise MCELError(f"{out} holds a run of another config; use a new --out folder")
+        differs = _config_diff(out, config) or "see its config.json"
+        raise MCELError(f"{out} holds a run of another config ({differs}); use a new "
+                        "--out folder")
     tensors = load_tensors(ckpt)
     try:
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})

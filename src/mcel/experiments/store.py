@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from mcel.errors import MCELError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY,
@@ -93,12 +95,18 @@ def versions() -> dict[str, str]:
 
 
 def connect(path: str | Path) -> sqlite3.Connection:
+    """The results database at ``path``, created if need be; one MCELError line when the
+    file is something else (not SQLite, damaged, a folder, not writable)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    con = sqlite3.connect(str(path), timeout=60)
-    con.execute("PRAGMA journal_mode=WAL")
-    con.execute("PRAGMA synchronous=FULL")
-    con.executescript(SCHEMA)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        con = sqlite3.connect(str(path), timeout=60)
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA synchronous=FULL")
+        con.executescript(SCHEMA)
+    except (sqlite3.DatabaseError, OSError) as e:  # OperationalError is a DatabaseError
+        raise MCELError(f"cannot use {path} as a results database ({e}); give another "
+                        "--out or move that file away") from None
     con.row_factory = sqlite3.Row
     return con
 

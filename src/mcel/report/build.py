@@ -79,12 +79,27 @@ class Eval:
 def _open(db_path: str | Path) -> sqlite3.Connection:
     """Open read-only (a report never writes to the study), or fail in one line."""
     path = Path(db_path)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.db"))
+        hint = f" (it holds {', '.join(inside)})" if inside else ""
+        raise MCELError(f"{path} is a folder; pass the results database file{hint}")
     if not path.is_file():
         raise MCELError(f"results database {path} does not exist")
+    url = f"file:{pathname2url(str(path.resolve()))}?mode=ro"
     try:
-        con = sqlite3.connect(f"file:{pathname2url(str(path.resolve()))}?mode=ro", uri=True)
+        try:
+            con = sqlite3.connect(url, uri=True)
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master "
+                                                "WHERE type='table'")}
+        except sqlite3.OperationalError as e:
+            if "readonly" not in str(e):
+                raise
+            # a finished database in a read-only folder: SQLite cannot make the WAL
+            # index beside it, so read it as an unchanging file
+            con = sqlite3.connect(url + "&immutable=1", uri=True)
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master "
+                                                "WHERE type='table'")}
         con.row_factory = sqlite3.Row
-        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     except sqlite3.DatabaseError as e:
         raise MCELError(f"{path} is not an SQLite database ({e})") from None
     need = {"runs": {"run_id", "method", "config", "clean_acc", "train_seconds", "margins",

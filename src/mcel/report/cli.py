@@ -1,5 +1,5 @@
 """Commands for understanding results: ``mcel margins``, ``mcel tune-margin``,
-``mcel report``. Registered in ``mcel.cli`` through ``_EXTRA_COMMANDS``; like every
+``mcel report``. Registered in ``mcel.cli`` through ``_extra_commands()``; like every
 command they are thin over library functions (``mcel.analysis``, ``mcel.tuning``,
 ``mcel.report.build``).
 """
@@ -214,15 +214,17 @@ def add_analysis_commands(sub) -> None:
                    help="certificates above this are reported as '>N' (default 16)")
     m.add_argument("--out", default=None, help="folder for the PNG and JSON "
                                                "(default RUN_DIR/margins)")
-    m.add_argument("--data-dir", default=None)
-    m.add_argument("--limit-test", type=int, default=None)
-    m.add_argument("--batch-size", type=int, default=1024)
-    m.add_argument("--device", default="cpu")
+    m.add_argument("--data-dir", default=None,
+                   help="folder with the dataset files (default: the run's own)")
+    m.add_argument("--limit-test", type=int, default=None,
+                   help="use the first N test images only")
+    m.add_argument("--batch-size", type=int, default=1024, help="images per forward")
+    m.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     m.set_defaults(func=cmd_margins)
 
     t = sub.add_parser("tune-margin", help="pick the MCEL margin: CE vs MCEL at candidate "
                                            "margins, evaluated at one BER")
-    _add_train_flags(t)
+    _add_train_flags(t, skip=("loss", "margin"))  # the tuner sets both per candidate
     t.add_argument("--ber", type=float, required=True, help="bit error rate to tune for")
     t.add_argument("--margins", type=_floats, default=[0.5, 1.0, 2.0, 4.0, 8.0],
                    help="comma-separated candidate margins (default 0.5,1,2,4,8)")
