@@ -58,14 +58,55 @@ def test_yaml_config_and_flag_override(tmp_path):
     (["evaluate", "{run}", "--ber", "nan"], "outside [0, 1]"),
     (["evaluate", "{run}", "--error-model", "ber=-1"], "ber"),
     (["evaluate", "{run}", "--fmt", "ones_complement"], "number format"),
+    (TRAIN + ["--device", "mps", "--out", "{tmp}/x"], "unknown device 'mps'"),
+    (TRAIN + ["--seed", str(2**70), "--out", "{tmp}/x"], "seed must be an integer"),
+    (TRAIN + ["--config", "{tmp}", "--out", "{tmp}/x"], "cannot read config file"),
+    (TRAIN + ["--config", "{tmp}/latin1.yaml", "--out", "{tmp}/x"], "is not text"),
+    (TRAIN + ["--out", ""], "empty folder name"),
+    (TRAIN + ["--out", "{tmp}/bad.yaml"], "is a file, not a folder"),
+    (["evaluate", "{run}", "--ber", "0", "--json", "{run}/model.safetensors"],
+     "belongs to the run folder"),
+    (["evaluate", "{run}", "--ber", "0", "--json", "{tmp}/link.json"], "link or special file"),
+    (["evaluate", "{run}", "--ber", "0", "--json", "{tmp}/bad.yaml"], "not a JSON file"),
+    (["evaluate", "{run}", "--ber", "0", "--json", ""], "empty file name"),
+    (["evaluate", "{run}", "--ber", "0", "--targets", ""], "targets"),
+    (["evaluate", "{run}", "--error-model", "ber=1e-3,include=zzz"], "matches no quantized"),
+    (["evaluate", "{run}", "--ber", "0.01", "--adaptive", "5"], "in (0, 1)"),
 ])
 def test_user_errors_are_one_line_exit_2(argv, needle, tmp_path, run_dir, capsys):
     (tmp_path / "bad.yaml").write_text("epochs: [1,\n")
+    (tmp_path / "latin1.yaml").write_bytes(b"\xff\xfe")
+    (tmp_path / "target.json").write_text("{}")
+    (tmp_path / "link.json").symlink_to(tmp_path / "target.json")
     argv = [a.format(tmp=tmp_path, run=run_dir) for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and "Traceback" not in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["evaluate", "RUN", "--ber", "abc"], "argument --ber: expected comma-separated numbers"),
+    (["evaluate", "RUN", "--ber", "1e-2,,"], "empty item in '1e-2,,'"),
+    (["train", "--dataset", "digits"], "the following arguments are required: --out"),
+    (["tune-margin", "--ber", "0.01", "--loss", "ce"], "unrecognized arguments: --loss"),
+    (["bogus"], "invalid choice: 'bogus'"),
+])
+def test_parser_errors_are_one_line_exit_2(argv, needle, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1 and err.endswith("--help')"), err
+
+
+def test_bare_command_prints_help_and_help_shows_defaults(capsys):
+    assert main([]) == 2
+    assert "tune-margin" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    out = capsys.readouterr().out
+    assert "(default 100)" in out and "(default 0,1e-3,1e-2)" in out and "(default cpu)" in out
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")

@@ -545,3 +545,11 @@ def test_real_checksums(real_data: Path) -> None:
     assert {rel.split("/")[0] for _, rel in lines} >= set(REAL)
     for digest, rel in lines:
         assert hashlib.sha256((real_data / rel).read_bytes()).hexdigest() == digest, rel
+
+
+def test_real_files_of_the_other_dataset_are_refused(real_data: Path) -> None:
+    # MNIST and Fashion-MNIST share their file names: a --data-dir at the wrong one is
+    # caught by the labels' checksum, not read as the dataset asked for
+    for asked, other in (("mnist", "fashion-mnist"), ("fashion-mnist", "mnist")):
+        with pytest.raises(MCELError, match=f"belongs to {other}, not {asked}"):
+            load_dataset(asked, "test", real_data / other)

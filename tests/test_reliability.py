@@ -231,7 +231,8 @@ CASES = [
     ("evaluate-batch-size-zero", ["evaluate", "{b}/run", "--batch-size", "0"],
      "--batch-size must be a positive integer, got 0"),
     ("evaluate-adaptive-negative", ["evaluate", "{b}/run", "--adaptive", "-0.01"],
-     "--adaptive is a 95% half-width > 0 (e.g. 0.005), got -0.01"),
+     "--adaptive is a 95% half-width of an accuracy, in (0, 1) (e.g. 0.005 for +-0.5 "
+     "points), got -0.01"),
     ("evaluate-data-wrong-magic", ["evaluate", "{b}/mnist-run", "--data-dir",
                                    "{b}/data/wrong-magic"], "IDX magic number is 2049"),
     ("evaluate-data-short-read", ["evaluate", "{b}/mnist-run", "--data-dir",

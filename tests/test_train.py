@@ -63,6 +63,38 @@ def test_same_seed_same_weights_and_error_injection_changes_training():
     assert mc["test_acc"] > 0.3
 
 
+def test_error_injection_training_honours_the_targets():
+    # faults in the activations only: training differs from clean training and from
+    # weight faults (the error model's targets used to be ignored: weights only)
+    base = {**FAST, "epochs": 1, "act_bits": 4}
+    clean, _ = train(TrainConfig(**base))
+    acts, _ = train(TrainConfig(**{**base, "train_error_model": "ber=0.05,targets=activations"}))
+    wts, _ = train(TrainConfig(**{**base, "train_error_model": "ber=0.05"}))
+    s0, sa, sw = clean.state_dict(), acts.state_dict(), wts.state_dict()
+    assert not all(torch.equal(s0[k], sa[k]) for k in s0)
+    assert not all(torch.equal(sw[k], sa[k]) for k in s0)
+
+
+def test_error_injection_that_matches_no_layer_is_refused(tmp_path):
+    config = TrainConfig(**{**FAST, "epochs": 1, "train_error_model": "ber=1e-3,include=fc*"})
+    with pytest.raises(MCELError, match="matches no quantized layer"):
+        train(config, tmp_path / "r" / "deep")
+    assert not (tmp_path / "r").exists()  # no empty folders left behind
+
+
+def test_a_finished_run_without_its_checkpoint_is_not_overwritten(tmp_path):
+    train(TrainConfig(**{**FAST, "epochs": 1}), tmp_path / "r")
+    (tmp_path / "r" / "last.safetensors").unlink()
+    before = (tmp_path / "r" / "model.safetensors").read_bytes()
+    with pytest.raises(MCELError, match=r"another config \(lr 0.01 there, 0.02 here\)"):
+        train(TrainConfig(**{**FAST, "epochs": 1, "lr": 0.02}), tmp_path / "r")
+    assert (tmp_path / "r" / "model.safetensors").read_bytes() == before
+    # the same config may run again and restores a lost config.json
+    (tmp_path / "r" / "config.json").unlink()
+    train(TrainConfig(**{**FAST, "epochs": 1}), tmp_path / "r")
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["lr"] == 0.01
+
+
 def test_error_injection_training_is_the_same_on_the_sparse_path(monkeypatch):
     # transient weight faults computed from the flipped elements only give the very
     # weights of the whole-tensor round trip through codes
@@ -92,6 +124,16 @@ def test_every_loss_and_scheme_trains(loss, quant):
     ({"lr": float("nan")}, "lr"),
     ({"train_ber": 2.0}, "train_ber"),
     ({"optimizer": "lbfgs"}, "optimizer"),
+    ({"loss": "mcel", "margin": -1.0}, "margin must be a finite number >= 0"),
+    ({"lr": 0.0}, "lr must be > 0"),
+    ({"normalize": "l2", "scale": 0.0}, "scale must be > 0"),
+    ({"seed": -1}, "seed must be an integer"),
+    ({"seed": 2**70}, "seed must be an integer"),
+    ({"device": "mps"}, "unknown device 'mps'"),
+    ({"device": "cuda:x"}, "unknown device"),
+    ({"train_error_model": "ber=1e-3,targets=activations"}, "needs quantized activations"),
+    ({"train_error_model": "ber=1e-3,targets=biases"}, "not biases"),
+    ({"train_error_model": "ber=1e-3", "train_ber": 0.01}, "not both"),
 ])
 def test_bad_configs(changes, match):
     with pytest.raises(MCELError, match=match):

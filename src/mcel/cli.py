@@ -19,8 +19,11 @@ EXIT_USAGE = 2
 
 def _split_list(text: str, cast, what: str) -> list:
     """A comma-separated command-line list, each item through ``cast``."""
+    items = text.split(",")
+    if any(not v.strip() for v in items) and text.strip():
+        raise argparse.ArgumentTypeError(f"empty item in '{text}'")
     try:
-        vals = [cast(v) for v in text.split(",") if v.strip()]
+        vals = [cast(v) for v in items if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got '{text}'") from None
     if not vals:
@@ -138,7 +141,7 @@ def _error_model(args: argparse.Namespace):
 
     em = parse_error_model(args.error_model) if args.error_model else BitErrorModel(ber=0.0)
     changes: dict[str, Any] = {}
-    if args.targets:
+    if args.targets is not None:
         changes["targets"] = tuple(t.strip() for t in args.targets.split(","))
     if args.transient:
         changes["mode"] = "transient"
@@ -314,9 +317,10 @@ def _check_common_flags(args: argparse.Namespace) -> None:
         if v is not None and v < 1:
             raise MCELError(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
     hw = getattr(args, "adaptive", None)
-    if hw is not None and not (math.isfinite(hw) and hw > 0):
-        raise MCELError(f"--adaptive is a 95% half-width > 0 (e.g. 0.005), got {hw}")
-    if getattr(args, "json", None):
+    if hw is not None and not (math.isfinite(hw) and 0 < hw < 1):
+        raise MCELError(f"--adaptive is a 95% half-width of an accuracy, in (0, 1) (e.g. "
+                        f"0.005 for +-0.5 points), got {hw}")
+    if getattr(args, "json", None) is not None:
         from mcel.io import check_can_create
 
         check_can_create(args.json)

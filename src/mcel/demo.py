@@ -10,8 +10,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import torch
+
 from mcel.analysis import output_margins
 from mcel.data import load_dataset
+from mcel.errors import MCELError
 from mcel.evaluate import evaluate
 from mcel.faults import BitErrorModel
 from mcel.io import check_writable, write_json
@@ -40,20 +43,31 @@ def run_demo(out: str | Path = "demo-out", *, epochs: int = 30, trials: int = 30
     from rich.table import Table
 
     console = Console(width=max(120, Console().width))
+    configs = demo_configs(epochs, seed)  # bad settings fail here, before any folder exists
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+        raise MCELError(f"trials must be a positive integer, got {trials!r}")
     out = check_writable(out)
     x, y = load_dataset("digits", "test")
     em = BitErrorModel(ber=0.0)
     rows, curves = {}, {}
     t_start = time.perf_counter()
-    for name, cfg in demo_configs(epochs, seed).items():
-        console.print(f"[bold]{name}[/]: training {cfg.model}/{cfg.quant} for {epochs} epochs")
-        model, metrics = train(cfg)
-        res = evaluate(model, x, y, DEMO_BERS, em, trials=trials, seed=seed)
-        m = output_margins(model, x, y)
-        rows[name] = {"clean_acc": res.clean_accuracy, "median_margin": m.median().item(),
-                      "train_seconds": metrics["train_seconds"], "curve": res.table(),
-                      "config": cfg.to_dict()}
-        curves[name] = res.table()
+    # One thread: the same numbers on any machine (float sums depend on how work is split
+    # between threads) and no stalls when other jobs hold the cores; this model is small.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for name, cfg in configs.items():
+            console.print(f"[bold]{name}[/]: training {cfg.model}/{cfg.quant} for {epochs} "
+                          "epochs")
+            model, metrics = train(cfg)
+            res = evaluate(model, x, y, DEMO_BERS, em, trials=trials, seed=seed)
+            m = output_margins(model, x, y)
+            rows[name] = {"clean_acc": res.clean_accuracy, "median_margin": m.median().item(),
+                          "train_seconds": metrics["train_seconds"], "curve": res.table(),
+                          "config": cfg.to_dict()}
+            curves[name] = res.table()
+    finally:
+        torch.set_num_threads(threads)
 
     table = Table(title=f"digits, mlp, int4 weights (two's complement), {trials} trials per BER:"
                         " mean accuracy % ± 95% CI half-width")

@@ -128,6 +128,21 @@ class _Forward:
         return self.correct().float().mean().item()
 
 
+def check_targets(model: nn.Module, error_model: BitErrorModel) -> None:
+    """One MCELError line when ``error_model`` would flip nothing in ``model``: its
+    include/exclude patterns match none of the quantized layers its targets name (an
+    evaluation would report 'BER 1%' with not one fault)."""
+    from mcel.engine import quant_layers
+
+    names = [name for name, _ in quant_layers(model)]
+    if names and not any(error_model.applies_to(n, t) for n in names
+                         for t in error_model.targets):
+        shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+        raise MCELError(f"the error model (include={list(error_model.include)}, "
+                        f"exclude={list(error_model.exclude)}) matches no quantized layer; "
+                        f"the layers are: {shown}")
+
+
 def evaluate(
     model: nn.Module,
     x: Tensor,
@@ -168,6 +183,7 @@ def evaluate(
     if trial_batch > 1 and (em.mode == "transient" or "activations" in em.targets):
         raise MCELError("trial_batch > 1 needs persistent faults in weights/biases; "
                         "use trial_batch=1 for transient or activation faults")
+    check_targets(model, em)
     was_training = model.training
     model.eval()
     before = state_digest(model)

@@ -280,11 +280,20 @@ def train(config: TrainConfig, out: str | Path | None = None, *, progress: bool 
     # Data first: a missing or broken dataset fails before the run folder exists.
     x_tr, y_tr = load_dataset(config.dataset, "train", config.data_dir, limit=config.limit_train)
     x_te, y_te = load_dataset(config.dataset, "test", config.data_dir, limit=config.limit_test)
+    made = [] if out is None else [p for p in (Path(out), *Path(out).parents) if not p.exists()]
     out = check_writable(out) if out is not None else None
-    with process_group(info, device):
-        model, metrics = _train(config, out, device, info, (x_tr, y_tr), (x_te, y_te),
-                                progress=progress and info.is_main,
-                                log=log if info.is_main else None)
+    try:
+        with process_group(info, device):
+            model, metrics = _train(config, out, device, info, (x_tr, y_tr), (x_te, y_te),
+                                    progress=progress and info.is_main,
+                                    log=log if info.is_main else None)
+    except BaseException:
+        for folder in made:  # a failure before the first checkpoint leaves no empty folder
+            try:
+                folder.rmdir()
+            except OSError:
+                break  # not empty (a checkpoint to resume from), or not ours
+        raise
     return model, metrics
 
 
@@ -317,6 +326,10 @@ def _train(config: TrainConfig, out: Path | None, device: torch.device, info, tr
     from mcel.engine import transient_weight_faults
 
     em = config.error_model()
+    if em is not None:
+        from mcel.evaluate import check_targets
+
+        check_targets(model, em)  # an include pattern that matches nothing trains clean
     steps_per_epoch = math.ceil(len(x_tr) / config.batch_size)
     with _progress(progress) as bar:
         task = bar.add_task(f"train {config.model}/{config.loss}", total=config.epochs,

@@ -13,6 +13,7 @@ Files are looked up in, in order: the `data_dir` argument, `$MCEL_DATA`, then
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -74,10 +75,25 @@ DATASETS: Registry[_Spec] = Registry("dataset")
 # --- readers per family ------------------------------------------------------------------
 
 
-def _read_idx_pair(paths: list[Path], split: str, hw: tuple[int, int]) -> Arrays:
+# SHA-256 of the label bytes (after the IDX header) of the upstream releases: MNIST and
+# Fashion-MNIST use the same file names, so a --data-dir pointing at the other one would
+# otherwise be read without complaint
+_IDX_LABELS_SHA256 = {
+    "1feba77c54802fa5339a11837ea4b2866434b83314ec45192930f1df69120c13": "mnist",
+    "ddeff807876a9661a1110d45c266c86239a3a1b7d37da0c3716a7a683c852ff5": "mnist",
+    "657fbd221bfc9f4198cc14b5619cc33ec57c58dd0e47af4d99d6650759e869a7": "fashion-mnist",
+    "3d0e6c6ea990b53b6f8f500a41cac93881d981b315f84578b7d915342ade01e9": "fashion-mnist",
+}
+
+
+def _read_idx_pair(paths: list[Path], split: str, hw: tuple[int, int], name: str) -> Arrays:
     images_path, labels_path = paths
     images = readers.read_idx(images_path, readers.IDX_IMAGES)
     labels = readers.read_idx(labels_path, readers.IDX_LABELS)
+    other = _IDX_LABELS_SHA256.get(hashlib.sha256(labels.astype(np.uint8).tobytes()).hexdigest())
+    if other is not None and other != name:
+        raise MCELError(f"{labels_path} belongs to {other}, not {name}; point --data-dir at "
+                        f"the {name} files")
     if images.shape[1:] != hw:
         raise MCELError(f"{images_path}: images are {images.shape[1:]}, expected {hw}")
     if len(images) != len(labels):
@@ -149,7 +165,7 @@ _IDX: SplitFiles = {
 _add(
     "mnist",
     _IDX,
-    partial(_read_idx_pair, hw=(28, 28)),
+    partial(_read_idx_pair, hw=(28, 28), name="mnist"),
     layouts=("", "mnist", "MNIST/raw", "mnist/MNIST/raw"),
     num_classes=10,
     in_shape=(1, 28, 28),
@@ -162,7 +178,7 @@ _add(
 _add(
     "fashion-mnist",
     _IDX,
-    partial(_read_idx_pair, hw=(28, 28)),
+    partial(_read_idx_pair, hw=(28, 28), name="fashion-mnist"),
     layouts=("", "fashion-mnist", "FashionMNIST/raw", "fashion-mnist/FashionMNIST/raw"),
     extra_dirs=(Path("/usr/share/datasets/fashion-mnist"),),  # Debian's package
     num_classes=10,
