@@ -13,7 +13,12 @@ STAMP   := $(VENV)/.stamp-$(subst $(comma),-,$(EXTRAS))
 
 .PHONY: demo test bench venv clean
 
-$(STAMP): pyproject.toml
+# The interpreter is a prerequisite too: a venv whose python is gone (deleted, or its
+# base Python removed or upgraded) is rebuilt instead of failing with "No such file".
+$(VPY):
+	$(PY) -m venv $(VENV)
+
+$(STAMP): pyproject.toml $(VPY)
 	$(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q "$(TORCH)"

@@ -199,6 +199,11 @@ def reset_peak_rss() -> bool:
 # ------------------------------------------------------------------------- data
 
 
+def real_data_found(data_dir: str | None = None) -> bool:
+    """Whether `load_split` finds the real Fashion-MNIST test split."""
+    return not load_split("fashion-mnist", "test", 16, data_dir)[2].startswith("RANDOM")
+
+
 def load_split(name: str, split: str, limit: int | None, data_dir: str | None = None,
                *, shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10,
                seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, str]:

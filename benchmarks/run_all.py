@@ -25,7 +25,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from _harness import REPO, command_line, machine_info, write_json  # noqa: E402
+from _harness import REPO, command_line, machine_info, real_data_found, write_json  # noqa: E402
 
 BENCHMARKS = ("eval", "train", "adaptive", "inject", "memory", "batch")
 FORMATTERS = {"eval": "format_result", "train": "format_result", "adaptive": "format_result",
@@ -55,6 +55,13 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out_dir or (BENCH_DIR / "quick" if args.quick and args.device == "cpu"
                                else BENCH_DIR / args.device if args.device != "cpu"
                                else BENCH_DIR)
+        if args.out_dir is None and not real_data_found(args.data_dir):
+            # the records in docs/ are of real data: random stand-ins must not replace them
+            out = REPO / "bench-out"
+            args.no_doc = True
+            print(f"Fashion-MNIST not found (pass --data-dir or set MCEL_DATA): the "
+                  f"benchmarks run on random stand-ins and write to {_rel(out)}/, leaving "
+                  "docs/ as it is", flush=True)
         cmd = command_line()
         t_all = time.perf_counter()
         failed = []

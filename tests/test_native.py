@@ -8,6 +8,7 @@ drawn on both paths, key by key, and compared bit for bit.
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 
 import numpy as np
@@ -133,6 +134,23 @@ def test_fresh_compile_into_an_empty_cache(monkeypatch, tmp_path) -> None:
         assert str(tmp_path) in native.status()
         assert len(list(tmp_path.glob("native/*.so"))) == 1  # and no temporary left over
         assert len(list(tmp_path.glob("native/*"))) == 1
+    finally:
+        native._reset()
+
+
+def test_compiler_with_flags_and_a_damaged_cache_entry(monkeypatch, tmp_path) -> None:
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        pytest.skip("no C compiler here: the numpy path is what runs")
+    monkeypatch.setenv("MCEL_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", f"{cc} -Wall")  # a CC with a flag in it, as make passes it
+    native._reset()
+    so = native._library_path()
+    so.parent.mkdir(parents=True)
+    so.write_bytes(b"not a library")  # e.g. left by a full disk or a killed copy
+    try:
+        assert native.load() is not None, native.status()  # rebuilt, not left off
+        assert so.read_bytes()[:4] == b"\x7fELF" or platform.system() != "Linux"
     finally:
         native._reset()
 

@@ -23,6 +23,7 @@ import hashlib
 import math
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -58,7 +59,8 @@ def _library_path() -> Path:
 
 
 def _compile(out: Path) -> None:
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    cc_env = shlex.split(os.environ.get("CC", ""))  # CC may carry flags or a wrapper
+    cc = cc_env or [c for c in (shutil.which("cc") or shutil.which("gcc"),) if c]
     if not cc:
         raise OSError("no C compiler (set CC, or install gcc)")
     npdir = Path(np.__file__).parent
@@ -71,11 +73,11 @@ def _compile(out: Path) -> None:
     os.close(fd)
     try:
         # -ffp-contract=off: no fused multiply-add, so times round exactly as numpy's do
-        cmd = [cc, "-O3", "-shared", "-fPIC", "-ffp-contract=off", "-std=gnu11",
+        cmd = [*cc, "-O3", "-shared", "-fPIC", "-ffp-contract=off", "-std=gnu11",
                "-I", np.get_include(), str(_SRC), str(lib), "-lm", "-o", tmp]
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         if res.returncode != 0:
-            raise OSError(f"{Path(cc).name} failed: {res.stderr.strip()[:300]}")
+            raise OSError(f"{Path(cc[0]).name} failed: {res.stderr.strip()[:300]}")
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
@@ -139,7 +141,11 @@ def load() -> ctypes.CDLL | None:
                 path = _library_path()
                 if not path.exists():
                     _compile(path)
-                lib = _declare(ctypes.CDLL(str(path)))
+                try:
+                    lib = _declare(ctypes.CDLL(str(path)))
+                except OSError:  # a damaged cache entry: build it again, once
+                    _compile(path)
+                    lib = _declare(ctypes.CDLL(str(path)))
                 differs = _self_check(lib)
                 if differs:
                     lib, why = None, f"disabled: {differs}"
