@@ -277,6 +277,10 @@ BAD = [
     (GRID.replace("sign_magnitude]", "sign_magnitud]"), "did you mean 'sign_magnitude'"),
     (GRID.replace("trials: 5", "trials: 5\n  error_model: 'bre=0.1'"), "error-model key"),
     (GRID.replace("hidden: 32", "hiden: 32"), "unknown option(s) hiden"),
+    (GRID.replace("trials: 5", "trials: 5\n  error_model: 'ber=0,targets=activations'"),
+     "activations are not quantized; set act_bits"),
+    (GRID.replace("trials: 5", "trials: 5\n  error_model: 'ber=0,include=conv*'"),
+     "matches no quantized layer"),
     ("grid: {quant: [float]}\n", "quant 'float' stores no codes"),
 ]
 

@@ -141,7 +141,7 @@ def _output_layer(model: nn.Module):
     layers = quant_layers(model)
     if not layers:
         raise MCELError("the model has no quantized layers; quantize it first "
-                        "(mcel.quant.quantize_model or --quant int4)")
+                        "(mcel.quant.quantize_model, or mcel train --quant int4)")
     name, layer = layers[-1]
     if not isinstance(layer, QuantLinear):
         raise MCELError(f"the last quantized layer '{name}' is a {type(layer).__name__}; "

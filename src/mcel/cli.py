@@ -118,6 +118,8 @@ def _train_config(args: argparse.Namespace, base: dict[str, Any] | None = None):
         v = getattr(args, key, None)
         if v is not None:
             d[key] = v
+    if getattr(args, "data_dir", None):  # the run folder must work from any directory
+        d["data_dir"] = str(Path(args.data_dir).absolute())
     if getattr(args, "quant_exclude", None):
         d["quant_exclude"] = args.quant_exclude
     return TrainConfig.from_dict(d)

@@ -93,6 +93,8 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor],
 
 
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    if os.path.exists(path) and not os.access(path, os.R_OK):
+        raise MCELError(f"cannot read {path}: permission denied")
     try:
         return load_file(str(path))
     except FileNotFoundError:

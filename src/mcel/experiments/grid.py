@@ -411,6 +411,14 @@ def _eval_plan(ev: Mapping[str, Any], config: TrainConfig, src: str) -> EvalPlan
                 raise MCELError("it has no nonzero rate for the BER axis to scale")
             if bits is not None:
                 em.rate_tables(bits)  # bit_rates length, protected bits vs code width
+            if "activations" in em.targets and config.act_bits is None:
+                raise MCELError("it targets activations, but the model's activations are "
+                                "not quantized; set act_bits")
+            if em.include or em.exclude:  # patterns that match no layer would flip nothing
+                from mcel.evaluate import check_targets
+                from mcel.train import build_model
+
+                check_targets(build_model(config), em)
         except MCELError as e:
             raise MCELError(f"{src}: eval.error_model '{spec}': {e}") from None
         ems.append(em.describe())
