@@ -203,3 +203,15 @@ def test_activation_quantization_levels():
     lv = seen["in"] / scale
     torch.testing.assert_close(lv, lv.round(), atol=1e-4, rtol=0)
     assert lv.abs().max() <= 7 + 1e-4
+
+
+def test_a_quantization_pattern_that_matches_no_layer_is_refused():
+    from torch import nn
+
+    from mcel.errors import MCELError
+    from mcel.quant import QuantSpec, quantize_model
+
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    with pytest.raises(MCELError, match="pattern 'fc1' matches no layer; the layers are: 0, 2"):
+        quantize_model(net, QuantSpec("int4", exclude=("fc1",)))
+    assert type(net[0]).__name__ == "Linear"  # nothing converted

@@ -216,9 +216,16 @@ def quantize_model(model: nn.Module, spec: QuantSpec | str) -> nn.Module:
         spec = QuantSpec(spec)
     if spec.scheme == "float":
         return model
-    for name, module in list(model.named_modules()):
-        if isinstance(module, QUANT_LAYERS) or not isinstance(module, (nn.Linear, nn.Conv2d)):
-            continue
+    candidates = [(name, module) for name, module in model.named_modules()
+                  if isinstance(module, (nn.Linear, nn.Conv2d))
+                  and not isinstance(module, QUANT_LAYERS)]
+    names = [name for name, _ in candidates]
+    for p in (*spec.exclude, *(q for q in spec.include if q != "*")):
+        if names and not any(fnmatch.fnmatch(n, p) for n in names):  # a typo, most likely
+            shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+            raise MCELError(f"quantization pattern '{p}' matches no layer; the layers are: "
+                            f"{shown}")
+    for name, module in candidates:
         if not spec.selects(name):
             continue
         parent_name, _, child = name.rpartition(".")
