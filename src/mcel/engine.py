@@ -115,19 +115,30 @@ def bias_bits(layer) -> int:
 class MemoryImage:
     """The stored codes of a quantized model, wired into its forward.
 
-    Use as a context manager; inside it the model computes with the image's values::
+    Use as a context manager; inside it the model computes with the image's values.
+    ``error_model`` is needed here only when it targets biases (their codes are then kept
+    too); leaving the block undoes every flip.
 
-        with MemoryImage(model, targets=("weights",)) as image:
-            stats = image.inject(error_model, seed=0, trial=3)
-            ...forward...
-            image.restore()
+    >>> import torch
+    >>> from mcel.faults import BitErrorModel
+    >>> from mcel.models import create_model
+    >>> from mcel.quant import quantize_model
+    >>> model = quantize_model(create_model("mlp", 10, (1, 8, 8)), "int4").eval()
+    >>> x = torch.randn(4, 1, 8, 8)
+    >>> clean = model(x)
+    >>> error_model = BitErrorModel(ber=0.05)
+    >>> with MemoryImage(model, error_model) as image:
+    ...     stats = image.inject(error_model, seed=0, trial=3)
+    ...     faulty = model(x)
+    >>> stats.flipped_bits > 0, torch.equal(faulty, clean), torch.equal(model(x), clean)
+    (True, False, True)
     """
 
     def __init__(self, model: nn.Module, error_model: BitErrorModel | None = None) -> None:
         layers = quant_layers(model)
         if not layers:
             raise MCELError("the model has no quantized layers; quantize it first "
-                            "(mcel.quant.quantize_model or --quant int4)")
+                            "(mcel.quant.quantize_model, or mcel train --quant int4)")
         self.model = model
         self.weights: list[tuple[object, _Slot]] = []
         self.biases: list[tuple[object, _Slot]] = []

@@ -60,7 +60,9 @@ def _abs_max(w: Tensor, granularity: str) -> Tensor:
 def _levels_int(w: Tensor, bits: int, granularity: str) -> tuple[Tensor, Tensor]:
     qmax = (1 << (bits - 1)) - 1
     amax = _abs_max(w, granularity)
-    scale = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
+    scale = amax / qmax
+    # amax / qmax can underflow to 0 for subnormal weights: then they quantize as zeros
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     # in place after the first division: one weight-sized temporary instead of three
     return torch.div(w, scale).round_().clamp_(-qmax, qmax), scale
 
