@@ -129,3 +129,12 @@ def test_console_script_runs():
                        text=True)
     assert r.returncode == 0 and r.stdout.startswith("mcel ")
     assert "native ladder kernel:" in r.stdout
+
+
+def test_margins_of_a_float_model_fails_before_making_its_folder(tmp_path, capsys):
+    run = tmp_path / "float-run"
+    argv = [a if a != "int4" else "float" for a in TRAIN]
+    assert main(argv + ["--epochs", "1", "--out", str(run)]) == 0
+    assert main(["margins", str(run), "--out", str(tmp_path / "m")]) == 2
+    assert "holds a float model" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()

@@ -30,7 +30,9 @@ def cmd_margins(args: argparse.Namespace) -> int:
 
     from mcel.analysis import flip_certificate, survival
     from mcel.data import load_dataset
+    from mcel.engine import quant_layers
     from mcel.errors import MCELError
+    from mcel.evaluate import check_targets
     from mcel.faults import parse_error_model
     from mcel.io import check_writable, write_json
     from mcel.plots import plot_margin_survival
@@ -42,6 +44,11 @@ def cmd_margins(args: argparse.Namespace) -> int:
         raise MCELError(f"--max-flips must be >= 1, got {args.max_flips}")
     model, config = load_run(args.run_dir, args.device)
     em = parse_error_model(args.error_model) if args.error_model else None
+    if not quant_layers(model):  # checked now: no output folder for a run that cannot work
+        raise MCELError(f"{args.run_dir} holds a float model: it stores no codes to flip; "
+                        "train it with --quant (e.g. int4)")
+    if em is not None:
+        check_targets(model, em)
     x, y = load_dataset(config.dataset, "test", args.data_dir or config.data_dir,
                         limit=args.limit_test or config.limit_test)
     out = check_writable(args.out or Path(args.run_dir) / "margins")  # after the inputs
