@@ -296,6 +296,17 @@ def test_malformed_grid_is_one_line_and_exit_2(tmp_path, capsys, text, needle):
     assert not (tmp_path / "out").exists()  # validated before anything was written
 
 
+def test_a_results_database_that_is_not_sqlite(tmp_path, capsys):
+    grid, out = _grid(tmp_path, GRID), tmp_path / "o"
+    out.mkdir()
+    _db(out).write_bytes(b"not a database, but somebody's file" * 100)
+    before = _db(out).read_bytes()
+    assert main(["sweep", str(grid), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot use" in err and "as a results database" in err and err.count("\n") == 1
+    assert _db(out).read_bytes() == before and not (out / "runs").exists()
+
+
 def test_missing_grid_file_and_bad_backend(tmp_path, capsys):
     assert main(["sweep", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
