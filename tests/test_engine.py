@@ -306,3 +306,47 @@ def test_bad_evaluation_input():
             evaluate(model, x, y, [bad], trials=1)
     with pytest.raises(MCELError, match="quantized"):
         evaluate(nn.Sequential(nn.Flatten(), nn.Linear(16, 4)), x, y, [0.1], trials=1)
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda x, y: (x, y[:, None]), "1-D tensor of integer class labels"),
+    (lambda x, y: (x, y.float()), "1-D tensor of integer class labels"),
+    (lambda x, y: (x, y[:1]), "256 samples but y 1 labels"),
+    (lambda x, y: (x, y + 20), "out of range for a model with 4 outputs"),
+    (lambda x, y: (x, y - 20), "labels must be >= 0"),
+    (lambda x, y: (x[:0], y[:0]), "holds no samples"),
+])
+def test_labels_that_would_broadcast_into_a_wrong_accuracy_are_refused(change, match):
+    # pred == y broadcasts: (N, 1) labels used to give ~1/C accuracy without a word
+    from mcel.train import accuracy
+
+    model, (x, y) = _model(), _data()
+    xb, yb = change(x, y)
+    with pytest.raises(MCELError, match=match):
+        evaluate(model, xb, yb, [0.01], trials=1)
+    with pytest.raises(MCELError, match=match):
+        accuracy(model, xb, yb)
+
+
+def test_evaluate_takes_a_scalar_ber_and_a_spec_string_and_refuses_duplicates():
+    model, (x, y) = _model(), _data()
+    a = evaluate(model, x, y, 0.01, "ber=0", trials=2)
+    b = evaluate(model, x, y, [0.01], BitErrorModel(ber=0), trials=2)
+    assert a.table() == b.table()
+    with pytest.raises(MCELError, match="each BER once"):
+        evaluate(model, x, y, [0.01, 0.01], trials=1)
+    with pytest.raises(MCELError, match="batch_size"):
+        evaluate(model, x, y, [0.01], trials=1, batch_size=0)
+    with pytest.raises(MCELError, match="list of bit error rates"):
+        evaluate(model, x, y, "0.01", trials=1)
+
+
+def test_every_module_gets_its_own_mode_back_even_after_an_error():
+    model, (x, y) = _model(), _data()
+    model.train()
+    model[1].eval()  # e.g. a frozen layer inside a model being trained
+    evaluate(model, x, y, [0.01], trials=1)
+    assert model.training and not model[1].training and model[3].training
+    with pytest.raises(MCELError):
+        evaluate(model, x, y, [0.01], BitErrorModel(ber=0, targets=("activations",)), trials=1)
+    assert model.training and not model[1].training and model[3].training

@@ -142,3 +142,34 @@ def test_registry():
     assert (loss.margin, loss.normalize, loss.scale) == (4.0, "l2", 5.0)
     with pytest.raises(MCELError, match="did you mean 'mcel'"):
         create_loss("mcell")
+
+
+def test_create_loss_passes_on_or_refuses_every_argument():
+    from mcel.losses import create_loss
+
+    w = torch.tensor([1.0, 2.0, 3.0])
+    loss = create_loss("mcel", margin=2.0, reduction="sum", weight=w)
+    assert loss.reduction == "sum" and torch.equal(loss.weight, w)
+    assert create_loss("ce", reduction="none").reduction == "none"
+    assert create_loss("mhl", margin=2.0, reduction="sum").reduction == "sum"
+    with pytest.raises(MCELError, match="takes no 'margn' \\(did you mean 'margin'\\?\\)"):
+        create_loss("mcel", margn=5)
+    with pytest.raises(MCELError, match="loss 'ce' takes no margin"):
+        create_loss("ce", margin=5)
+
+
+def test_mceloss_argument_traps_are_caught_at_construction():
+    with pytest.raises(MCELError, match="give the margin by name: MCELoss\\(margin=3.0\\)"):
+        MCELoss(3.0)
+    for bad in (-1.0, float("inf"), "a"):
+        with pytest.raises(MCELError, match="margin must be a finite number >= 0"):
+            MCELoss(margin=bad)
+    with pytest.raises(MCELError, match="scale must be"):
+        MCELoss(normalize="l2", scale=0.0)
+
+
+def test_integer_targets_of_any_width():
+    z, y = torch.randn(6, 4), torch.tensor([0, 3, 1, 2, 2, 0])
+    want = MCELoss(margin=2.0)(z, y)
+    for dtype in (torch.uint8, torch.int32, torch.int16):
+        assert torch.equal(MCELoss(margin=2.0)(z, y.to(dtype)), want)

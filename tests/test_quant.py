@@ -215,3 +215,29 @@ def test_a_quantization_pattern_that_matches_no_layer_is_refused():
     with pytest.raises(MCELError, match="pattern 'fc1' matches no layer; the layers are: 0, 2"):
         quantize_model(net, QuantSpec("int4", exclude=("fc1",)))
     assert type(net[0]).__name__ == "Linear"  # nothing converted
+
+
+def test_quantize_model_keeps_parameters_dtype_ties_and_bare_layers():
+    from torch import nn
+
+    from mcel.errors import MCELError
+    from mcel.evaluate import evaluate
+    from mcel.quant import QuantSpec, quant_layers, quantize_model
+
+    shared = nn.Linear(8, 8)
+    frozen = nn.Linear(16, 8)
+    frozen.weight.requires_grad_(False)
+    net = nn.Sequential(nn.Flatten(), frozen, nn.ReLU(), shared, nn.ReLU(), shared,
+                        nn.Linear(8, 4, bias=False))
+    params = {id(p) for p in net.parameters()}
+    quantize_model(net, "int4")
+    assert {id(p) for p in net.parameters()} == params  # an optimizer built before still fits
+    assert not net[1].weight.requires_grad
+    assert net[3] is net[5] and len(quant_layers(net)) == 3  # one quantized layer, used twice
+    assert type(quantize_model(nn.Linear(2, 2), "int4")).__name__ == "QuantLinear"
+    assert QuantSpec("int4", include="1*").include == ("1*",)  # a string is one pattern
+    double = quantize_model(nn.Sequential(nn.Flatten(), nn.Linear(16, 4)).double(), "int8")
+    x = torch.randn(8, 1, 4, 4, dtype=torch.float64)
+    assert double(x).dtype == torch.float64  # the layer keeps its dtype
+    with pytest.raises(MCELError, match="holds torch.float64 weights; .*model.float()"):
+        evaluate(double, x, torch.zeros(8, dtype=torch.long), [0.01], trials=1)

@@ -139,6 +139,11 @@ class MemoryImage:
         if not layers:
             raise MCELError("the model has no quantized layers; quantize it first "
                             "(mcel.quant.quantize_model, or mcel train --quant int4)")
+        odd = next(((n, la.weight.dtype) for n, la in layers if la.weight.dtype != torch.float32),
+                   None)
+        if odd is not None:  # the image keeps float32 values; a mixed forward would fail late
+            raise MCELError(f"layer '{odd[0]}' holds {odd[1]} weights; the fault engine "
+                            "computes in float32: evaluate model.float()")
         self.model = model
         self.weights: list[tuple[object, _Slot]] = []
         self.biases: list[tuple[object, _Slot]] = []

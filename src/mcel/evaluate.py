@@ -120,12 +120,34 @@ class _Forward:
 
     @torch.inference_mode()
     def correct(self) -> Tensor:
-        outs = [self.model(self.x[i:i + self.batch_size]).argmax(1)
-                for i in range(0, len(self.x), self.batch_size)]
+        outs = []
+        for i in range(0, len(self.x), self.batch_size):
+            logits = self.model(self.x[i:i + self.batch_size])
+            if i == 0 and int(self.y.max()) >= logits.shape[1]:
+                raise MCELError(f"label {int(self.y.max())} is out of range for a model with "
+                                f"{logits.shape[1]} outputs")
+            outs.append(logits.argmax(1))
         return torch.cat(outs) == self.y
 
     def accuracy(self) -> float:
         return self.correct().float().mean().item()
+
+
+def check_data(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """``(x, y)`` as tensors, or one MCELError line: ``y`` must be a 1-D integer tensor of
+    non-negative labels, one per sample of ``x`` (``pred == y`` would otherwise broadcast
+    into a wrong accuracy without a word)."""
+    x, y = torch.as_tensor(x), torch.as_tensor(y)
+    if x.dim() == 0 or len(x) == 0:
+        raise MCELError("x holds no samples")
+    if y.dim() != 1 or y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+        raise MCELError(f"y must be a 1-D tensor of integer class labels, got shape "
+                        f"{tuple(y.shape)} and dtype {y.dtype}")
+    if len(y) != len(x):
+        raise MCELError(f"x holds {len(x)} samples but y {len(y)} labels")
+    if int(y.min()) < 0:
+        raise MCELError(f"labels must be >= 0, got {int(y.min())}")
+    return x, y
 
 
 def check_targets(model: nn.Module, error_model: BitErrorModel) -> None:
@@ -171,12 +193,31 @@ def evaluate(
     models on a GPU; persistent weight faults only; same faults and results. The
     model's state is bit-identical afterwards (checked).
     """
-    bers = sorted(float(b) for b in bers)
+    if isinstance(bers, (int, float)):
+        bers = [bers]
+    try:
+        bers = sorted(float(b) for b in bers)
+    except (TypeError, ValueError):
+        raise MCELError(f"bers must be a list of bit error rates, got {bers!r}") from None
     for b in bers:
         if not (0.0 <= b <= 1.0):  # also rejects NaN
             raise MCELError(f"BER {b} is outside [0, 1]")
+    if len(set(bers)) != len(bers):
+        raise MCELError(f"each BER once, please: got {bers}")
     if trials < 1:
         raise MCELError(f"trials must be >= 1, got {trials}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise MCELError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if isinstance(error_model, str):  # a spec, as on the command line
+        from mcel.faults import parse_error_model
+
+        error_model = parse_error_model(error_model)
+    if error_model is not None and not isinstance(error_model, BitErrorModel):
+        raise MCELError(f"error_model must be a BitErrorModel or a spec string like "
+                        f"'ber=1e-3', got {type(error_model).__name__}")
+    x, y = check_data(x, y)
+    if next(model.parameters(), None) is None:
+        raise MCELError("the model has no parameters: nothing is stored, nothing can flip")
     if isinstance(trial_batch, bool) or not isinstance(trial_batch, int) or trial_batch < 1:
         raise MCELError(f"trial_batch must be an integer >= 1, got {trial_batch!r}")
     em = error_model or BitErrorModel(ber=0.0)
@@ -184,8 +225,20 @@ def evaluate(
         raise MCELError("trial_batch > 1 needs persistent faults in weights/biases; "
                         "use trial_batch=1 for transient or activation faults")
     check_targets(model, em)
-    was_training = model.training
+    modes = {m: m.training for m in model.modules()}  # each module's own, restored below
     model.eval()
+    try:
+        return _evaluate(model, x, y, bers, em, trials=trials, seed=seed,
+                         batch_size=batch_size, target_half_width=target_half_width,
+                         min_trials=min_trials, progress=progress, keep_correct=keep_correct,
+                         trial_batch=trial_batch)
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
+def _evaluate(model, x, y, bers, em, *, trials, seed, batch_size, target_half_width,
+              min_trials, progress, keep_correct, trial_batch) -> EvalResult:
     before = state_digest(model)
     fwd = _Forward(model, x, y, batch_size)
     t0 = time.perf_counter()
@@ -239,7 +292,6 @@ def evaluate(
                         for b in bers:
                             del d[b][done:]
                     break
-    model.train(was_training)
     if state_digest(model) != before:  # the engine's core promise; never expected to fire
         raise RuntimeError("evaluation changed the model's state")
     result = EvalResult(

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mcel.errors import MCELError
-from mcel.registry import Registry
+from mcel.registry import Registry, did_you_mean
 
 NORMALIZATIONS = ("none", "l2", "std")
 # Defaults from the study (docs/results.md): the normalised forms lost accuracy at high
@@ -64,6 +64,12 @@ def _target_shift(input: Tensor, target: Tensor, ignore_index: int) -> Tensor:
     return torch.zeros_like(input).scatter_(1, safe, valid.unsqueeze(1).to(input.dtype))
 
 
+def _check_margin(margin) -> None:
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) \
+            or not math.isfinite(margin) or margin < 0:
+        raise MCELError(f"margin must be a finite number >= 0, got {margin!r}")
+
+
 def mcel_loss(
     input: Tensor,
     target: Tensor,
@@ -92,8 +98,9 @@ def mcel_loss(
     >>> bool(mcel_loss(z, y, margin=2.0) > F.cross_entropy(z, y))
     True
     """
-    if not math.isfinite(margin):
-        raise MCELError(f"margin must be a finite number, got {margin}")
+    _check_margin(margin)
+    if not target.dtype.is_floating_point and target.dtype != torch.long:
+        target = target.long()  # uint8/int32 class indices, as cross_entropy takes them
     if input.dim() < 2:
         # CE also accepts unbatched (C,) input; give it a batch dim and take it off again.
         out = mcel_loss(
@@ -112,7 +119,14 @@ def mcel_loss(
 
 
 class MCELoss(nn.CrossEntropyLoss):
-    """Drop-in replacement for :class:`torch.nn.CrossEntropyLoss` with an output margin.
+    """Drop-in replacement for :class:`torch.nn.CrossEntropyLoss` with an output margin:
+    cross-entropy of the logits with ``margin`` subtracted from the true class's logit,
+    so training pushes it at least that far above the others (:func:`mcel_loss`).
+
+    Takes every argument of ``nn.CrossEntropyLoss`` (``weight`` first, as there), plus,
+    by name only: ``margin`` (default 10, in logits; ``margin=0`` is plain
+    cross-entropy), ``normalize`` (``"none"``, the default, or ``"l2"``/``"std"``: the
+    margin is then measured on normalised logits times ``scale``) and ``scale``.
 
     >>> loss = MCELoss(margin=2.0)
     >>> loss(torch.zeros(2, 4), torch.tensor([1, 3])).item() > 0
@@ -132,7 +146,15 @@ class MCELoss(nn.CrossEntropyLoss):
         normalize: str = "none",
         scale: float = DEFAULT_SCALE,
     ) -> None:
+        if isinstance(weight, (int, float)):
+            raise MCELError("MCELoss's first argument is the class weight, as in "
+                            f"nn.CrossEntropyLoss; give the margin by name: "
+                            f"MCELoss(margin={weight})")
         super().__init__(weight, size_average, ignore_index, reduce, reduction, label_smoothing)
+        _check_margin(margin)
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) \
+                or not math.isfinite(scale) or scale <= 0:
+            raise MCELError(f"scale must be a finite number > 0, got {scale!r}")
         if normalize not in NORMALIZATIONS:
             raise MCELError(f"unknown normalize '{normalize}'; valid: {', '.join(NORMALIZATIONS)}")
         self.margin, self.normalize, self.scale = float(margin), normalize, float(scale)
@@ -177,24 +199,45 @@ class MHLoss(nn.Module):
         return mhl_loss(input, target, self.margin, self.reduction)
 
 
+_CE_ARGS = ("weight", "ignore_index", "reduction", "label_smoothing")
 LOSSES: Registry[Callable[..., nn.Module]] = Registry("loss")
-LOSSES.add("ce", lambda margin=None, **kw: nn.CrossEntropyLoss())
+LOSSES.add("ce", lambda margin=None, normalize=None, scale=None, **ce: nn.CrossEntropyLoss(**ce))
 LOSSES.add(
     "mcel",
-    lambda margin=None, normalize="none", scale=DEFAULT_SCALE, **kw: MCELoss(
-        margin=DEFAULT_MARGIN if margin is None else margin, normalize=normalize, scale=scale
-    ),
+    lambda margin=None, normalize="none", scale=DEFAULT_SCALE, **ce: MCELoss(
+        margin=DEFAULT_MARGIN if margin is None else margin, normalize=normalize, scale=scale,
+        **ce),
 )
-LOSSES.add("mhl", lambda margin=None, **kw: MHLoss(margin=1.0 if margin is None else margin))
+LOSSES.add("mhl", lambda margin=None, normalize=None, scale=None, reduction="mean": MHLoss(
+    margin=1.0 if margin is None else margin, reduction=reduction))
+
+
+# what create_loss passes on: the training settings every loss is built from, and the
+# keyword arguments of the loss modules themselves
+_SETTINGS = ("margin", "normalize", "scale")
+_TAKES = {"ce": _SETTINGS + _CE_ARGS, "mcel": _SETTINGS + _CE_ARGS,
+          "mhl": _SETTINGS + ("reduction",)}
 
 
 def create_loss(name: str, **kwargs) -> nn.Module:
-    """Build a loss by registry name: ``ce``, ``mcel`` or ``mhl``.
+    """Build a loss by registry name: ``ce``, ``mcel`` or ``mhl``. ``margin``,
+    ``normalize`` and ``scale`` are the training settings (``None`` where a loss has no
+    use for them; CE takes no margin); ``ce``/``mcel`` also take ``nn.CrossEntropyLoss``'s
+    arguments, ``mhl`` a ``reduction``.
 
     >>> create_loss("mcel", margin=3.0, normalize="std")
     MCELoss(margin=3.0, normalize='std', scale=8.0)
     """
-    return LOSSES.get(name)(**kwargs)
+    factory = LOSSES.get(name)
+    takes = _TAKES.get(name)
+    if takes is not None:
+        for key in kwargs:
+            if key not in takes:
+                raise MCELError(f"loss '{name}' takes no '{key}'{did_you_mean(key, takes)}; "
+                                f"it takes: {', '.join(takes)}")
+    if name == "ce" and kwargs.get("margin") is not None:
+        raise MCELError("loss 'ce' takes no margin; use 'mcel' for a margin")
+    return factory(**kwargs)
 
 
 def list_losses() -> list[str]:

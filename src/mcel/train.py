@@ -114,6 +114,8 @@ class TrainConfig:
             raise MCELError(f"train_ber is a bit error rate in [0, 1], got {self.train_ber}")
         if self.margin is not None and not (math.isfinite(self.margin) and self.margin >= 0):
             raise MCELError(f"margin must be a finite number >= 0, got {self.margin}")
+        if self.loss == "ce" and self.margin is not None:
+            raise MCELError(f"loss ce takes no margin (got {self.margin}); use loss mcel")
         if not 0 <= self.seed < 2**63:  # what torch and numpy both take
             raise MCELError(f"seed must be an integer in [0, 2^63), got {self.seed}")
         check_device_name(self.device)
@@ -247,7 +249,14 @@ def predict_logits(model: nn.Module, x: Tensor, batch_size: int = 1024) -> Tenso
 
 
 def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1024) -> float:
+    """Top-1 accuracy of ``model`` (in its current mode) on ``(x, y)``."""
+    from mcel.evaluate import check_data
+
+    x, y = check_data(x, y)
     logits = predict_logits(model, x, batch_size)
+    if int(y.max()) >= logits.shape[1]:
+        raise MCELError(f"label {int(y.max())} is out of range for a model with "
+                        f"{logits.shape[1]} outputs")
     return (logits.argmax(1).cpu() == y.cpu()).float().mean().item()
 
 

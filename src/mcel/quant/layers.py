@@ -69,8 +69,9 @@ class QuantSpec:
             )
         if self.act_bits is not None:
             check_bits("int", self.act_bits)
-        object.__setattr__(self, "include", tuple(self.include))
-        object.__setattr__(self, "exclude", tuple(self.exclude))
+        for key in ("include", "exclude"):  # one pattern may be given as a plain string
+            v = getattr(self, key)
+            object.__setattr__(self, key, (v,) if isinstance(v, str) else tuple(v))
 
     @property
     def scheme(self) -> str:
@@ -199,13 +200,25 @@ def _convert(m: nn.Module, spec: QuantSpec) -> nn.Module:
         q = QuantConv2d(m.in_channels, m.out_channels, m.kernel_size, stride=m.stride,
                         padding=m.padding, dilation=m.dilation, groups=m.groups,
                         bias=m.bias is not None, padding_mode=m.padding_mode, **kw)
-    q.load_state_dict(m.state_dict(), strict=False)
-    return q.to(m.weight.device)
+    # the very Parameter objects of the layer: their dtype, device and requires_grad,
+    # weights tied to other modules and an optimizer built beforehand all stay valid
+    q.weight = m.weight
+    q.bias = m.bias
+    for name, buf in q.named_buffers():  # act_max: on the layer's device, in its dtype
+        setattr(q, name, buf.to(device=m.weight.device, dtype=m.weight.dtype))
+    q.train(m.training)
+    return q
 
 
 def quantize_model(model: nn.Module, spec: QuantSpec | str) -> nn.Module:
     """Replace the ``nn.Linear``/``nn.Conv2d`` layers selected by ``spec`` with quantized
-    ones, in place, keeping their weights. Returns the model.
+    ones, in place, and return the model (the new layer when ``model`` is itself one).
+
+    The new layers take over the old ones' Parameter objects, so dtype, device,
+    ``requires_grad``, tied weights and an existing optimizer carry over; a layer used
+    twice is replaced by one quantized layer in both places. Hooks registered on an old
+    layer do not carry over. Layers that are already quantized are left as they are
+    (convert a float model to change the scheme).
 
     >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     >>> _ = quantize_model(net, QuantSpec("int4", exclude=("0",)))
@@ -214,9 +227,15 @@ def quantize_model(model: nn.Module, spec: QuantSpec | str) -> nn.Module:
     """
     if isinstance(spec, str):
         spec = QuantSpec(spec)
+    if not isinstance(spec, QuantSpec):
+        raise MCELError(f"spec must be a QuantSpec or a scheme name like 'int4', got "
+                        f"{spec!r}")
     if spec.scheme == "float":
         return model
-    candidates = [(name, module) for name, module in model.named_modules()
+    if isinstance(model, (nn.Linear, nn.Conv2d)) and not isinstance(model, QUANT_LAYERS):
+        return _convert(model, spec)  # a bare layer: no parent to put it into
+    candidates = [(name, module)
+                  for name, module in model.named_modules(remove_duplicate=False)
                   if isinstance(module, (nn.Linear, nn.Conv2d))
                   and not isinstance(module, QUANT_LAYERS)]
     names = [name for name, _ in candidates]
@@ -225,12 +244,15 @@ def quantize_model(model: nn.Module, spec: QuantSpec | str) -> nn.Module:
             shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
             raise MCELError(f"quantization pattern '{p}' matches no layer; the layers are: "
                             f"{shown}")
+    converted: dict[int, nn.Module] = {}
     for name, module in candidates:
         if not spec.selects(name):
             continue
+        if id(module) not in converted:
+            converted[id(module)] = _convert(module, spec)
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, _convert(module, spec))
+        setattr(parent, child, converted[id(module)])
     return model
 
 
