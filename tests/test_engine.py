@@ -277,6 +277,14 @@ def test_activation_and_bias_targets():
     with pytest.raises(MCELError, match="act-bits"):
         evaluate(_model(), x, y, [0.1], BitErrorModel(ber=0.0, targets=("activations",)),
                  trials=1)
+    # biases beside activations: both hit (the bias faults used to be dropped)
+    both = evaluate(_model(act_bits=4), x, y, [0.3],
+                    BitErrorModel(ber=0.0, targets=("biases", "activations")), trials=2)
+    assert 0 < both.results[0].empirical_rates[0] < 1
+    with pytest.raises(MCELError, match="bias faults are persistent only"):
+        evaluate(_model(), x, y, [0.1],
+                 BitErrorModel(ber=0.0, targets=("weights", "biases"), mode="transient"),
+                 trials=1)
 
 
 def test_layer_include_exclude():

@@ -224,6 +224,9 @@ def evaluate(
     if trial_batch > 1 and (em.mode == "transient" or "activations" in em.targets):
         raise MCELError("trial_batch > 1 needs persistent faults in weights/biases; "
                         "use trial_batch=1 for transient or activation faults")
+    if em.mode == "transient" and "biases" in em.targets:
+        raise MCELError("transient faults hit weights and activations (compute errors); "
+                        "bias faults are persistent only: drop 'biases' or the transient mode")
     check_targets(model, em)
     modes = {m: m.training for m in model.modules()}  # each module's own, restored below
     model.eval()
@@ -335,9 +338,12 @@ def _batched_trials(fwd: _Forward, image: MemoryImage, em: BitErrorModel, seed: 
 def _transient_trial(model, fwd: _Forward, image: MemoryImage, em: BitErrorModel, seed: int,
                      trial: int):
     """Faults redrawn in every forward (compute errors) and/or in activations."""
-    persistent_weights = em.mode == "persistent" and "weights" in em.targets
-    st = image.inject(em, seed=seed, trial=trial) if persistent_weights else None
-    targets = tuple(t for t in em.targets if t == "activations" or not persistent_weights)
+    # persistent faults in stored weights and biases go into the image; the forward
+    # redraws the rest (activations; weights in transient mode)
+    stored = em.mode == "persistent" and ("weights" in em.targets or "biases" in em.targets)
+    st = image.inject(em, seed=seed, trial=trial) if stored else None
+    targets = tuple(t for t in em.targets
+                    if t == "activations" or (t == "weights" and em.mode == "transient"))
     # Layers read weights from the image, so transient weight faults go through it too.
     if "weights" in targets:
         for layer, _ in image.weights:
