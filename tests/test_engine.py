@@ -131,6 +131,18 @@ def test_adaptive_mode_stops_once_interval_is_narrow():
     assert r.half_width <= 0.01 and 5 <= r.trials < 400
 
 
+def test_adaptive_mode_never_stops_on_trials_that_all_agree():
+    # at a BER so low that most trials flip nothing, agreeing trials would give a zero
+    # width: the run goes on until trials disagree (or the budget ends); BER 0 is exact
+    model, (x, y) = _model(), _data()
+    res = evaluate(model, x, y, [0.0, 1e-5], trials=30, target_half_width=0.005, min_trials=3)
+    r0, r1 = res.results
+    assert r0.trials == r1.trials
+    assert max(r1.accuracies) > min(r1.accuracies) or r1.trials == 30
+    with pytest.raises(MCELError, match="min_trials must be >= 2"):
+        evaluate(model, x, y, [0.01], trials=5, target_half_width=0.01, min_trials=1)
+
+
 @pytest.mark.parametrize("targets", [("weights",), ("weights", "biases")])
 def test_batched_trials_equal_sequential_trials(targets):
     """vmapped trials see exactly the faults of the sequential path: same per-sample
@@ -358,3 +370,13 @@ def test_every_module_gets_its_own_mode_back_even_after_an_error():
     with pytest.raises(MCELError):
         evaluate(model, x, y, [0.01], BitErrorModel(ber=0, targets=("activations",)), trials=1)
     assert model.training and not model[1].training and model[3].training
+
+
+def test_ber_zero_is_fault_free_for_every_model_shape():
+    from mcel.faults import parse_error_model
+
+    model, (x, y) = _model(), _data()
+    for spec in ("ber=0,stuck_at=0.05", "p01=0.001,p10=0.002,stuck_at=0.05", "stuck_at=0.05"):
+        res = evaluate(model, x, y, [0.0], parse_error_model(spec), trials=2)
+        assert res.results[0].empirical_rates == [0.0, 0.0], spec
+        assert res.results[0].mean == res.clean_accuracy

@@ -30,7 +30,8 @@ from mcel.faults import BitErrorModel
 
 
 def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
-    """(mean, low, high): Student-t interval of the mean; a single value has no width.
+    """(mean, low, high): Student-t interval of the mean. One value says nothing about the
+    spread: its interval is the whole range an accuracy can take, [0, 1].
 
     >>> m, lo, hi = t_interval([0.8, 0.9, 1.0])
     >>> round(m, 3), round(lo, 3), round(hi, 3)
@@ -39,7 +40,7 @@ def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float
     n = len(values)
     mean = sum(values) / n
     if n < 2:
-        return mean, mean, mean
+        return mean, 0.0, 1.0
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     half = float(sps.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
     return mean, mean - half, mean + half
@@ -48,10 +49,14 @@ def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float
 def at_rate(error_model: BitErrorModel, ber: float) -> BitErrorModel:
     """The error model with its largest per-bit rate set to ``ber``.
 
-    A uniform model gets ``ber``; an asymmetric or per-bit model keeps its shape (all
-    rates scaled together), so one sweep axis serves every error model.
+    A uniform model gets ``ber`` and keeps its ``stuck_at`` fraction as given (a property
+    of the memory, not of the flip rate); an asymmetric, per-bit or stuck-only model
+    keeps its shape (all rates, ``stuck_at`` included, scaled together), so one sweep axis
+    serves every error model. BER 0 is always the fault-free model.
     """
     if error_model.is_uniform:
+        if ber == 0 and error_model.stuck_at:
+            return replace(error_model.with_ber(0.0), stuck_at=None)
         return error_model.with_ber(ber)
     top = error_model.max_rate()
     if top == 0:
@@ -206,6 +211,9 @@ def evaluate(
         raise MCELError(f"each BER once, please: got {bers}")
     if trials < 1:
         raise MCELError(f"trials must be >= 1, got {trials}")
+    if target_half_width is not None and not 2 <= min_trials:
+        raise MCELError(f"min_trials must be >= 2 (one trial shows no spread), got "
+                        f"{min_trials}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise MCELError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if isinstance(error_model, str):  # a spec, as on the command line
@@ -284,11 +292,13 @@ def _evaluate(model, x, y, bers, em, *, trials, seed, batch_size, target_half_wi
                 bar.update(task, advance=len(block), info=f"ber {b:g} acc {accs_b[-1]:.3f}")
             t += len(block)
             if target_half_width is not None:
-                # the first trial count at which every interval is narrow enough: a batch
-                # may have run past it, and its extra trials are dropped, so the result
-                # does not depend on trial_batch
+                # the first trial count at which every interval is narrow enough (a batch
+                # may have run past it: its extra trials are dropped, so the result does
+                # not depend on trial_batch). At a BER above 0, trials that all agree
+                # show no spread, only too few trials to catch one: they never stop it.
                 done = next((n for n in range(max(min_trials, t - len(block) + 1), t + 1)
-                             if all(BerResult.from_trials(b, accs[b][:n], rates[b][:n])
+                             if all((b == 0 or max(accs[b][:n]) > min(accs[b][:n]))
+                                    and BerResult.from_trials(b, accs[b][:n], rates[b][:n])
                                     .half_width <= target_half_width for b in bers)), None)
                 if done is not None:
                     for d in (accs, rates, secs, correct_log):

@@ -423,7 +423,7 @@ def _eval_plan(ev: Mapping[str, Any], config: TrainConfig, src: str) -> EvalPlan
             raise MCELError(f"{src}: eval.error_model '{spec}': {e}") from None
         ems.append(em.describe())
     trials = _int(ev.get("trials"), src, "trials", 1, 100)
-    min_trials = _int(ev.get("min_trials"), src, "min_trials", 1, 10)
+    min_trials = _int(ev.get("min_trials"), src, "min_trials", 2, 10)
     seed = _int(ev.get("seed"), src, "seed", 0, 0)
     limit = _int(ev.get("limit_test"), src, "limit_test", 1, None)
     hw = _number(ev.get("adaptive"))
