@@ -79,7 +79,9 @@ def tune_margin(
             candidate is trained once per seed, accuracies are means over seeds, and a
             margin only counts as better than CE when its difference to CE, paired by
             seed, has a 95% interval above zero: a single training seed often cannot
-            tell a margin's effect from seed-to-seed spread.
+            tell a margin's effect from seed-to-seed spread. (The interval is not
+            corrected for picking the best of the margins, so a margin no better than
+            CE passes somewhat more often than 2.5%; see docs/results.md.)
 
     Returns a dict: ``rows`` (CE first, then one row per margin with ``method``,
     ``margin``, ``clean_acc``, ``acc``, ``ci_low``, ``ci_high``, ``delta_vs_ce``,
