@@ -7,6 +7,9 @@ tensors of that shape if the files are missing: then the accuracies mean nothing
 1. Adaptive mode: for each BER, ``evaluate(..., trials=100, target_half_width=0.005)``
    adds trials (at least 10) until the 95% interval is +-0.5 points, vs the fixed
    100-trial budget: trials, half-width reached and seconds for each.
+   What stopping early costs: runs resampled from the 100 fixed trials, stopped by the
+   same rule, give its bias and the coverage of its 95% intervals on that real trial
+   distribution (`stopping_rule_check`).
 2. Nested seeds (common random numbers): the per-trial accuracy *difference* between
    A and B when both are evaluated with the same ``(seed, trial)`` streams (the same
    bits flip in both, as the layers have the same names and shapes) vs with
@@ -29,7 +32,7 @@ from typing import Any
 import torch
 from _harness import goal, load_split, machine_info, standalone, table
 
-from mcel.evaluate import evaluate, t_interval
+from mcel.evaluate import evaluate, narrow_enough, t_interval
 from mcel.train import TrainConfig, build_loss, build_model
 
 TARGET = 0.005  # +-0.5 accuracy points
@@ -60,6 +63,31 @@ def train_small(loss: str, x: torch.Tensor, y: torch.Tensor, epochs: int,
 
 def _var(v: list[float]) -> float:
     return statistics.variance(v) if len(v) > 1 else 0.0
+
+
+def stopping_rule_check(accs: list[float], ber: float, reps: int = 2000,
+                        seed: int = 0) -> tuple[float, float, float]:
+    """What the adaptive stopping rule costs, on a real trial distribution: runs drawn
+    with replacement from ``accs`` (the 100 fixed trials), each stopped by the rule
+    `evaluate` uses (`mcel.evaluate.narrow_enough`, at least MIN_TRIALS, at most BUDGET).
+    Returns (mean of the stopped means minus the distribution's mean, the share of
+    stopped intervals that contain that mean, mean trials). Stopping when the interval
+    first looks narrow favours runs without a bad trial so far: bias > 0 and coverage
+    below 95% measure how much."""
+    import random
+
+    rng = random.Random(seed)
+    truth = sum(accs) / len(accs)
+    bias = covered = trials = 0.0
+    for _ in range(reps):
+        run = [rng.choice(accs) for _ in range(BUDGET)]
+        n = next((k for k in range(MIN_TRIALS, BUDGET + 1)
+                  if narrow_enough(run[:k], ber, TARGET)), BUDGET)
+        m, lo, hi = t_interval(run[:n])
+        bias += m - truth
+        covered += lo <= truth <= hi
+        trials += n
+    return bias / reps, covered / reps, trials / reps
 
 
 def run(device: str = "cpu", quick: bool = False, data_dir: str | None = None) -> dict[str, Any]:
@@ -101,8 +129,12 @@ def _run(dev: torch.device, quick: bool, data_dir: str | None) -> dict[str, Any]
         v_same, v_indep = _var(same), _var(indep)
         mean_d, lo_d, hi_d = t_interval(same)
         _, lo_i, hi_i = t_interval(indep)
+        bias, coverage, mean_n = stopping_rule_check(fa.accuracies, b)
         rows.append({
             "ber": b,
+            "rule_bias_points": round(100 * bias, 3),
+            "rule_coverage": round(coverage, 3),
+            "rule_mean_trials": round(mean_n, 1),
             "accuracy_a": round(fa.mean, 4),
             "accuracy_b": round(fixed_b.results[i].mean, 4),
             "std_a": round(fa.std, 4),

@@ -72,6 +72,20 @@ def at_rate(error_model: BitErrorModel, ber: float) -> BitErrorModel:
                    else tuple(min(1.0, r * f) for r in error_model.bit_rates))
 
 
+def narrow_enough(accs: Sequence[float], ber: float, half_width: float) -> bool:
+    """The adaptive mode's stopping test for one BER: the trials' 95% interval is within
+    +-``half_width``, and at a BER above 0 the trials disagree somewhere (agreeing trials
+    show too few trials, not certainty).
+
+    >>> narrow_enough([0.9, 0.9, 0.9], 0.01, 0.005), narrow_enough([0.9, 0.9], 0.0, 0.005)
+    (False, True)
+    """
+    if ber > 0 and max(accs) == min(accs):
+        return False
+    _, lo, hi = t_interval(accs)
+    return (hi - lo) / 2 <= half_width
+
+
 @dataclass
 class BerResult:
     ber: float
@@ -297,9 +311,8 @@ def _evaluate(model, x, y, bers, em, *, trials, seed, batch_size, target_half_wi
                 # not depend on trial_batch). At a BER above 0, trials that all agree
                 # show no spread, only too few trials to catch one: they never stop it.
                 done = next((n for n in range(max(min_trials, t - len(block) + 1), t + 1)
-                             if all((b == 0 or max(accs[b][:n]) > min(accs[b][:n]))
-                                    and BerResult.from_trials(b, accs[b][:n], rates[b][:n])
-                                    .half_width <= target_half_width for b in bers)), None)
+                             if all(narrow_enough(accs[b][:n], b, target_half_width)
+                                    for b in bers)), None)
                 if done is not None:
                     for d in (accs, rates, secs, correct_log):
                         for b in bers:
