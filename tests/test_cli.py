@@ -138,3 +138,11 @@ def test_margins_of_a_float_model_fails_before_making_its_folder(tmp_path, capsy
     assert main(["margins", str(run), "--out", str(tmp_path / "m")]) == 2
     assert "holds a float model" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+
+
+def test_the_package_exposes_the_api_lazily():
+    code = ("import sys, mcel; assert 'mcel.engine' not in sys.modules; "
+            "from mcel import BitErrorModel, quantize_model, MemoryImage; "
+            "assert mcel.evaluate.evaluate and mcel.train.train and mcel.quant.QuantSpec")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr

@@ -272,3 +272,7 @@ def _certificate_chunk(h: Tensor, y: Tensor, w: Tensor, b: Tensor, dmax: Tensor,
                         torch.full((n, n_cls), cap + 1))
     first.scatter_(1, y[:, None], cap + 1)  # c == y is no competitor
     return first.amin(1).long()
+
+
+__all__ = ["output_margins", "margins_from_logits", "output_features", "flip_certificate",
+           "survival"]

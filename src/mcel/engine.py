@@ -330,3 +330,7 @@ def state_digest(model: nn.Module) -> str:
         if v.numel():  # hashed through the buffer protocol: no copy of the weights
             h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
     return h.hexdigest()
+
+
+__all__ = ["MemoryImage", "InjectionStats", "transient_weight_faults", "state_digest",
+           "bias_bits", "quant_layers"]

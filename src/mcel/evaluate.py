@@ -88,6 +88,11 @@ def narrow_enough(accs: Sequence[float], ber: float, half_width: float) -> bool:
 
 @dataclass
 class BerResult:
+    """The trials at one BER: mean accuracy with its 95% interval (``ci_low``,
+    ``ci_high``), the spread over trials (``std``), each trial's accuracy and empirical
+    bit error rate (flipped / stored bits; NaN where no stored bits were targeted) and
+    wall time."""
+
     ber: float
     mean: float
     std: float
@@ -113,6 +118,10 @@ class BerResult:
 
 @dataclass
 class EvalResult:
+    """What `evaluate` returns: the clean accuracy, one `BerResult` per BER (``results``),
+    the error model and seed used, timings and ``meta``; ``table()`` gives one summary
+    row per BER, ``to_dict()`` everything (as written by ``mcel evaluate --json``)."""
+
     clean_accuracy: float
     error_model: dict[str, Any]
     seed: int
@@ -379,3 +388,7 @@ def _transient_trial(model, fwd: _Forward, image: MemoryImage, em: BitErrorModel
     image.restore()
     rate = st.empirical_rate if st is not None else float("nan")
     return corr.float().mean().item(), rate, corr
+
+
+__all__ = ["evaluate", "EvalResult", "BerResult", "t_interval", "at_rate", "narrow_enough",
+           "check_data", "check_targets"]

@@ -242,3 +242,7 @@ def create_loss(name: str, **kwargs) -> nn.Module:
 
 def list_losses() -> list[str]:
     return LOSSES.names()
+
+
+__all__ = ["MCELoss", "MHLoss", "mcel_loss", "mhl_loss", "normalize_logits", "create_loss",
+           "list_losses", "DEFAULT_MARGIN", "DEFAULT_SCALE", "NORMALIZATIONS"]

@@ -20,10 +20,12 @@ T = TypeVar("T")
 def did_you_mean(name: object, valid, prefix: str = "") -> str:
     """`` (did you mean 'x'?)`` for the closest valid name, or nothing.
 
-    >>> did_you_mean("mnst", ["mnist", "svhn"])
-    " (did you mean 'mnist'?)"
+    >>> did_you_mean("mnst", ["mnist", "svhn"]), did_you_mean("VGG3", ["vgg3", "mlp"])
+    (" (did you mean 'mnist'?)", " (did you mean 'vgg3'?)")
     """
-    close = difflib.get_close_matches(str(name), list(valid), n=1)
+    valid = [str(v) for v in valid]
+    by_case = [v for v in valid if v.lower() == str(name).lower()]  # 'VGG3' -> 'vgg3'
+    close = by_case or difflib.get_close_matches(str(name), valid, n=1)
     return f" (did you mean '{prefix}{close[0]}'?)" if close else ""
 
 

@@ -518,3 +518,7 @@ def _check_checkpoint_config(run_dir: Path, config: TrainConfig) -> None:
     if diffs:
         raise MCELError(f"checkpoint in {run_dir} does not match its config.json (trained "
                         f"with {'; '.join(diffs[:3])}); restore config.json or retrain")
+
+
+__all__ = ["TrainConfig", "train", "load_run", "build_model", "build_loss", "accuracy",
+           "predict_logits", "resolve_device", "check_device_name"]
