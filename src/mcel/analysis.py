@@ -84,6 +84,8 @@ def survival(
     m = margin[clean_correct].double().numpy()
     s = surv[clean_correct].double().numpy()
     rho, p = float("nan"), float("nan")
+    # the p-value treats samples as independent, but they share every trial's faults:
+    # read it as a description, not as an exact test
     if len(m) >= 2 and np.ptp(m) > 0 and np.ptp(s) > 0:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
