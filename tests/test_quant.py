@@ -241,3 +241,16 @@ def test_quantize_model_keeps_parameters_dtype_ties_and_bare_layers():
     assert double(x).dtype == torch.float64  # the layer keeps its dtype
     with pytest.raises(MCELError, match="holds torch.float64 weights; .*model.float()"):
         evaluate(double, x, torch.zeros(8, dtype=torch.long), [0.01], trials=1)
+
+
+def test_layers_mcel_cannot_quantize_are_named_not_skipped():
+    from torch import nn
+
+    from mcel.errors import MCELError
+    from mcel.quant import QuantSpec, quant_layers, quantize_model
+
+    net = nn.Sequential(nn.Conv1d(1, 4, 3), nn.Flatten(), nn.Linear(8, 2))
+    with pytest.raises(MCELError, match="layer '0' is a Conv1d.*exclude=\\('0',\\)"):
+        quantize_model(net, "int4")
+    quantize_model(net, QuantSpec("int4", exclude=("0",)))
+    assert [n for n, _ in quant_layers(net)] == ["2"]

@@ -238,12 +238,21 @@ def quantize_model(model: nn.Module, spec: QuantSpec | str) -> nn.Module:
                   for name, module in model.named_modules(remove_duplicate=False)
                   if isinstance(module, (nn.Linear, nn.Conv2d))
                   and not isinstance(module, QUANT_LAYERS)]
-    names = [name for name, _ in candidates]
+    # patterns may name any layer with weights (a Conv1d to keep in float, say)
+    names = [name for name, m in model.named_modules()
+             if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd, nn.Bilinear))]
     for p in (*spec.exclude, *(q for q in spec.include if q != "*")):
         if names and not any(fnmatch.fnmatch(n, p) for n in names):  # a typo, most likely
             shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
             raise MCELError(f"quantization pattern '{p}' matches no layer; the layers are: "
                             f"{shown}")
+    odd = next(((n, m) for n, m in model.named_modules()
+                if isinstance(m, (nn.modules.conv._ConvNd, nn.Bilinear))
+                and not isinstance(m, (nn.Conv2d, *QUANT_LAYERS)) and spec.selects(n)), None)
+    if odd is not None:  # better than a model that is quietly half float
+        raise MCELError(f"layer '{odd[0]}' is a {type(odd[1]).__name__}, which mcel does not "
+                        "quantize (Linear and Conv2d only); keep it in float with "
+                        f"QuantSpec(..., exclude=('{odd[0]}',))")
     converted: dict[int, nn.Module] = {}
     for name, module in candidates:
         if not spec.selects(name):
