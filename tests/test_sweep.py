@@ -159,6 +159,10 @@ def test_jobs_2_gives_the_same_rows(reference, tmp_path, capsys):
     captured = capsys.readouterr()
     assert "mean accuracy over seeds" in captured.out and "6 run" in captured.out
     assert _snapshot(_db(out2)) == _snapshot(_db(out))
+    # a finished sweep leaves one plain file (no WAL), and reading it adds nothing beside it
+    assert sorted(p.name for p in out2.iterdir()) == ["grid.db", "runs"]
+    assert main(["report", str(_db(out2)), "--out", str(tmp_path / "rep")]) == 0
+    assert sorted(p.name for p in out2.iterdir()) == ["grid.db", "runs"]
 
 
 def test_new_format_evaluates_only_what_is_missing(reference, tmp_path):

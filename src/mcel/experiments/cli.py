@@ -78,6 +78,7 @@ def _print_table(s) -> None:
     from rich.table import Table
 
     from mcel.experiments.store import connect
+    from mcel.experiments.sweep import _settle
 
     if not s.run_ids:
         return
@@ -93,6 +94,7 @@ def _print_table(s) -> None:
             "ORDER BY model, quant, r.method, e.fmt, e.error_model, e.ber", s.run_ids
         ).fetchall()
     finally:
+        _settle(con)  # connect() turned WAL on again: leave one plain file
         con.close()
     if not rows:
         return

@@ -356,9 +356,23 @@ def run_sweep(
                         f"{result['clean_acc']:.4f}, {counts['evals']} evals "
                         f"({result['seconds']:.1f}s)")
     finally:
+        _settle(con)
         con.close()
         summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _settle(con) -> None:
+    """Leave the database as one plain file: fold the write-ahead log back in and leave
+    WAL mode, so the file can be copied alone and readers (`mcel report` opens it
+    read-only) create no -wal/-shm files beside it. Another sweep still writing to it
+    keeps WAL on (the switch needs the database to itself); the next sweep turns it on."""
+    import sqlite3
+
+    try:
+        con.execute("PRAGMA journal_mode=DELETE")
+    except sqlite3.OperationalError:
+        pass
 
 
 def audit(grid_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
