@@ -75,6 +75,27 @@ def test_error_injection_training_honours_the_targets():
     assert not all(torch.equal(sw[k], sa[k]) for k in s0)
 
 
+def test_training_faults_have_their_own_stream_and_never_repeat(monkeypatch):
+    # every draw of error-injection training is keyed with step TRAINING_STEP (evaluation
+    # uses step 0, so it never meets a training fault pattern), and with faults in weights
+    # and activations no (trial, tensor) key is drawn twice across epochs
+    from mcel.engine import TRAINING_STEP, _Transient
+
+    keys = []
+    original = _Transient._key
+
+    def spy(self):
+        key = original(self)
+        keys.append(key)
+        return key
+
+    monkeypatch.setattr(_Transient, "_key", spy)
+    train(TrainConfig(**{**FAST, "epochs": 3, "act_bits": 4,
+                         "train_error_model": "ber=0.01,targets=weights,activations"}))
+    assert keys and {k.step for k in keys} == {TRAINING_STEP}
+    assert len({(k.trial, k.name) for k in keys}) == len(keys)
+
+
 def test_error_injection_that_matches_no_layer_is_refused(tmp_path):
     config = TrainConfig(**{**FAST, "epochs": 1, "train_error_model": "ber=1e-3,include=fc*"})
     with pytest.raises(MCELError, match="matches no quantized layer"):
@@ -134,6 +155,7 @@ def test_every_loss_and_scheme_trains(loss, quant):
     ({"train_error_model": "ber=1e-3,targets=activations"}, "needs quantized activations"),
     ({"train_error_model": "ber=1e-3,targets=biases"}, "not biases"),
     ({"train_error_model": "ber=1e-3", "train_ber": 0.01}, "not both"),
+    ({"quant": "float", "train_ber": 0.01}, "needs a quantized model"),
 ])
 def test_bad_configs(changes, match):
     with pytest.raises(MCELError, match=match):

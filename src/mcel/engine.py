@@ -249,11 +249,13 @@ class _Transient:
     """The faults of one tensor, redrawn at every forward (trial = the forward counter)."""
 
     def __init__(self, error_model: BitErrorModel, seed: int, name: str,
-                 counter: _CallCounter) -> None:
+                 counter: _CallCounter, step: int = 0) -> None:
         self.error_model, self.seed, self.name, self.counter = error_model, seed, name, counter
+        self.step = step
 
     def _key(self) -> FaultKey:
-        return FaultKey(seed=self.seed, trial=self.counter.next(), name=self.name)
+        return FaultKey(seed=self.seed, trial=self.counter.next(), name=self.name,
+                        step=self.step)
 
     def __call__(self, qt: QuantizedTensor) -> QuantizedTensor:
         """The stored tensor with this forward's faults (a faulty copy of the codes)."""
@@ -277,7 +279,7 @@ class _Transient:
         stand_in = torch.empty(w.shape, dtype=code_dtype(bits), device=w.device)
         key = self._key()
         mask = sample_mask(stand_in, bits, self.error_model, seed=key.seed, trial=key.trial,
-                           name=key.name)
+                           name=key.name, step=key.step)
         index = mask.index
         codes = levels_to_codes(levels.reshape(-1)[index], scheme, bits, layer.fmt)
         stand_in.view(-1)[index] = codes ^ mask.xor
@@ -288,9 +290,15 @@ class _Transient:
         return values
 
 
+# FaultKey.step of the faults drawn while training: a stream of their own, so that no
+# evaluation (step 0) ever meets a fault pattern the model was trained on
+TRAINING_STEP = 1
+
+
 @contextlib.contextmanager
 def transient_weight_faults(model: nn.Module, error_model: BitErrorModel | None, *, seed: int,
-                            first_call: int = 0, targets: tuple[str, ...] = ("weights",)):
+                            first_call: int = 0, targets: tuple[str, ...] = ("weights",),
+                            step: int = 0):
     """Redraw faults in every forward (compute errors; error-injection training).
 
     Weights get faults when ``"weights"`` is targeted, inputs of quantized layers when
@@ -300,18 +308,22 @@ def transient_weight_faults(model: nn.Module, error_model: BitErrorModel | None,
         yield
         return
     layers = quant_layers(model)
-    counter = _CallCounter(first_call * max(1, len(layers)))
+    # draws per forward: up to one per layer and kind; a call's first draw number leaves
+    # room for all of them (weights and activations used to overlap the next call's)
+    kinds = sum(k in targets for k in ("weights", "activations"))
+    counter = _CallCounter(first_call * max(1, len(layers) * max(1, kinds)))
     hooked = []
     try:
         for name, layer in layers:
             if "weights" in targets and error_model.applies_to(name, "weights"):
-                layer.weight_fault = _Transient(error_model, seed, f"{name}.weight", counter)
+                layer.weight_fault = _Transient(error_model, seed, f"{name}.weight", counter,
+                                                step)
                 hooked.append(layer)
             if "activations" in targets and error_model.applies_to(name, "activations"):
                 if layer.act_bits is None:
                     raise MCELError(f"activation faults need quantized activations, but layer "
                                     f"'{name}' has none; train with --act-bits K")
-                layer.act_fault = _Transient(error_model, seed, f"{name}.act", counter)
+                layer.act_fault = _Transient(error_model, seed, f"{name}.act", counter, step)
                 hooked.append(layer)
         yield
     finally:
@@ -333,4 +345,4 @@ def state_digest(model: nn.Module) -> str:
 
 
 __all__ = ["MemoryImage", "InjectionStats", "transient_weight_faults", "state_digest",
-           "bias_bits", "quant_layers"]
+           "bias_bits", "quant_layers", "TRAINING_STEP"]

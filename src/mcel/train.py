@@ -125,6 +125,9 @@ class TrainConfig:
                 raise MCELError(f"{name} must be a positive number of samples, got {v}")
         em = self.error_model()  # a bad train_error_model fails here, before any file exists
         if em is not None:
+            if self.quant == "float":
+                raise MCELError("error-injection training flips stored codes: it needs a "
+                                "quantized model (quant int4, say), not quant float")
             if self.train_error_model and self.train_ber > 0:
                 raise MCELError("give train_ber or train_error_model, not both")
             if "biases" in em.targets:
@@ -280,7 +283,8 @@ def train(config: TrainConfig, out: str | Path | None = None, *, progress: bool 
 
     Returns the trained model (eval mode) and its metrics. Under ``torchrun`` (env
     ``WORLD_SIZE > 1``) the model is trained data-parallel (see `mcel.distributed`);
-    every rank returns the same model, only rank 0 writes ``out``.
+    every rank returns the same weights, but BatchNorm statistics and activation ranges
+    are each rank's own (from its shard); only rank 0 writes ``out``.
     """
     from mcel.distributed import dist_info, process_group, rank_device
 
@@ -332,12 +336,16 @@ def _train(config: TrainConfig, out: Path | None, device: torch.device, info, tr
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                       else None)
 
-    from mcel.engine import transient_weight_faults
+    from mcel.engine import TRAINING_STEP, transient_weight_faults
 
     em = config.error_model()
     if em is not None:
+        from mcel.engine import quant_layers
         from mcel.evaluate import check_targets
 
+        if not quant_layers(model):  # e.g. quant_exclude took every layer
+            raise MCELError("error-injection training needs quantized layers, and every "
+                            "layer was kept in float")
         check_targets(model, em)  # an include pattern that matches nothing trains clean
     steps_per_epoch = math.ceil(len(x_tr) / config.batch_size)
     with _progress(progress) as bar:
@@ -354,7 +362,8 @@ def _train(config: TrainConfig, out: Path | None, device: torch.device, info, tr
             total, correct, seen = 0.0, 0, 0
             with transient_weight_faults(model, em, seed=config.seed,
                                          first_call=epoch * steps_per_epoch,
-                                         targets=em.targets if em else ("weights",)):
+                                         targets=em.targets if em else ("weights",),
+                                         step=TRAINING_STEP):
                 for i in range(0, len(x_tr), config.batch_size):
                     batch = perm[i:i + config.batch_size]
                     if len(batch) < info.world:
