@@ -157,12 +157,30 @@ def test_jobs_2_gives_the_same_rows(reference, tmp_path, capsys):
     out2 = tmp_path / "out"
     assert main(["sweep", str(grid), "--out", str(out2), "--jobs", "2"]) == 0
     captured = capsys.readouterr()
-    assert "mean accuracy over seeds" in captured.out and "6 run" in captured.out
+    assert "mean accuracy over runs" in captured.out and "6 run" in captured.out
     assert _snapshot(_db(out2)) == _snapshot(_db(out))
     # a finished sweep leaves one plain file (no WAL), and reading it adds nothing beside it
     assert sorted(p.name for p in out2.iterdir()) == ["grid.db", "runs"]
     assert main(["report", str(_db(out2)), "--out", str(tmp_path / "rep")]) == 0
     assert sorted(p.name for p in out2.iterdir()) == ["grid.db", "runs"]
+
+
+def test_a_grid_whose_trial_count_changed_is_flagged_not_silently_kept(reference, tmp_path):
+
+    from mcel.experiments.sweep import audit
+
+    grid, out, _ = reference
+    out2 = tmp_path / "out"
+    shutil.copytree(out, out2)
+    grid2 = _grid(tmp_path, grid.read_text().replace("trials: 5", "trials: 7"))
+    logs = []
+    summary = run_sweep(grid2, out2, log=logs.append)
+    assert summary.done == 0 and any("another trial count" in m for m in logs)
+    assert any("another trial count" in p for p in audit(grid2, out2)["problems"])
+    assert not audit(grid, out)["problems"]
+    versions = json.loads(sqlite3.connect(_db(out)).execute(
+        "SELECT versions FROM runs LIMIT 1").fetchone()[0])
+    assert versions["torch_threads"] == 1  # CPU results depend on it
 
 
 def test_new_format_evaluates_only_what_is_missing(reference, tmp_path):

@@ -73,7 +73,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _print_table(s) -> None:
-    """Mean accuracy per (model, quant, method, format, error model) and BER, over seeds."""
+    """Mean accuracy per (model, quant, method, format, error model) and BER, over the runs
+    (seeds and any other axis) of each group; the report separates them properly."""
     from rich.console import Console
     from rich.table import Table
 
@@ -104,10 +105,11 @@ def _print_table(s) -> None:
              "error_model": "error model"}
     varying = [k for k in names if len({r[k] for r in rows}) > 1] or ["method"]
     fixed = ", ".join(f"{rows[0][k]}" for k in names if k not in varying)
-    table = Table(title=f"{s.grid}: mean accuracy over seeds" + (f" ({fixed})" if fixed else ""))
+    # "runs": seeds, and any other grid axis not shown as a column, pooled
+    table = Table(title=f"{s.grid}: mean accuracy over runs" + (f" ({fixed})" if fixed else ""))
     for k in varying:
         table.add_column(names[k])
-    table.add_column("seeds", justify="right")
+    table.add_column("runs", justify="right")
     for b in bers:
         table.add_column(f"BER {b:g}", justify="right")
     groups: dict[tuple, dict[float, Any]] = {}

@@ -124,6 +124,7 @@ def run_cell(job: CellJob) -> dict[str, Any]:
         "fmts": list(job.fmts),
         "evals": evals,
         "seconds": time.perf_counter() - t0,
+        "threads": job.threads,  # CPU results depend on it: recorded with the versions
     }
 
 
@@ -151,6 +152,7 @@ def local_executor(jobs: Sequence[CellJob], n: int) -> Iterator[dict[str, Any]]:
         return
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
 
     pool = ProcessPoolExecutor(max_workers=min(n, len(jobs)),
                                mp_context=multiprocessing.get_context("spawn"),
@@ -161,7 +163,12 @@ def local_executor(jobs: Sequence[CellJob], n: int) -> Iterator[dict[str, Any]]:
         while pending:
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
             for fut in finished:
-                yield fut.result()
+                try:
+                    result = fut.result()
+                except BrokenProcessPool:
+                    raise MCELError("a worker process died (killed, or out of memory); "
+                                    "rerun the same command to resume") from None
+                yield result
         ok = True
     finally:
         if ok:
@@ -233,7 +240,7 @@ def write_result(con: sqlite3.Connection, result: dict[str, Any], grid_name: str
     config = result["config"]
     run_row = (result["run_id"], grid_name, method_label(config), dumps(config),
                result["clean_acc"], result["train_seconds"], json.dumps(result["margins"]),
-               dumps(versions()))
+               dumps({**versions(), "torch_threads": result.get("threads")}))
     for fmt in result["fmts"]:
         with transaction(con):
             cur = con.execute(
@@ -331,6 +338,13 @@ def run_sweep(
             if fmts:
                 todo.append(CellJob(cell, str(out / "runs" / cell.run_id), fmts, threads))
         summary.skipped = len(cells) - len(todo)
+        stale = [c for c in cells if c.plan.target_half_width is None and any(
+            r[0] != c.plan.trials for r in con.execute(
+                "SELECT DISTINCT trials FROM evals WHERE run_id = ?", (c.run_id,)))]
+        if stale and log:  # finished evaluations are never redone: say that they differ
+            log(f"warning: {len(stale)} cell(s) hold evaluations of another trial count than "
+                f"the grid's {stale[0].plan.trials}; they are kept as they are (write to a "
+                "new --out to recompute them)")
         if log:
             log(f"sweep {grid.name}: {len(cells)} cells, {summary.skipped} already done, "
                 f"{len(todo)} to run ({backend}, jobs={jobs}); database {db}")
@@ -411,6 +425,12 @@ def audit(grid_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
             for key in cell.plan.keys():
                 if (run_id, *key) not in have:
                     problems.append(f"run {run_id}: no evals row for {key}")
+        fixed = {run_id: c.plan.trials for run_id, c in want.items()
+                 if c.plan.target_half_width is None}
+        stale = sorted({e["run_id"] for e in evals
+                        if e["run_id"] in fixed and e["trials"] != fixed[e["run_id"]]})
+        problems += [f"run {r}: evals rows of another trial count than the grid's "
+                     f"{fixed[r]} (the grid changed after they were written)" for r in stale]
         trials = {}
         for r in con.execute("SELECT eval_id, COUNT(*) AS n, MIN(trial) AS lo, MAX(trial) AS hi, "
                              "SUM(empirical_rate > 0) AS flipped FROM trials GROUP BY eval_id"):
