@@ -45,6 +45,8 @@ def test_tune_picks_the_best_margin_within_budget(tuned):
         assert res["best"] is None and res["best_margin"] is None
         assert res["recommended_margin"] == 0.0
     json.dumps(res)  # everything it returns can be saved
+    # ... and rerun: the base training settings and the versions are in it
+    assert TrainConfig.from_dict(res["base_config"]) == BASE and "torch" in res["versions"]
 
 
 def test_an_unlimited_budget_takes_the_most_tolerant(tuned):

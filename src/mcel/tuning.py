@@ -161,7 +161,11 @@ def tune_margin(
     beats = best is not None and best["acc"] > ce["acc"]
     if beats and len(seeds) > 1:
         beats = best["delta_ci_low"] > 0
+    from mcel.experiments.store import versions
+
     return {"ber": ber, "error_model": em.to_dict(), "clean_budget": clean_budget,
+            # enough to rerun the search: every training setting but loss/margin/seed
+            "base_config": base_config.to_dict(), "versions": versions(),
             "trials": trials, "seed": seed, "seeds": seeds, "selected_on": where,
             "n_select": len(y),
             "rows": rows, "ce": ce, "best": best,

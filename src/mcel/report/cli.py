@@ -33,6 +33,7 @@ def cmd_margins(args: argparse.Namespace) -> int:
     from mcel.engine import quant_layers
     from mcel.errors import MCELError
     from mcel.evaluate import check_targets
+    from mcel.experiments.store import versions
     from mcel.faults import parse_error_model
     from mcel.io import check_writable, write_json
     from mcel.plots import plot_margin_survival
@@ -67,6 +68,7 @@ def cmd_margins(args: argparse.Namespace) -> int:
     counts = {(str(k) if k <= cap else f">{cap}"): int((cert == k).sum()) for k in range(cap + 2)}
     result: dict[str, Any] = {
         "run_dir": str(args.run_dir), "dataset": config.dataset, "samples": len(y),
+        "config": config.to_dict(), "versions": versions(),
         "ber": s["ber"], "trials": s["trials"], "seed": s["seed"],
         "error_model": s["error_model"], "clean_accuracy": s["clean_accuracy"],
         "accuracy": s["accuracy"], "spearman": _num(s["spearman"]),
@@ -172,7 +174,9 @@ def print_tuning(res: dict[str, Any]) -> None:
     for r in res["rows"]:
         mark = " *" if res["best"] is r else ""
         t.add_row(r["method"] + mark, f"{100 * r['clean_acc']:.2f}",
-                  f"{100 * r['acc']:.2f} [{100 * r['ci_low']:.2f}, {100 * r['ci_high']:.2f}]",
+                  # an accuracy lives in [0, 100]: a t-interval over few seeds may not
+                  f"{100 * r['acc']:.2f} [{100 * max(0.0, r['ci_low']):.2f}, "
+                  f"{100 * min(1.0, r['ci_high']):.2f}]",
                   delta(r),
                   "CE" if r["loss"] == "ce" else ("yes" if r["eligible"] else "no"),
                   f"{100 * r['test_clean_acc']:.2f}", f"{r['train_seconds']:.1f}")
@@ -184,9 +188,13 @@ def print_tuning(res: dict[str, Any]) -> None:
         c.print("recommended: margin 0 (MCEL at margin 0 is CE)")
     else:
         b = res["best"]
-        verdict = "better than" if res["beats_ce"] else (
-            "not significantly better than" if len(seeds) > 1 else "not better than")
-        c.print(f"chosen margin {b['margin']:g} ({b['method']}): {b['acc']:.4f} at BER "
+        if b["delta_vs_ce"] <= 0:
+            verdict = "worse than or equal to"
+        elif res["beats_ce"]:
+            verdict = "better than"
+        else:
+            verdict = "not significantly better than" if len(seeds) > 1 else "not better than"
+        c.print(f"best margin {b['margin']:g} ({b['method']}): {b['acc']:.4f} at BER "
                 f"{res['ber']:g}, {verdict} CE's {res['ce']['acc']:.4f} "
                 f"({100 * b['delta_vs_ce']:+.2f} points)")
         c.print(f"recommended: margin {res['recommended_margin']:g}"
