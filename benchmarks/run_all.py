@@ -302,10 +302,16 @@ def _sec_adaptive(r: dict, goals: list) -> list[str]:
               "favours runs without a bad trial so far, so the bias is positive where the "
               "trial distribution has a long low tail.", ""]
     a = r["adaptive_all_bers"]
-    L += [f"One adaptive call over all BERs (it stops when the widest interval is narrow "
-          f"enough): {a['trials']} trials in {a['seconds']} s vs {r['budget']} trials in "
-          f"{a['fixed_seconds']} s.", ""]
-    goals.append(["adaptive: trials for +-0.5 points (all BERs) vs 100", "< 100",
+    if "trials_per_ber" in a:
+        per = ", ".join(f"{k}: {v}" for k, v in a["trials_per_ber"].items())
+        L += [f"One adaptive call over all BERs (each BER stops on its own): trials per BER "
+              f"{per}, {a['total_trials']} in all vs {a['fixed_total_trials']}, in "
+              f"{a['seconds']} s vs {a['fixed_seconds']} s.", ""]
+    else:  # a record from before BERs stopped on their own
+        L += [f"One adaptive call over all BERs (it stops when the widest interval is narrow "
+              f"enough): {a['trials']} trials in {a['seconds']} s vs {r['budget']} trials in "
+              f"{a['fixed_seconds']} s.", ""]
+    goals.append(["adaptive: trials for +-0.5 points (the BER that needs most) vs 100", "< 100",
                   str(a["trials"]), _met(a["goal_fewer_trials_than_budget"])])
     rows = [[f"{x['ber']:g}", f"{100 * x['diff_mean_b_minus_a']:+.2f}",
              f"{x['var_diff_same_streams']:.3g}", f"{x['var_diff_independent']:.3g}",
@@ -502,7 +508,8 @@ def _headline(res: dict[str, dict]) -> list[str]:
                                     for c in ("mcel_none", "mcel_std", "inject"))])
     if "adaptive" in res:
         a = res["adaptive"]
-        rows.append(["adaptive trials (all BERs) vs 100", a["adaptive_all_bers"]["trials"]])
+        rows.append(["adaptive trials (the BER that needs most) vs 100",
+                     a["adaptive_all_bers"]["trials"]])
         rows.append(["nested-seed variance ratio per BER",
                      ", ".join(str(x["variance_reduction"]) for x in a["rows"])])
     if "inject" in res:

@@ -162,7 +162,7 @@ def _add_eval_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--transient", action="store_true", help="redraw faults at every forward")
     p.add_argument("--fmt", default=None, help="evaluate with codes stored in this number format")
     p.add_argument("--adaptive", type=float, default=None, metavar="HALF_WIDTH",
-                   help="stop once each 95%% interval is narrower than +-HALF_WIDTH (e.g. 0.005)")
+                   help="stop each BER once its 95%% interval is within +-HALF_WIDTH (e.g. 0.005)")
     p.add_argument("--batch-size", type=int, default=1024, help="images per forward")
     p.add_argument("--trial-batch", type=int, default=1, metavar="K",
                    help="run K trials as one batched forward (K weight copies; for small "

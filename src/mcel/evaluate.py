@@ -213,8 +213,9 @@ def evaluate(
 
     ``error_model`` gives the kind of faults (default: uniform, persistent, weights);
     each BER in ``bers`` sets its largest rate (see :func:`at_rate`). With
-    ``target_half_width`` (e.g. 0.005 for +-0.5 points) trials stop early once every
-    BER's 95% interval is that narrow, between ``min_trials`` and ``trials``.
+    ``target_half_width`` (e.g. 0.005 for +-0.5 points) each BER stops adding trials
+    once its 95% interval is that narrow (`narrow_enough`), between ``min_trials`` and
+    ``trials``; a BER's result does not depend on the other BERs evaluated with it.
     ``keep_correct`` stores per-trial, per-sample correctness in ``meta`` (for margin
     analysis). ``trial_batch`` runs that many trials as one batched forward
     (``torch.func.vmap`` over stacked weight sets, one weight copy per trial): for small
@@ -289,10 +290,10 @@ def _evaluate(model, x, y, bers, em, *, trials, seed, batch_size, target_half_wi
         clean = fwd.accuracy()
         clean_seconds = time.perf_counter() - tc
         task = bar.add_task("evaluate", total=trials * len(bers), info="")
-        t = 0
-        while t < trials:
+        t, active = 0, list(bers)  # BERs still adding trials
+        while t < trials and active:
             block = list(range(t, min(t + trial_batch, trials)))
-            for b in bers:
+            for b in active:
                 tt = time.perf_counter()
                 emb = at_rate(em, b)
                 if batched:
@@ -315,18 +316,18 @@ def _evaluate(model, x, y, bers, em, *, trials, seed, batch_size, target_half_wi
                 bar.update(task, advance=len(block), info=f"ber {b:g} acc {accs_b[-1]:.3f}")
             t += len(block)
             if target_half_width is not None:
-                # the first trial count at which every interval is narrow enough (a batch
-                # may have run past it: its extra trials are dropped, so the result does
-                # not depend on trial_batch). At a BER above 0, trials that all agree
-                # show no spread, only too few trials to catch one: they never stop it.
-                done = next((n for n in range(max(min_trials, t - len(block) + 1), t + 1)
-                             if all(narrow_enough(accs[b][:n], b, target_half_width)
-                                    for b in bers)), None)
-                if done is not None:
-                    for d in (accs, rates, secs, correct_log):
-                        for b in bers:
+                # Each BER stops on its own, at the first trial count at which its interval
+                # is narrow enough, so its row does not depend on which other BERs were
+                # evaluated with it (a sweep that adds a BER later gets the same rows). A
+                # batch may have run past that count: its extra trials are dropped, so the
+                # result does not depend on trial_batch either.
+                for b in list(active):
+                    done = next((n for n in range(max(min_trials, t - len(block) + 1), t + 1)
+                                 if narrow_enough(accs[b][:n], b, target_half_width)), None)
+                    if done is not None:
+                        for d in (accs, rates, secs, correct_log):
                             del d[b][done:]
-                    break
+                        active.remove(b)
     if state_digest(model) != before:  # the engine's core promise; never expected to fire
         raise RuntimeError("evaluation changed the model's state")
     result = EvalResult(
