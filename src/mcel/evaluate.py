@@ -145,14 +145,15 @@ class _Forward:
         dev = next(model.parameters()).device
         self.model, self.batch_size = model, batch_size
         self.x, self.y = x.to(dev), y.to(dev)
+        self.max_label = int(y.max())  # once: on a GPU every .max() would wait for it
 
     @torch.inference_mode()
     def correct(self) -> Tensor:
         outs = []
         for i in range(0, len(self.x), self.batch_size):
             logits = self.model(self.x[i:i + self.batch_size])
-            if i == 0 and int(self.y.max()) >= logits.shape[1]:
-                raise MCELError(f"label {int(self.y.max())} is out of range for a model with "
+            if i == 0 and self.max_label >= logits.shape[1]:
+                raise MCELError(f"label {self.max_label} is out of range for a model with "
                                 f"{logits.shape[1]} outputs")
             outs.append(logits.argmax(1))
         return torch.cat(outs) == self.y

@@ -433,6 +433,10 @@ def _config_diff(out: Path, config: TrainConfig) -> str:
         return ""
     if not isinstance(there, dict):
         return ""
+    try:  # through the config class: lists and tuples, ints and floats compare as saved
+        there = TrainConfig.from_dict(there).to_dict()
+    except (MCELError, TypeError):
+        return ""
     here = config.to_dict()
     keys = [k for k in here if k not in ("data_dir", "device") and there.get(k) != here[k]]
     return "; ".join(f"{k} {there.get(k)!r} there, {here[k]!r} here" for k in keys[:3])
