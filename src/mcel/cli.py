@@ -190,7 +190,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     res = evaluate(model, x, y, args.ber, em, trials=args.trials, seed=args.seed,
                    batch_size=args.batch_size, target_half_width=args.adaptive,
                    progress=sys.stderr.isatty(), trial_batch=args.trial_batch)
-    res.meta.update(run_dir=str(args.run_dir), fmt=args.fmt or config.fmt)
+    res.meta.update(run_dir=str(args.run_dir), fmt=args.fmt or config.fmt, samples=len(y))
     _print_eval(res)
     if args.json:
         write_json(args.json, res.to_dict())
@@ -202,7 +202,17 @@ def _print_eval(res) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"clean accuracy {res.clean_accuracy:.4f}")
+    from mcel.faults import BitErrorModel
+
+    shape = BitErrorModel(**{k: tuple(v) if isinstance(v, list) else v
+                             for k, v in res.error_model.items()}).describe()
+    shape = ("uniform flips in the weights" if shape.startswith("ber=") and "," not in shape
+             else f"error model {shape} (each BER sets its largest rate)")
+    t = Table(title=f"clean accuracy {res.clean_accuracy:.4f}",
+              caption=f"{res.meta.get('samples', '?')} test images, {res.meta.get('fmt', '?')}, "
+                      f"{shape}, fault seed "
+                      f"{res.seed}, {res.seconds:.2f} s" if res.seconds < 100 else
+                      f"{res.seed}, {res.seconds:.0f} s")
     for c in ("BER", "accuracy", "95% CI", "std", "trials", "empirical rate"):
         t.add_column(c, justify="right")
     for r in res.results:
