@@ -51,8 +51,8 @@ def run_demo(out: str | Path = "demo-out", *, epochs: int = 30, trials: int = 30
     em = BitErrorModel(ber=0.0)
     rows, curves = {}, {}
     t_start = time.perf_counter()
-    # One thread: the same numbers on any machine (float sums depend on how work is split
-    # between threads) and no stalls when other jobs hold the cores; this model is small.
+    # One thread: the same numbers whatever the core count (float sums depend on how work
+    # is split between threads) and no stalls when other jobs hold the cores.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
