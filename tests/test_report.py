@@ -29,8 +29,10 @@ def _run_id(config):
     return hashlib.sha256(dumps(config).encode()).hexdigest()[:16]
 
 
-def _add_run(con, config, accs_by_ber, error_model="ber", clean=None, margins=None):
+def _add_run(con, config, accs_by_ber, error_model="ber", clean=None, margins=None,
+             eval_clean=None):
     rid = _run_id(config)
+    eval_clean = clean if eval_clean is None else eval_clean
     con.execute("INSERT INTO runs (run_id, grid, method, config, clean_acc, train_seconds, "
                 "margins, versions) VALUES (?,?,?,?,?,?,?,?)",
                 (rid, "g", method_label(config), dumps(config), clean, 12.5 + config["seed"],
@@ -42,7 +44,7 @@ def _add_run(con, config, accs_by_ber, error_model="ber", clean=None, margins=No
                           "ci_low, ci_high, trials, clean_acc, seconds) VALUES "
                           "(?,?,?,?,?,?,?,?,?,?,?,?)",
                           (rid, "twos_complement", error_model, ber, 0, mean, 0.0, lo, hi,
-                           len(accs), clean, 1.0))
+                           len(accs), eval_clean, 1.0))
         con.executemany("INSERT INTO trials VALUES (?,?,?,?)",
                         [(cur.lastrowid, t, a, ber) for t, a in enumerate(accs)])
     return rid
@@ -167,3 +169,18 @@ def test_bad_databases(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert needle in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out" / "report.md").exists()
+
+
+def test_clean_accuracy_is_taken_on_the_images_the_ber_columns_use(tmp_path):
+    # a grid's limit_test may be smaller than the training run's test set: the clean
+    # column must come from the evaluations, not from the run's own test accuracy
+    path = tmp_path / "study.db"
+    con = connect(path)
+    for seed in SEEDS:
+        _add_run(con, {**BASE, "loss": "ce", "seed": seed}, {0.01: [0.8, 0.82]}, clean=0.99,
+                 eval_clean=0.90 + 0.01 * seed)
+    con.commit()
+    con.close()
+    md = build_report(path, tmp_path / "rep").read_text()
+    assert _row(md, "CE")[2].startswith("90.50 [")
+

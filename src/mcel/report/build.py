@@ -309,12 +309,13 @@ def _line(label: str, line_runs: list[Run], run_evals: dict[str, list[Eval]],
             per_ber[ber][r.seed] = m
             own_ci[ber] = ci
             trials.append(n)
-        if r.clean_acc is not None:
+        # the clean accuracy on the images the BER columns use (a grid's limit_test may
+        # be smaller than the training run's test set); the run's own where none is kept
+        cs = [e.clean_acc for e in run_evals[r.run_id] if e.clean_acc is not None]
+        if cs:
+            clean[r.seed] = cs[0] if len(set(cs)) == 1 else sum(cs) / len(cs)
+        elif r.clean_acc is not None:
             clean[r.seed] = float(r.clean_acc)
-        else:
-            cs = [e.clean_acc for e in run_evals[r.run_id] if e.clean_acc is not None]
-            if cs:
-                clean[r.seed] = sum(cs) / len(cs)
     secs = [r.train_seconds for r in line_runs if r.train_seconds is not None]
     return Line(
         label=label, runs=line_runs,
