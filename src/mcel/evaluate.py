@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from mcel.engine import MemoryImage, state_digest, transient_weight_faults
 from mcel.errors import MCELError
 from mcel.faults import BitErrorModel
+from mcel.registry import names_shown
 
 
 def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
@@ -152,9 +153,8 @@ class _Forward:
         outs = []
         for i in range(0, len(self.x), self.batch_size):
             logits = self.model(self.x[i:i + self.batch_size])
-            if i == 0 and self.max_label >= logits.shape[1]:
-                raise MCELError(f"label {self.max_label} is out of range for a model with "
-                                f"{logits.shape[1]} outputs")
+            if i == 0:
+                check_labels_fit(self.max_label, logits)
             outs.append(logits.argmax(1))
         return torch.cat(outs) == self.y
 
@@ -179,6 +179,13 @@ def check_data(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     return x, y
 
 
+def check_labels_fit(max_label: int, logits: Tensor) -> None:
+    """One MCELError line when a label has no output of the model to match."""
+    if max_label >= logits.shape[1]:
+        raise MCELError(f"label {max_label} is out of range for a model with "
+                        f"{logits.shape[1]} outputs")
+
+
 def check_targets(model: nn.Module, error_model: BitErrorModel) -> None:
     """One MCELError line when ``error_model`` would flip nothing in ``model``: its
     include/exclude patterns match none of the quantized layers its targets name (an
@@ -188,10 +195,9 @@ def check_targets(model: nn.Module, error_model: BitErrorModel) -> None:
     names = [name for name, _ in quant_layers(model)]
     if names and not any(error_model.applies_to(n, t) for n in names
                          for t in error_model.targets):
-        shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
         raise MCELError(f"the error model (include={list(error_model.include)}, "
                         f"exclude={list(error_model.exclude)}) matches no quantized layer; "
-                        f"the layers are: {shown}")
+                        f"the layers are: {names_shown(names)}")
 
 
 def evaluate(

@@ -29,6 +29,16 @@ def did_you_mean(name: object, valid, prefix: str = "") -> str:
     return f" (did you mean '{prefix}{close[0]}'?)" if close else ""
 
 
+def names_shown(names, most: int = 8) -> str:
+    """The first ``most`` names, comma-separated, for an error message.
+
+    >>> names_shown(["a", "b", "c"], most=2)
+    'a, b, ...'
+    """
+    names = list(names)
+    return ", ".join(names[:most]) + (", ..." if len(names) > most else "")
+
+
 class Registry(Generic[T]):
     """A named collection of factories (functions or classes).
 

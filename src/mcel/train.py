@@ -253,13 +253,11 @@ def predict_logits(model: nn.Module, x: Tensor, batch_size: int = 1024) -> Tenso
 
 def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1024) -> float:
     """Top-1 accuracy of ``model`` (in its current mode) on ``(x, y)``."""
-    from mcel.evaluate import check_data
+    from mcel.evaluate import check_data, check_labels_fit
 
     x, y = check_data(x, y)
     logits = predict_logits(model, x, batch_size)
-    if int(y.max()) >= logits.shape[1]:
-        raise MCELError(f"label {int(y.max())} is out of range for a model with "
-                        f"{logits.shape[1]} outputs")
+    check_labels_fit(int(y.max()), logits)
     return (logits.argmax(1).cpu() == y.cpu()).float().mean().item()
 
 

@@ -39,6 +39,7 @@ from mcel.quant.core import (
     quantize,
 )
 from mcel.quant.formats import get_format
+from mcel.registry import names_shown
 
 FaultFn = Callable[[QuantizedTensor], QuantizedTensor]
 
@@ -243,9 +244,8 @@ def quantize_model(model: nn.Module, spec: QuantSpec | str) -> nn.Module:
              if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd, nn.Bilinear))]
     for p in (*spec.exclude, *(q for q in spec.include if q != "*")):
         if names and not any(fnmatch.fnmatch(n, p) for n in names):  # a typo, most likely
-            shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
             raise MCELError(f"quantization pattern '{p}' matches no layer; the layers are: "
-                            f"{shown}")
+                            f"{names_shown(names)}")
     odd = next(((n, m) for n, m in model.named_modules()
                 if isinstance(m, (nn.modules.conv._ConvNd, nn.Bilinear))
                 and not isinstance(m, (nn.Conv2d, *QUANT_LAYERS)) and spec.selects(n)), None)
