@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import math
 import re
 import sqlite3
 
@@ -9,6 +10,7 @@ import pytest
 from scipy import stats
 
 from mcel import MCELError
+from mcel.analysis import Tolerance, tolerable_ber
 from mcel.cli import main
 from mcel.experiments.store import connect, dumps, method_label
 from mcel.report import build_report
@@ -102,6 +104,7 @@ def test_report_numbers_files_and_provenance(db, tmp_path):
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert len([p for p in pngs if p.endswith("accuracy.png")]) == 2
     assert len([p for p in pngs if p.endswith("margins.png")]) == 2
+    assert len([p for p in pngs if p.endswith("tolerable.png")]) == 2
     for p in pngs:
         assert f"]({p})" in md
         assert (out / p).read_bytes()[:4] == b"\x89PNG"
@@ -119,7 +122,7 @@ def test_report_numbers_files_and_provenance(db, tmp_path):
         cleans = [0.96 + 0.01 * s - 0.005 * mi for s in SEEDS]
         lo, hi = _t01(cleans)
         assert cells[2] == f"{100 * sum(cleans) / 2:.2f} [{100 * lo:.2f}, {100 * hi:.2f}]"
-        assert cells[-1] == "13.0"  # mean training seconds 12.5, 13.5
+        assert cells[-2] == "13.0"  # mean training seconds 12.5, 13.5
     # Paired deltas vs CE: per-seed differences, interval across seeds.
     cells = _row(md, "MCEL(m=2)")
     bi = 2
@@ -139,7 +142,7 @@ def test_report_numbers_files_and_provenance(db, tmp_path):
     assert "torch 2.13.0" in md and "training seeds 0, 1" in md
 
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 4
+    assert page.count("data:image/png;base64,") == 6
     assert not re.search(r"<img[^>]+src='(?!data:)", page)  # nothing to fetch
     assert "<table>" in page and ids[0] in page
 
@@ -184,3 +187,67 @@ def test_clean_accuracy_is_taken_on_the_images_the_ber_columns_use(tmp_path):
     md = build_report(path, tmp_path / "rep").read_text()
     assert _row(md, "CE")[2].startswith("90.50 [")
 
+
+
+# -- tolerable BER ----------------------------------------------------------------------------
+
+def test_tolerable_ber_interpolates_at_the_first_crossing():
+    # floor 0.89: within at 0.002 (0.894), below at 0.004 (0.874): 0.004/0.020 of the way
+    t = tolerable_ber([0.001, 0.002, 0.004], [0.9, 0.894, 0.874], clean=0.9)
+    assert t.ber == pytest.approx(0.0024, rel=1e-12) and not t.censored
+    # the first nonzero BER is already below: from (0, clean) to (0.01, 0.85), 0.01/0.05
+    t = tolerable_ber([0, 0.01, 0.02], [0.5, 0.85, 0.5], clean=0.9)  # BER 0 is not read
+    assert t.ber == pytest.approx(0.002, rel=1e-12) and not t.censored
+    # a later recovery does not count
+    t = tolerable_ber([0.001, 0.002, 0.003], [0.85, 0.9, 0.9], clean=0.9)
+    assert t.ber == pytest.approx(0.0002, rel=1e-12)
+    # a NaN is a BER not measured: bridged from 0.001 to 0.004; the order does not matter
+    t = tolerable_ber([0.004, 0.002, 0.001], [0.85, math.nan, 0.9], clean=0.9)
+    assert t.ber == pytest.approx(0.0016, rel=1e-12)
+    # a larger drop moves the floor: 0.87 is crossed between 0.002 and 0.004
+    t = tolerable_ber([0.001, 0.002, 0.004], [0.9, 0.894, 0.874], clean=0.9, drop=0.05)
+    assert t == Tolerance(0.004, True)
+
+
+def test_tolerable_ber_censored_at_the_top_of_the_grid():
+    assert tolerable_ber([0, 0.001, 0.01], [0.9, 0.9, 0.895], clean=0.9) == Tolerance(0.01, True)
+    # exactly at the floor is within (0.75 - 0.25 == 0.5 in binary floating point)
+    assert tolerable_ber([0.1], [0.5], clean=0.75, drop=0.25) == Tolerance(0.1, True)
+    assert tolerable_ber([0], [0.9], clean=0.9) == Tolerance(0.0, True)
+    assert tolerable_ber([], [], clean=0.9) == Tolerance(0.0, True)
+    for bers, accs, clean in [([0.1], [0.5, 0.4], 0.9), ([0.1], [0.5], math.nan),
+                              ([0.1, 0.1], [0.9, 0.8], 0.9)]:
+        with pytest.raises(ValueError):
+            tolerable_ber(bers, accs, clean)
+
+
+def test_report_tolerable_ber_column_and_plot(tmp_path):
+    path = tmp_path / "study.db"
+    con = connect(path)
+
+    def run(method, seed, clean, acc_01, acc_02):
+        # two trials a little either side of the run's mean accuracy
+        _add_run(con, {**BASE, **method, "seed": seed},
+                 {0.0: [clean - 0.001, clean + 0.001], 0.01: [acc_01 - 0.001, acc_01 + 0.001],
+                  0.02: [acc_02 - 0.001, acc_02 + 0.001]}, clean=clean)
+
+    ce, m2, m4 = {"loss": "ce"}, {"loss": "mcel", "margin": 2.0}, {"loss": "mcel", "margin": 4.0}
+    run(ce, 0, 0.90, 0.895, 0.875)  # floor 0.89: 0.01 + 0.01 * 0.005 / 0.02 = 0.0125
+    run(ce, 1, 0.92, 0.900, 0.800)  # floor 0.91: 0.01 * 0.01 / 0.02 = 0.005
+    run(m2, 0, 0.90, 0.900, 0.895)  # never below: 0.02, censored
+    run(m2, 1, 0.90, 0.900, 0.870)  # 0.01 + 0.01 * 0.01 / 0.03 = 0.013333
+    run(m4, 0, 0.90, 0.880, 0.800)  # 0.01 * 0.01 / 0.02 = 0.005, one seed: no interval
+    con.commit()
+    con.close()
+    md_path = build_report(path, tmp_path / "rep")
+    md = md_path.read_text()
+    header = next(ln for ln in md.splitlines() if ln.startswith("| method |"))
+    assert header.rstrip(" |").endswith("| train s | tolerable BER %")
+    # CE: mean 0.875%; t-interval 0.00875 -/+ 12.706 * 0.00375, clipped at 0
+    assert _row(md, "CE")[-1] == "0.875 [0.00, 5.64]"
+    # one censored seed marks the whole cell as a lower bound
+    assert _row(md, "MCEL(m=2)")[-1].startswith("≥ 1.67 [")
+    assert _row(md, "MCEL(m=4)")[-1] == "0.500"
+    assert _row(md, "CE")[2] == "91.00 [78.29, 100.00]"  # the other columns stay as they were
+    png = next((md_path.parent).glob("*-tolerable.png"))
+    assert f"]({png.name})" in md and png.read_bytes()[:4] == b"\x89PNG"

@@ -3,10 +3,16 @@
 The output margin of a sample is its target logit minus the largest other logit:
 positive when it is classified correctly, and the distance a perturbation of the
 logits must cover to change a correct prediction.
+
+The tolerable BER of a trained model is the largest bit error rate at which its
+accuracy stays within a point of its own clean accuracy (:func:`tolerable_ber`).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -29,6 +35,57 @@ def output_margins(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 102
     from mcel.train import predict_logits
 
     return margins_from_logits(predict_logits(model, x, batch_size).cpu(), y.cpu())
+
+
+# -- tolerable BER: how much error rate a model takes before it loses a point ------------
+
+@dataclass(frozen=True)
+class Tolerance:
+    """A tolerable BER. ``censored``: the accuracy never fell below the threshold on the
+    grid, so ``ber`` is the grid's largest BER and only a lower bound (">= ber")."""
+
+    ber: float
+    censored: bool
+
+
+def tolerable_ber(bers: Sequence[float], accuracies: Sequence[float], clean: float,
+                  drop: float = 0.01) -> Tolerance:
+    """The largest BER at which the accuracy stays at or above ``clean - drop``.
+
+    ``accuracies[i]`` is one model's mean accuracy at ``bers[i]``. The walk starts at
+    ``(0, clean)`` and goes up the grid; at the first BER whose accuracy is below
+    ``clean - drop`` the answer is interpolated linearly in BER between that point and
+    the last one that was within (``(0, clean)`` itself when the first nonzero BER is
+    already below). Only the first crossing counts: a model that recovers at a higher
+    BER had already lost the point. When no BER falls below, the answer is the grid's
+    largest BER (0 for a grid without nonzero BERs), ``censored``.
+
+    A grid BER of 0 is the clean accuracy by definition and is not read; a NaN accuracy
+    is a BER that was not measured and is skipped, like one missing from the grid (the
+    interpolation bridges the gap).
+
+    >>> t = tolerable_ber([0, 0.001, 0.005, 0.01], [0.95, 0.946, 0.934, 0.80], clean=0.95)
+    >>> round(t.ber, 9), t.censored  # halfway from 0.946 at 0.001 to 0.934 at 0.005
+    (0.003, False)
+    >>> tolerable_ber([0.001, 0.005], [0.949, 0.945], clean=0.95)
+    Tolerance(ber=0.005, censored=True)
+    """
+    if len(bers) != len(accuracies):
+        raise ValueError(f"{len(bers)} BERs but {len(accuracies)} accuracies")
+    if math.isnan(clean):
+        raise ValueError("the clean accuracy is NaN: there is no threshold to stay within")
+    floor = clean - drop
+    points = sorted((float(b), float(a)) for b, a in zip(bers, accuracies)
+                    if b > 0 and not math.isnan(a))
+    if len({b for b, _ in points}) != len(points):
+        raise ValueError(f"a BER appears twice in {sorted(bers)}")
+    last_b, last_a = 0.0, float(clean)
+    for b, a in points:
+        if a < floor:
+            # last_a >= floor > a: the line between the two crosses the floor once
+            return Tolerance(last_b + (last_a - floor) / (last_a - a) * (b - last_b), False)
+        last_b, last_a = b, a
+    return Tolerance(last_b, True)
 
 
 # -- survival: which samples stay correct under bit errors ---------------------------
@@ -277,4 +334,4 @@ def _certificate_chunk(h: Tensor, y: Tensor, w: Tensor, b: Tensor, dmax: Tensor,
 
 
 __all__ = ["output_margins", "margins_from_logits", "output_features", "flip_certificate",
-           "survival"]
+           "survival", "Tolerance", "tolerable_ber"]

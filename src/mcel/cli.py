@@ -93,6 +93,9 @@ _TRAIN_FLAGS = {
     "train_error_model": (str, "error-injection training with a full error-model spec"),
     "limit_train": (int, "use only the first N training samples"),
     "limit_test": (int, "use only the first N test samples"),
+    "clip": (float, "weight clipping: keep weights in [-W, W] and fix the k-bit range to W"),
+    "precision": (str, "forward-pass precision: fp32 or bf16 (autocast; pays on CPUs with "
+                       "AMX/avx512_bf16 and on GPUs; weights, loss, optimizer stay fp32)"),
 }
 
 
@@ -172,6 +175,9 @@ def _add_eval_flags(p: argparse.ArgumentParser) -> None:
                    help="folder with the dataset files (default: the run's own)")
     p.add_argument("--limit-test", type=int, default=None,
                    help="evaluate on the first N test images only (a quick look)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                   help="precision of the faulty forward passes; bf16 also reports how "
+                        "often its clean predictions agree with fp32")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -189,7 +195,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                         limit=args.limit_test or config.limit_test)
     res = evaluate(model, x, y, args.ber, em, trials=args.trials, seed=args.seed,
                    batch_size=args.batch_size, target_half_width=args.adaptive,
-                   progress=sys.stderr.isatty(), trial_batch=args.trial_batch)
+                   progress=sys.stderr.isatty(), trial_batch=args.trial_batch,
+                   precision=args.precision)
     res.meta.update(run_dir=str(args.run_dir), fmt=args.fmt or config.fmt, samples=len(y))
     _print_eval(res)
     if args.json:
@@ -220,6 +227,9 @@ def _print_eval(res) -> None:
         t.add_row(f"{r.ber:g}", f"{r.mean:.4f}", f"[{r.ci_low:.4f}, {r.ci_high:.4f}]",
                   f"{r.std:.4f}", str(r.trials), f"{emp:.3g}")
     Console().print(t)
+    if res.precision != "fp32":
+        print(f"{res.precision}: clean predictions agree with fp32 on "
+              f"{100 * res.agreement:.2f}% of the test images")
 
 
 # -- demo ----------------------------------------------------------------------------

@@ -152,7 +152,8 @@ class MemoryImage:
             for name, layer in layers:
                 # codes + values from one float buffer: no weight-sized temporaries
                 qt, values = quantize_values(layer.weight, layer.bits, scheme=layer.scheme,
-                                             fmt=layer.fmt, granularity=layer.granularity)
+                                             fmt=layer.fmt, granularity=layer.granularity,
+                                             clip=layer.clip)
                 self.weights.append((layer, _Slot(f"{name}.weight", qt, values)))
                 if want_bias and layer.bias is not None:
                     qb, bvalues = quantize_values(layer.bias, bias_bits(layer), fmt=layer.fmt)
@@ -270,8 +271,8 @@ class _Transient:
         bits, scheme = layer.bits, layer.scheme
         if reads_codes(self.error_model, bits):
             return None
-        w = layer.weight.detach().float()
-        levels, scale = SCHEMES.get(scheme).levels(w, bits, layer.granularity)
+        w = layer.weight.detach().float().contiguous()  # channels_last: flat = logical order
+        levels, scale = SCHEMES.get(scheme).levels(w, bits, layer.granularity, layer.clip)
         if levels.data_ptr() == w.data_ptr():
             levels = levels.clone()
         # the draw does not read the codes: a buffer of their size and type stands in,

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from mcel.engine import MemoryImage, state_digest, transient_weight_faults
 from mcel.errors import MCELError
 from mcel.faults import BitErrorModel
+from mcel.precision import autocast, check_runs_on
 from mcel.registry import names_shown
 
 
@@ -130,6 +131,10 @@ class EvalResult:
     seconds: float = 0.0
     meta: dict[str, Any] = field(default_factory=dict)
     clean_seconds: float = 0.0  # the one clean pass over the data (the overhead baseline)
+    precision: str = "fp32"  # of every forward pass above (see mcel.precision)
+    # fraction of samples whose clean prediction at this precision equals the fp32 one
+    # (1.0 in fp32): what the faster precision costs
+    agreement: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -142,21 +147,27 @@ class EvalResult:
 class _Forward:
     """Accuracy (and optionally per-sample correctness) of the model on fixed data."""
 
-    def __init__(self, model: nn.Module, x: Tensor, y: Tensor, batch_size: int) -> None:
+    def __init__(self, model: nn.Module, x: Tensor, y: Tensor, batch_size: int,
+                 precision: str = "fp32") -> None:
         dev = next(model.parameters()).device
-        self.model, self.batch_size = model, batch_size
+        self.model, self.batch_size, self.precision = model, batch_size, precision
         self.x, self.y = x.to(dev), y.to(dev)
         self.max_label = int(y.max())  # once: on a GPU every .max() would wait for it
 
     @torch.inference_mode()
-    def correct(self) -> Tensor:
+    def predict(self, precision: str | None = None) -> Tensor:
+        dev = self.x.device
         outs = []
-        for i in range(0, len(self.x), self.batch_size):
-            logits = self.model(self.x[i:i + self.batch_size])
-            if i == 0:
-                check_labels_fit(self.max_label, logits)
-            outs.append(logits.argmax(1))
-        return torch.cat(outs) == self.y
+        with autocast(precision or self.precision, dev):
+            for i in range(0, len(self.x), self.batch_size):
+                logits = self.model(self.x[i:i + self.batch_size])
+                if i == 0:
+                    check_labels_fit(self.max_label, logits)
+                outs.append(logits.argmax(1))
+        return torch.cat(outs)
+
+    def correct(self) -> Tensor:
+        return self.predict() == self.y
 
     def accuracy(self) -> float:
         return self.correct().float().mean().item()
@@ -215,6 +226,7 @@ def evaluate(
     progress: bool = False,
     keep_correct: bool = False,
     trial_batch: int = 1,
+    precision: str = "fp32",
 ) -> EvalResult:
     """Accuracy of ``model`` on ``(x, y)`` under bit errors at each rate in ``bers``.
 
@@ -227,7 +239,10 @@ def evaluate(
     analysis). ``trial_batch`` runs that many trials as one batched forward
     (``torch.func.vmap`` over stacked weight sets, one weight copy per trial): for small
     models on a GPU; persistent weight faults only; same faults and results. The
-    model's state is bit-identical afterwards (checked).
+    model's state is bit-identical afterwards (checked). ``precision="bf16"`` runs every
+    forward under bf16 autocast (the codes and faults are the same; activations and
+    dequantized weights are rounded inside the forward) and reports in ``agreement`` the
+    fraction of samples whose clean prediction matches fp32.
     """
     if isinstance(bers, (int, float)):
         bers = [bers]
@@ -267,22 +282,23 @@ def evaluate(
         raise MCELError("transient faults hit weights and activations (compute errors); "
                         "bias faults are persistent only: drop 'biases' or the transient mode")
     check_targets(model, em)
+    check_runs_on(precision, next(model.parameters()).device)
     modes = {m: m.training for m in model.modules()}  # each module's own, restored below
     model.eval()
     try:
         return _evaluate(model, x, y, bers, em, trials=trials, seed=seed,
                          batch_size=batch_size, target_half_width=target_half_width,
                          min_trials=min_trials, progress=progress, keep_correct=keep_correct,
-                         trial_batch=trial_batch)
+                         trial_batch=trial_batch, precision=precision)
     finally:
         for m, mode in modes.items():
             m.training = mode
 
 
 def _evaluate(model, x, y, bers, em, *, trials, seed, batch_size, target_half_width,
-              min_trials, progress, keep_correct, trial_batch) -> EvalResult:
+              min_trials, progress, keep_correct, trial_batch, precision) -> EvalResult:
     before = state_digest(model)
-    fwd = _Forward(model, x, y, batch_size)
+    fwd = _Forward(model, x, y, batch_size, precision)
     t0 = time.perf_counter()
     accs: dict[float, list[float]] = {b: [] for b in bers}
     rates: dict[float, list[float]] = {b: [] for b in bers}
@@ -294,8 +310,11 @@ def _evaluate(model, x, y, bers, em, *, trials, seed, batch_size, target_half_wi
     batched = trial_batch > 1
     with MemoryImage(model, em) as image, _progress(progress) as bar:
         tc = time.perf_counter()
-        clean = fwd.accuracy()
+        pred = fwd.predict()
+        clean = (pred == fwd.y).float().mean().item()
         clean_seconds = time.perf_counter() - tc
+        agreement = 1.0 if precision == "fp32" else (
+            (fwd.predict("fp32") == pred).float().mean().item())
         task = bar.add_task("evaluate", total=trials * len(bers), info="")
         t, active = 0, list(bers)  # BERs still adding trials
         while t < trials and active:
@@ -341,6 +360,7 @@ def _evaluate(model, x, y, bers, em, *, trials, seed, batch_size, target_half_wi
         clean_accuracy=clean, error_model=em.to_dict(), seed=seed,
         results=[BerResult.from_trials(b, accs[b], rates[b], secs[b]) for b in bers],
         seconds=time.perf_counter() - t0, clean_seconds=clean_seconds,
+        precision=precision, agreement=agreement,
     )
     if keep_correct:
         result.meta["correct"] = {b: torch.stack(v) for b, v in correct_log.items()}
@@ -363,7 +383,7 @@ def _batched_trials(fwd: _Forward, image: MemoryImage, em: BitErrorModel, seed: 
 
     batched = torch.func.vmap(predict, in_dims=(0, 0, None))
     try:
-        with torch.no_grad():
+        with torch.no_grad(), autocast(fwd.precision, fwd.x.device):
             preds = torch.cat([batched(ws, bs, fwd.x[i:i + fwd.batch_size])
                                for i in range(0, len(fwd.x), fwd.batch_size)], dim=1)
     finally:  # back to the image's own values

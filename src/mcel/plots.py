@@ -1,4 +1,4 @@
-"""Plots: accuracy against bit error rate with confidence bands."""
+"""Plots: accuracy against bit error rate with confidence bands, tolerable BERs."""
 
 from __future__ import annotations
 
@@ -42,6 +42,37 @@ def plot_accuracy_vs_ber(curves: Mapping[str, list[dict]], path: str | Path, *,
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
+    return _save(fig, path)
+
+
+def plot_tolerable_ber(values: Mapping[str, dict], path: str | Path, *,
+                       title: str = "Tolerable BER", grid_max: float | None = None) -> Path:
+    """One point per method with its interval as error bars. ``values[name]`` is
+    ``{"mean", "low", "high", "censored"}`` (BERs as fractions); a censored method (a
+    lower bound: some seed never lost a point on its grid) is drawn as an open triangle
+    pointing up, and ``grid_max``, the largest BER evaluated, as a dashed line."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    names = list(values)
+    for i, name in enumerate(names):
+        v = values[name]
+        m = 100 * v["mean"]
+        err = [[m - 100 * v["low"]], [100 * v["high"] - m]]
+        color = f"C{i % 10}"
+        ax.errorbar([i], [m], yerr=err, fmt="^" if v["censored"] else "o", ms=7, capsize=4,
+                    color=color, mfc="none" if v["censored"] else color)
+    if grid_max is not None:
+        ax.axhline(100 * grid_max, color="grey", ls="--", lw=1, label="largest BER evaluated")
+    if any(v["censored"] for v in values.values()):
+        ax.plot([], [], "^", mfc="none", color="grey", label="lower bound (censored)")
+    ax.set_xticks(range(len(names)), names, rotation=20 if len(names) > 4 else 0, ha="right"
+                  if len(names) > 4 else "center")
+    ax.set_xlim(-0.6, len(names) - 0.4)
+    ax.set_ylim(bottom=0)
+    ax.set_ylabel("tolerable bit error rate (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, axis="y")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     return _save(fig, path)
 
 

@@ -21,6 +21,7 @@ import hashlib
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,15 @@ from mcel.io import (
 )
 from mcel.losses import NORMALIZATIONS, create_loss
 from mcel.models import create_model
-from mcel.quant import QuantSpec, quantize_model
+from mcel.precision import (
+    DEFAULT_PRECISION,
+    autocast,
+    check_precision,
+    check_runs_on,
+    memory_format,
+    slow_warning,
+)
+from mcel.quant import QuantSpec, clip_weights, quantize_model
 from mcel.registry import did_you_mean
 
 OPTIMIZERS = ("adam", "sgd")
@@ -77,6 +86,8 @@ class TrainConfig:
     train_error_model: str | None = None
     limit_train: int | None = None
     limit_test: int | None = None
+    clip: float | None = None
+    precision: str = DEFAULT_PRECISION
 
     def __post_init__(self) -> None:
         self.validate()
@@ -119,6 +130,12 @@ class TrainConfig:
         if not 0 <= self.seed < 2**63:  # what torch and numpy both take
             raise MCELError(f"seed must be an integer in [0, 2^63), got {self.seed}")
         check_device_name(self.device)
+        check_precision(self.precision)
+        if self.clip is not None and not (math.isfinite(self.clip) and self.clip > 0):
+            raise MCELError(f"clip must be a finite number > 0, got {self.clip}")
+        if self.clip is not None and self.quant == "float":
+            raise MCELError("clip fixes the range of quantized weights; it needs a quantized "
+                            "model (quant int4, say), not quant float")
         for name in ("limit_train", "limit_test"):
             v = getattr(self, name)
             if v is not None and v < 1:
@@ -139,7 +156,8 @@ class TrainConfig:
 
     def quant_spec(self) -> QuantSpec:
         return QuantSpec(self.quant, fmt=self.fmt, granularity=self.granularity,
-                         act_bits=self.act_bits, exclude=tuple(self.quant_exclude))
+                         act_bits=self.act_bits, exclude=tuple(self.quant_exclude),
+                         clip=self.clip)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -154,10 +172,17 @@ class TrainConfig:
         return cls(**d)
 
     def digest(self) -> str:
-        """Hash of everything that changes the trained weights (not where data lives)."""
+        """Hash of everything that changes the trained weights (not where data lives).
+
+        Keys added after 0.1.0 count only when they differ from their default, so the
+        run ids of earlier runs and sweeps stay valid (a sweep resumes across versions).
+        """
         d = self.to_dict()
         d.pop("data_dir")
         d.pop("device")
+        for key, default in _LATER_KEYS.items():
+            if d[key] == default:
+                d.pop(key)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def error_model(self):
@@ -170,6 +195,10 @@ class TrainConfig:
         if self.train_ber > 0:
             return BitErrorModel(ber=self.train_ber, mode="transient")
         return None
+
+
+# config keys added after 0.1.0, with the default that leaves a run id unchanged
+_LATER_KEYS: dict[str, Any] = {"clip": None, "precision": DEFAULT_PRECISION}
 
 
 def _check_types(config: TrainConfig) -> None:
@@ -313,7 +342,16 @@ def _train(config: TrainConfig, out: Path | None, device: torch.device, info, tr
     from mcel.distributed import all_sum, shard, shard_weight
 
     torch.manual_seed(config.seed)
+    check_runs_on(config.precision, device)
+    warning = slow_warning(config.precision, device)
+    if warning:
+        if log:
+            log(f"warning: {warning}")
+        else:
+            warnings.warn(warning, stacklevel=3)
     model = build_model(config).to(device)
+    layout = memory_format(config.precision, model)
+    model = model.to(memory_format=layout)  # fp32: a no-op, the same tensors
     loss_fn = build_loss(config)
     opt = _optimizer(config, model)
     (x_tr, y_tr), (x_te, y_te) = train_data, test_data
@@ -368,11 +406,16 @@ def _train(config: TrainConfig, out: Path | None, device: torch.device, info, tr
                         continue  # a last batch too small to give every rank a sample
                     idx = shard(batch, info)
                     xb, yb = x_tr[idx], y_tr[idx]
-                    logits = net(xb)
-                    loss = loss_fn(logits, yb)
+                    if xb.dim() == 4:
+                        xb = xb.contiguous(memory_format=layout)
+                    with autocast(config.precision, device):
+                        logits = net(xb)
+                    loss = loss_fn(logits.float(), yb)  # the loss is always fp32
                     opt.zero_grad(set_to_none=True)
                     (loss * shard_weight(len(idx), len(batch), info)).backward()
                     opt.step()
+                    if config.clip is not None:
+                        clip_weights(model)
                     total += loss.item() * len(idx)
                     correct += (logits.argmax(1) == yb).sum().item()
                     seen += len(idx)
@@ -518,6 +561,10 @@ def _check_checkpoint_config(run_dir: Path, config: TrainConfig) -> None:
     except ValueError:
         saved = None
     if isinstance(saved, dict):
+        try:  # through the config class: keys added since then read as their defaults
+            saved = TrainConfig.from_dict(saved).to_dict()
+        except (MCELError, TypeError):
+            pass
         diffs = [f"{k}={saved.get(k)!r}, config.json says {now.get(k)!r}"
                  for k in sorted(set(saved) | set(now))
                  if k not in ignore and saved.get(k) != now.get(k)]

@@ -63,6 +63,8 @@ def method_label(config: dict[str, Any]) -> str:
     'MCEL(m=2, std, s=4)'
     >>> method_label({"loss": "ce", "train_ber": 0.01})
     'CE+EI(p=0.01)'
+    >>> method_label({"loss": "mcel", "margin": 10.0, "clip": 0.1, "precision": "bf16"})
+    'MCEL(m=10)+clip(0.1) [bf16]'
     """
     loss = config.get("loss", "ce")
     if loss == "mcel":
@@ -81,6 +83,10 @@ def method_label(config: dict[str, Any]) -> str:
         label += f"+EI(p={p:g})"
     elif config.get("train_error_model"):
         label += f"+EI({config['train_error_model']})"
+    if config.get("clip") is not None:
+        label += f"+clip({config['clip']:g})"
+    if config.get("precision", "fp32") != "fp32":
+        label += f" [{config['precision']}]"
     return label
 
 

@@ -15,6 +15,7 @@ from mcel.quant.layers import (
     QuantConv2d,
     QuantLinear,
     QuantSpec,
+    clip_weights,
     quant_layers,
     quantize_model,
     set_format,
@@ -24,5 +25,5 @@ __all__ = [
     "INT_BITS", "QuantizedTensor", "code_dtype", "fake_quantize", "parse_scheme", "quantize",
     "quantize_values",
     "value_table", "decode", "encode", "list_formats", "QuantConv2d", "QuantLinear",
-    "QuantSpec", "quant_layers", "quantize_model", "set_format",
+    "QuantSpec", "quant_layers", "quantize_model", "set_format", "clip_weights",
 ]

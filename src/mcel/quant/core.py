@@ -57,9 +57,13 @@ def _abs_max(w: Tensor, granularity: str) -> Tensor:
     return torch.maximum(-lo, hi).reshape([-1] + [1] * (w.dim() - 1))
 
 
-def _levels_int(w: Tensor, bits: int, granularity: str) -> tuple[Tensor, Tensor]:
+def _levels_int(w: Tensor, bits: int, granularity: str,
+                clip: float | None = None) -> tuple[Tensor, Tensor]:
     qmax = (1 << (bits - 1)) - 1
-    amax = _abs_max(w, granularity)
+    # a clipped layer's range is fixed to the clip (Stutz et al.): its scale does not
+    # follow the largest weight, so training cannot widen the steps a bit flip takes
+    amax = _abs_max(w, granularity) if clip is None else torch.full(
+        [1] * w.dim(), float(clip), dtype=w.dtype, device=w.device)
     scale = amax / qmax
     # amax / qmax can underflow to 0 for subnormal weights: then they quantize as zeros
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
@@ -67,12 +71,14 @@ def _levels_int(w: Tensor, bits: int, granularity: str) -> tuple[Tensor, Tensor]
     return torch.div(w, scale).round_().clamp_(-qmax, qmax), scale
 
 
-def _levels_binary(w: Tensor, bits: int, granularity: str) -> tuple[Tensor, Tensor]:
+def _levels_binary(w: Tensor, bits: int, granularity: str,
+                   clip: float | None = None) -> tuple[Tensor, Tensor]:
     scale = _mean_abs(w, granularity).clamp_min(_TINY)
     return torch.where(w >= 0, 1.0, -1.0).to(w.dtype), scale
 
 
-def _levels_ternary(w: Tensor, bits: int, granularity: str) -> tuple[Tensor, Tensor]:
+def _levels_ternary(w: Tensor, bits: int, granularity: str,
+                    clip: float | None = None) -> tuple[Tensor, Tensor]:
     dims = _reduce_dims(w, granularity)
     delta = 0.7 * _mean_abs(w, granularity)
     keep = (w.abs() > delta).to(w.dtype)
@@ -85,7 +91,9 @@ def _levels_ternary(w: Tensor, bits: int, granularity: str) -> tuple[Tensor, Ten
 @dataclass(frozen=True)
 class Scheme:
     name: str
-    levels: Callable[[Tensor, int, str], tuple[Tensor, Tensor]]  # w -> (levels, scale)
+    # (w, bits, granularity, clip) -> (levels, scale); binary and ternary scales follow
+    # mean |w| and ignore the clip (the clipped weights move them already)
+    levels: Callable[..., tuple[Tensor, Tensor]]
     allowed_bits: tuple[int, ...]
 
 
@@ -206,17 +214,19 @@ def quantize(
     scheme: str = "int",
     fmt: str = "twos_complement",
     granularity: str = "tensor",
+    clip: float | None = None,
 ) -> QuantizedTensor:
     """Quantize a float tensor into codes + scale.
 
-    Quantizing the dequantized tensor again gives the same codes.
+    Quantizing the dequantized tensor again gives the same codes. ``clip`` fixes the
+    range of k-bit codes to ``[-clip, clip]`` (weights beyond it saturate).
 
     >>> w = torch.randn(8, 3)
     >>> qt = quantize(w, 8, granularity="channel")
     >>> torch.equal(quantize(qt.dequantize(), 8, granularity="channel").codes, qt.codes)
     True
     """
-    return _quantize(tensor, bits, scheme, fmt, granularity)[0]
+    return _quantize(tensor, bits, scheme, fmt, granularity, clip)[0]
 
 
 def quantize_values(
@@ -226,6 +236,7 @@ def quantize_values(
     scheme: str = "int",
     fmt: str = "twos_complement",
     granularity: str = "tensor",
+    clip: float | None = None,
 ) -> tuple[QuantizedTensor, Tensor]:
     """`quantize` plus the dequantized values, computed in the buffer that held the
     levels: the stored form of a layer costs one float copy of it, not two.
@@ -234,14 +245,15 @@ def quantize_values(
     >>> torch.equal(values, qt.dequantize())
     True
     """
-    qt, levels = _quantize(tensor, bits, scheme, fmt, granularity)
+    qt, levels = _quantize(tensor, bits, scheme, fmt, granularity, clip)
     # the value table holds exactly these levels; "+ 0" turns a rounded -0.0 into the
     # table's +0.0, so the values match dequantize() bit for bit
     return qt, levels.mul_(qt.scale).add_(0.0)
 
 
 def _quantize(
-    tensor: Tensor, bits: int, scheme: str, fmt: str, granularity: str
+    tensor: Tensor, bits: int, scheme: str, fmt: str, granularity: str,
+    clip: float | None = None,
 ) -> tuple[QuantizedTensor, Tensor]:
     spec = SCHEMES.get(scheme)
     check_bits(scheme, bits)
@@ -249,15 +261,16 @@ def _quantize(
     if granularity not in GRANULARITIES:
         raise MCELError(f"unknown granularity '{granularity}'; valid: {', '.join(GRANULARITIES)}")
     w = tensor.detach().float()
-    levels, scale = spec.levels(w, bits, granularity)
+    levels, scale = spec.levels(w, bits, granularity, clip)
     if levels.data_ptr() == w.data_ptr():  # never hand out the caller's buffer to write
         levels = levels.clone()
     qt = QuantizedTensor(levels_to_codes(levels, scheme, bits, fmt), scale, bits, fmt, scheme)
     return qt, levels
 
 
-def fake_quantize(w: Tensor, scheme: str, bits: int, granularity: str = "tensor") -> Tensor:
+def fake_quantize(w: Tensor, scheme: str, bits: int, granularity: str = "tensor",
+                  clip: float | None = None) -> Tensor:
     """Quantize-dequantize with a straight-through estimator: the forward sees the
     quantized values, the backward passes the gradient to the latent float weights."""
-    levels, scale = SCHEMES.get(scheme).levels(w.detach(), bits, granularity)
+    levels, scale = SCHEMES.get(scheme).levels(w.detach(), bits, granularity, clip)
     return w + (levels * scale - w).detach()

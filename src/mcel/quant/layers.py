@@ -21,6 +21,7 @@ Both are plain attributes, not parameters or buffers: the state dict never sees 
 from __future__ import annotations
 
 import fnmatch
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
@@ -51,7 +52,9 @@ class QuantSpec:
     ``weights`` is a scheme word (``binary``, ``ternary``, ``int2`` .. ``int8``,
     ``int16``, ``float``); ``fmt`` the number format of the stored codes; ``act_bits``
     quantizes each quantized layer's input to signed k-bit levels (None: float);
-    ``include``/``exclude`` are fnmatch patterns over module names.
+    ``include``/``exclude`` are fnmatch patterns over module names; ``clip`` bounds the
+    latent weights to ``[-clip, clip]`` and fixes the k-bit codes' range to it (weight
+    clipping, Stutz et al. 2021; `clip_weights` applies it after an optimizer step).
     """
 
     weights: str = "int8"
@@ -60,9 +63,13 @@ class QuantSpec:
     act_bits: int | None = None
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
+    clip: float | None = None
 
     def __post_init__(self) -> None:
         parse_scheme(self.weights)
+        if self.clip is not None and not (isinstance(self.clip, (int, float))
+                                          and math.isfinite(self.clip) and self.clip > 0):
+            raise MCELError(f"clip must be a finite number > 0, got {self.clip!r}")
         get_format(self.fmt)
         if self.granularity not in GRANULARITIES:
             raise MCELError(
@@ -100,9 +107,10 @@ class _QuantMixin:
     bias: nn.Parameter | None
 
     def _init_quant(self, scheme: str, bits: int, fmt: str, granularity: str,
-                    act_bits: int | None) -> None:
+                    act_bits: int | None, clip: float | None = None) -> None:
         check_bits(scheme, bits)
         self.scheme, self.bits, self.fmt, self.granularity = scheme, bits, fmt, granularity
+        self.clip = None if clip is None else float(clip)
         self.act_bits = act_bits
         self.weight_override: Tensor | None = None
         self.bias_override: Tensor | None = None
@@ -115,13 +123,14 @@ class _QuantMixin:
     def quantized_weight(self) -> QuantizedTensor:
         """The stored form of the current weights (codes + scale)."""
         return quantize(self.weight, self.bits, scheme=self.scheme, fmt=self.fmt,
-                        granularity=self.granularity)
+                        granularity=self.granularity, clip=self.clip)
 
     def effective_weight(self) -> Tensor:
         if self.weight_override is not None:
             return self.weight_override
         if self.weight_fault is None:
-            return fake_quantize(self.weight, self.scheme, self.bits, self.granularity)
+            return fake_quantize(self.weight, self.scheme, self.bits, self.granularity,
+                                 self.clip)
         # a fault hook may compute the faulty values itself, touching only what flips
         sparse = getattr(self.weight_fault, "faulty_values", None)
         faulty = sparse(self) if sparse is not None else None
@@ -152,7 +161,8 @@ class _QuantMixin:
         name = "float" if self.scheme is None else (
             f"int{self.bits}" if self.scheme == "int" else self.scheme)
         act = f", act_bits={self.act_bits}" if self.act_bits else ""
-        return f"quant={name}, fmt={self.fmt}, granularity={self.granularity}{act}"
+        clip = f", clip={self.clip:g}" if self.clip is not None else ""
+        return f"quant={name}, fmt={self.fmt}, granularity={self.granularity}{act}{clip}"
 
 
 class QuantLinear(_QuantMixin, nn.Linear):
@@ -160,9 +170,10 @@ class QuantLinear(_QuantMixin, nn.Linear):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  scheme: str = "int", bits: int = 8, fmt: str = "twos_complement",
-                 granularity: str = "tensor", act_bits: int | None = None) -> None:
+                 granularity: str = "tensor", act_bits: int | None = None,
+                 clip: float | None = None) -> None:
         super().__init__(in_features, out_features, bias)
-        self._init_quant(scheme, bits, fmt, granularity, act_bits)
+        self._init_quant(scheme, bits, fmt, granularity, act_bits, clip)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(self.quantize_input(x), self.effective_weight(), self.effective_bias())
@@ -175,9 +186,10 @@ class QuantConv2d(_QuantMixin, nn.Conv2d):
     """``nn.Conv2d`` whose weights are quantized in every forward."""
 
     def __init__(self, *args, scheme: str = "int", bits: int = 8, fmt: str = "twos_complement",
-                 granularity: str = "tensor", act_bits: int | None = None, **kwargs) -> None:
+                 granularity: str = "tensor", act_bits: int | None = None,
+                 clip: float | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._init_quant(scheme, bits, fmt, granularity, act_bits)
+        self._init_quant(scheme, bits, fmt, granularity, act_bits, clip)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.quantize_input(x)
@@ -193,7 +205,7 @@ QUANT_LAYERS = (QuantLinear, QuantConv2d)
 def _convert(m: nn.Module, spec: QuantSpec) -> nn.Module:
     scheme, bits = parse_scheme(spec.weights)
     kw = dict(scheme=scheme, bits=bits, fmt=spec.fmt, granularity=spec.granularity,
-              act_bits=spec.act_bits)
+              act_bits=spec.act_bits, clip=spec.clip)
     if isinstance(m, nn.Linear):
         q: nn.Module = QuantLinear(m.in_features, m.out_features, m.bias is not None, **kw)
     else:
@@ -208,6 +220,8 @@ def _convert(m: nn.Module, spec: QuantSpec) -> nn.Module:
     for name, buf in q.named_buffers():  # act_max: on the layer's device, in its dtype
         setattr(q, name, buf.to(device=m.weight.device, dtype=m.weight.dtype))
     q.train(m.training)
+    if spec.clip is not None:  # start inside the range, as every later step will be
+        clip_weights(q)
     return q
 
 
@@ -270,6 +284,16 @@ def quant_layers(model: nn.Module) -> list[tuple[str, _QuantMixin]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, QUANT_LAYERS)]
 
 
+@torch.no_grad()
+def clip_weights(model: nn.Module) -> None:
+    """Clamp the latent weights of every clipped quantized layer to ``[-clip, clip]``;
+    call it after each optimizer step (``mcel train --clip`` does)."""
+    layers = [model] if isinstance(model, QUANT_LAYERS) else [m for _, m in quant_layers(model)]
+    for layer in layers:
+        if layer.clip is not None:
+            layer.weight.clamp_(-layer.clip, layer.clip)
+
+
 def set_format(model: nn.Module, fmt: str) -> None:
     """Store every quantized layer's codes in another number format (no retraining: the
     levels are the same, only their bit patterns change)."""
@@ -280,5 +304,6 @@ def set_format(model: nn.Module, fmt: str) -> None:
 
 __all__: Sequence[str] = [
     "QuantSpec", "QuantLinear", "QuantConv2d", "quantize_model", "quant_layers", "set_format",
+    "clip_weights",
 ]
 

@@ -6,6 +6,8 @@ a group, each training method (``runs.method``) is one line. A method's accuracy
 BER is the mean over its training seeds of each run's mean accuracy over trials; its
 band is a 95% Student-t interval *across seeds* when there are at least two (the spread
 that matters when comparing training methods), else the run's own interval over trials.
+Its tolerable BER (:func:`mcel.analysis.tolerable_ber`) is taken per run from that
+run's curve and clean accuracy, then averaged over seeds the same way.
 
 The report names, for every number, the training seeds, the evaluation seeds and
 trials, the software versions (``runs.versions``) and the config hashes (``run_id``)
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.request import pathname2url
 
+from mcel.analysis import tolerable_ber
 from mcel.errors import MCELError
 from mcel.evaluate import t_interval
 
@@ -202,6 +205,9 @@ class Line:
     margins: list[float]
     eval_seeds: list[int]
     trials: list[int]  # trial counts per (run, BER), for the provenance line
+    tolerable: Cell | None = None  # tolerable BER, per seed and over seeds
+    # seeds that never lost a point on their grid: their value is its top, a lower bound
+    censored_seeds: list[Any] = field(default_factory=list)
 
     @property
     def seeds(self) -> list[Any]:
@@ -316,6 +322,7 @@ def _line(label: str, line_runs: list[Run], run_evals: dict[str, list[Eval]],
             clean[r.seed] = cs[0] if len(set(cs)) == 1 else sum(cs) / len(cs)
         elif r.clean_acc is not None:
             clean[r.seed] = float(r.clean_acc)
+    tolerable, censored = _tolerable(per_ber, clean)
     secs = [r.train_seconds for r in line_runs if r.train_seconds is not None]
     return Line(
         label=label, runs=line_runs,
@@ -324,7 +331,26 @@ def _line(label: str, line_runs: list[Run], run_evals: dict[str, list[Eval]],
         train_seconds=sum(secs) / len(secs) if secs else None,
         margins=[m for r in line_runs for m in (r.margins or [])],
         eval_seeds=sorted(eval_seeds), trials=trials,
+        # a BER cannot be negative: _cell's clip to [0, 1] fits it as well
+        tolerable=_cell(tolerable, None) if tolerable else None,
+        censored_seeds=sorted(censored, key=str),
     )
+
+
+def _tolerable(per_ber: dict[float, dict[Any, float]],
+               clean: dict[Any, float]) -> tuple[dict[Any, float], list[Any]]:
+    """Each seed's tolerable BER from its own curve and clean accuracy (no clean
+    accuracy, no threshold: the seed is left out), and the seeds that are censored."""
+    values, censored = {}, []
+    for seed, c in clean.items():
+        if math.isnan(c):
+            continue
+        bers = sorted(b for b in per_ber if seed in per_ber[b])
+        t = tolerable_ber(bers, [per_ber[b][seed] for b in bers], c)
+        values[seed] = t.ber
+        if t.censored:
+            censored.append(seed)
+    return values, censored
 
 
 def delta(line: Line, ce: Line, ber: float) -> Cell | None:
@@ -389,6 +415,22 @@ def fmt_cell(c: Cell | None) -> str:
     if c.low == c.high == c.mean:
         return _pct(c.mean)
     return f"{_pct(c.mean)} [{_pct(c.low)}, {_pct(c.high)}]"
+
+
+def _ber_pct(v: float) -> str:
+    # three significant digits: tolerable BERs often lie below the first grid step
+    return f"{100 * v:#.3g}".rstrip(".")
+
+
+def fmt_tolerable(c: Cell | None, censored: bool) -> str:
+    """A tolerable BER in percent, as :func:`fmt_cell` writes accuracies; ``≥`` when a
+    seed never lost a point on its grid (its value, the grid's top, is a lower bound)."""
+    if c is None:
+        return "—"
+    mark = "≥ " if censored else ""
+    if c.low == c.high == c.mean:
+        return mark + _ber_pct(c.mean)
+    return f"{mark}{_ber_pct(c.mean)} [{_ber_pct(c.low)}, {_ber_pct(c.high)}]"
 
 
 def fmt_delta(c: Cell | None) -> str:
@@ -472,7 +514,7 @@ def _html(blocks: list[Block], images: dict[str, bytes], title: str) -> str:
 
 
 def _group_blocks(i: int, g: Group, out_dir: Path, images: dict[str, bytes]) -> list[Block]:
-    from mcel.plots import plot_accuracy_vs_ber, plot_margin_histograms
+    from mcel.plots import plot_accuracy_vs_ber, plot_margin_histograms, plot_tolerable_ber
 
     blocks: list[Block] = [("h2", f"{i}. {g.title}")]
     slug = f"{i:02d}-{_slug(f'{g.dataset}_{g.model}_{g.quant}_{g.fmt}_{g.error_model}')}"
@@ -490,18 +532,28 @@ def _group_blocks(i: int, g: Group, out_dir: Path, images: dict[str, bytes]) -> 
         plot_margin_histograms(margins, out_dir / m_png, title=f"clean output margins, {g.title}")
         images[m_png] = (out_dir / m_png).read_bytes()
         blocks.append(("img", m_png, f"margin histograms, {g.title}"))
+    tolerable = {ln.label: {"mean": ln.tolerable.mean, "low": ln.tolerable.low,
+                            "high": ln.tolerable.high, "censored": bool(ln.censored_seeds)}
+                 for ln in g.lines if ln.tolerable is not None}
+    if tolerable:
+        t_png = f"{slug}-tolerable.png"
+        plot_tolerable_ber(tolerable, out_dir / t_png, title=f"tolerable BER, {g.title}",
+                           grid_max=max(pos, default=None))
+        images[t_png] = (out_dir / t_png).read_bytes()
+        blocks.append(("img", t_png, f"tolerable BER, {g.title}"))
 
     ce = g.line(CE_LABEL)
     bers = g.bers
     header = (["method", "seeds", "clean acc %"] + [f"BER {b:g} %" for b in bers]
-              + [f"Δ vs CE @ {b:g} (points)" for b in bers] + ["train s"])
+              + [f"Δ vs CE @ {b:g} (points)" for b in bers] + ["train s", "tolerable BER %"])
     rows = []
     for ln in g.lines:
         deltas = [fmt_delta(delta(ln, ce, b)) if ce is not None and ln is not ce else "—"
                   for b in bers]
         rows.append([ln.label, _seeds(ln), fmt_cell(ln.clean)]
                     + [fmt_cell(ln.curve.get(b)) for b in bers] + deltas
-                    + ["—" if ln.train_seconds is None else f"{ln.train_seconds:.1f}"])
+                    + ["—" if ln.train_seconds is None else f"{ln.train_seconds:.1f}",
+                       fmt_tolerable(ln.tolerable, bool(ln.censored_seeds))])
     blocks.append(("table", header, rows))
     blocks.append(("p", best_mcel(g)))
     seeds_note = []
@@ -516,7 +568,12 @@ def _group_blocks(i: int, g: Group, out_dir: Path, images: dict[str, bytes]) -> 
                         "when there is one seed, clipped to [0, 100]. Δ: paired by seed "
                         "(interval across seeds) when at least two seeds are shared with CE, "
                         "else difference of means. The error model is the stored spec; each BER "
-                        "sets its largest rate. "
+                        "sets its largest rate. Tolerable BER: per run, the largest BER "
+                        "whose accuracy stays within 1 point of the run's clean accuracy, "
+                        "linear between grid points (from BER 0 at the clean accuracy); "
+                        "mean and interval across seeds (none for one seed); ≥ when a seed "
+                        "never lost the point on its grid, whose largest BER then counts "
+                        "(a lower bound). "
                         "Where each number comes from: " + "; ".join(seeds_note) + "."))
     return blocks
 
