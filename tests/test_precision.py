@@ -1,0 +1,218 @@
+"""Forward precision (fp32 / bf16 autocast) and weight clipping, in training and evaluation."""
+
+import contextlib
+import json
+import warnings
+
+import pytest
+import torch
+
+from mcel import MCELError
+from mcel.cli import main
+from mcel.data import load_dataset
+from mcel.evaluate import evaluate
+from mcel.io import load_metadata, load_tensors, save_tensors
+from mcel.precision import check_runs_on, memory_format, slow_warning
+from mcel.quant import QuantSpec, clip_weights, quant_layers, quantize_model
+from mcel.train import TrainConfig, load_run, train
+
+FAST = dict(dataset="digits", model="mlp", model_kwargs={"hidden": 32}, quant="int4", epochs=3,
+            lr=0.01, batch_size=64, limit_train=512, limit_test=200)
+W05 = float(torch.tensor(0.05))  # the float32 clip the weights are clamped to
+CONV = dict(FAST, model="vgg3", model_kwargs={"width": 0.125}, epochs=2)
+
+
+def _same(a, b) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(),
+                                                 b.state_dict().values()))
+
+
+# -- configuration ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("changes, match", [
+    ({"precision": "fp16"}, "unknown precision 'fp16'"),
+    ({"precision": "BF16"}, "did you mean 'bf16'"),
+    ({"clip": 0.0}, "clip must be a finite number > 0"),
+    ({"clip": -0.1}, "clip must be a finite number > 0"),
+    ({"clip": float("inf")}, "clip must be a finite number > 0"),
+    ({"clip": 0.1, "quant": "float"}, "needs a quantized model"),
+])
+def test_bad_precision_and_clip(changes, match):
+    with pytest.raises(MCELError, match=match):
+        TrainConfig(**{**FAST, **changes})
+
+
+def test_run_ids_of_earlier_configs_are_unchanged():
+    # digests written by mcel 0.1.0 before `clip` and `precision` existed: sweeps resume
+    assert TrainConfig().digest() == "746887a393472b08"
+    assert TrainConfig(model="vgg3", loss="mcel", margin=10.0).digest() == "e801bdaf8b668f16"
+    base = TrainConfig(**FAST).digest()
+    assert TrainConfig(**FAST, precision="bf16").digest() != base
+    assert TrainConfig(**FAST, clip=0.1).digest() != base
+
+
+def test_config_round_trip_and_older_run_folders(tmp_path):
+    cfg = TrainConfig(**{**FAST, "epochs": 1}, precision="bf16", clip=0.5)
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # bf16 may be emulated here
+        train(cfg, tmp_path / "run")
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["precision"] == "bf16" and saved["clip"] == 0.5
+    model, loaded = load_run(tmp_path / "run")
+    assert loaded == cfg and all(la.clip == 0.5 for _, la in quant_layers(model))
+
+    # a run folder of 0.1.0 has neither key, in config.json nor in the weights' metadata
+    old = TrainConfig(**{**FAST, "epochs": 1})
+    run = tmp_path / "old"
+    train(old, run)
+    d = old.to_dict()
+    for key in ("precision", "clip"):
+        d.pop(key)
+    (run / "config.json").write_text(json.dumps(d))
+    save_tensors(run / "model.safetensors", load_tensors(run / "model.safetensors"),
+                 metadata={"config": json.dumps(d, sort_keys=True)})
+    assert "precision" not in json.loads(load_metadata(run / "model.safetensors")["config"])
+    assert load_run(run)[1] == old
+
+
+# -- training ---------------------------------------------------------------------------
+
+def test_fp32_training_never_enters_autocast(monkeypatch):
+    # fp32 is today's path bit for bit: taking the autocast and layout steps out changes
+    # nothing, for an MLP and a conv model
+    import mcel.train as mt
+
+    for cfg in (TrainConfig(**FAST), TrainConfig(**CONV)):
+        a, _ = train(cfg)
+        monkeypatch.setattr(mt, "autocast", lambda *a, **k: contextlib.nullcontext())
+        monkeypatch.setattr(mt, "memory_format", lambda *a, **k: torch.contiguous_format)
+        b, _ = train(cfg)
+        monkeypatch.undo()
+        assert _same(a, b)
+
+
+def test_bf16_training_runs_in_bf16_and_learns_as_well():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for cfg in (FAST, CONV):
+            a, ma = train(TrainConfig(**cfg))
+            b, mb = train(TrainConfig(**cfg, precision="bf16"))
+            assert not _same(a, b)  # the forward really ran in bf16
+            assert all(p.dtype == torch.float32 for p in b.parameters())  # weights stay fp32
+            assert abs(ma["test_acc"] - mb["test_acc"]) < 0.05, (ma["test_acc"], mb["test_acc"])
+
+
+def test_channels_last_only_for_conv_models_in_bf16():
+    mlp = quantize_model(torch.nn.Sequential(torch.nn.Linear(4, 2)), "int4")
+    conv = quantize_model(torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3)), "int4")
+    assert memory_format("bf16", mlp) == torch.contiguous_format
+    assert memory_format("fp32", conv) == torch.contiguous_format
+    assert memory_format("bf16", conv) == torch.channels_last
+
+
+def test_precision_the_device_cannot_run(monkeypatch):
+    import mcel.precision as mp
+
+    monkeypatch.setattr(mp, "bf16_native", lambda device="cpu": False)
+    with pytest.raises(MCELError, match="no bfloat16 support"):
+        check_runs_on("bf16", "cuda")
+    check_runs_on("bf16", "cpu")  # emulated on a CPU: runs, with a warning
+    assert "emulated" in slow_warning("bf16", "cpu")
+    assert slow_warning("fp32", "cpu") is None
+    with pytest.warns(UserWarning, match="emulated"):
+        train(TrainConfig(**{**FAST, "epochs": 1}, precision="bf16"))
+
+
+# -- evaluation -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained():
+    model, _ = train(TrainConfig(**{**CONV, "epochs": 3}))
+    x, y = load_dataset("digits", "test", limit=200)
+    return model, x, y
+
+
+def test_bf16_evaluation_agrees_with_fp32(trained):
+    model, x, y = trained
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    a = evaluate(model, x, y, [0.0, 0.02], trials=20)
+    b = evaluate(model, x, y, [0.0, 0.02], trials=20, precision="bf16")
+    assert (a.precision, a.agreement) == ("fp32", 1.0)
+    assert b.precision == "bf16" and 0.97 <= b.agreement <= 1.0
+    assert abs(a.clean_accuracy - b.clean_accuracy) <= 0.03
+    # same faults (same codes, same seed): the means agree within the trials' interval
+    ra, rb = a.results[1], b.results[1]
+    assert ra.ci_low - 0.01 <= rb.mean <= ra.ci_high + 0.01
+    assert ra.empirical_rates == rb.empirical_rates
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert b.to_dict()["agreement"] == b.agreement
+
+
+def test_evaluate_refuses_an_unknown_precision(trained):
+    model, x, y = trained
+    with pytest.raises(MCELError, match="unknown precision 'half'"):
+        evaluate(model, x, y, [0.0], trials=1, precision="half")
+
+
+# -- weight clipping --------------------------------------------------------------------
+
+def test_clipped_training_keeps_weights_in_range_and_fixes_the_scale():
+    model, _ = train(TrainConfig(**FAST, clip=0.05, loss="mcel", margin=2.0))
+    for _, layer in quant_layers(model):
+        assert layer.weight.abs().max().item() <= W05
+        qt = layer.quantized_weight()
+        assert qt.scale.flatten().tolist() == pytest.approx([0.05 / 7])  # int4: qmax 7
+    # the memory image stores the codes at the clipped scale too
+    from mcel.engine import MemoryImage
+
+    with MemoryImage(model, None) as image:
+        for layer, slot in image.weights:
+            assert torch.equal(slot.values, layer.quantized_weight().dequantize())
+
+
+def test_clip_combines_with_error_injection_and_binary():
+    for extra in ({"train_ber": 0.01}, {"quant": "binary"}):
+        model, m = train(TrainConfig(**{**FAST, **extra}, clip=0.05))
+        assert all(la.weight.abs().max().item() <= W05 for _, la in quant_layers(model))
+        assert m["test_acc"] > 0.5  # it still learns (3 short epochs)
+
+
+def test_clip_in_your_own_model():
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    with torch.no_grad():
+        net[0].weight.mul_(10)
+    quantize_model(net, QuantSpec("int8", clip=0.1))  # starts inside the range
+    assert net[0].weight.abs().max().item() <= float(torch.tensor(0.1))
+    with torch.no_grad():
+        net[2].weight.fill_(3.0)
+    clip_weights(net)
+    assert net[2].weight.abs().max().item() == pytest.approx(0.1)
+    assert "clip=0.1" in repr(net)
+    with pytest.raises(MCELError, match="clip must be"):
+        QuantSpec("int8", clip=0)
+
+
+# -- command line -----------------------------------------------------------------------
+
+def test_cli_precision_and_clip(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", "digits", "--model", "mlp", "--epochs", "1", "--limit-train",
+            "256", "--limit-test", "100", "--clip", "0.2", "--precision", "bf16",
+            "--out", str(out)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(argv) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["clip"], cfg["precision"]) == (0.2, "bf16")
+    js = tmp_path / "e.json"
+    assert main(["evaluate", str(out), "--ber", "0,0.01", "--trials", "3", "--precision",
+                 "bf16", "--json", str(js)]) == 0
+    res = json.loads(js.read_text())
+    assert res["precision"] == "bf16" and 0.9 <= res["agreement"] <= 1.0
+    assert "agree with fp32" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["evaluate", str(out), "--precision", "fp16"])
+    assert e.value.code == 2 and "invalid choice: 'fp16'" in capsys.readouterr().err
+    assert main(argv[:-2] + ["--precision", "fp16", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown precision 'fp16'" in capsys.readouterr().err
