@@ -1,0 +1,187 @@
+"""Worst-case bit flips: a progressive bit search over the stored codes.
+
+Random faults answer "how accurate at BER p"; this answers "how few flips, chosen by an
+adversary (or by bad luck), break the model". It follows the Bit-Flip Attack's
+progressive bit search (Rakin et al., ICCV 2019), on mcel's own stored codes, in the
+number format they are stored in:
+
+1. one forward and backward on an attack batch gives the loss gradient ``g`` of every
+   stored weight value;
+2. for every weight and every bit of its code, flipping that bit moves the value by a
+   known ``delta = (table[code ^ bit] - table[code]) * scale``; the first-order loss gain
+   ``g * delta`` ranks the candidates, and the ``candidates`` best of each layer are kept;
+3. each candidate is flipped, the attack batch's loss measured, and the flip undone; the
+   one that raises the loss most stays flipped;
+4. repeat up to ``budget`` flips, measuring accuracy on held-out test images after each.
+
+So each flip costs one forward + backward on the attack batch plus ``layers x
+candidates`` forwards on it. The model is restored bit for bit afterwards (checked), and
+the search is deterministic: ties are broken by layer order and flat index.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mcel.engine import MemoryImage, state_digest
+from mcel.errors import MCELError
+from mcel.faults.sampler import FlipMask
+from mcel.quant import quant_layers
+
+
+@dataclass(frozen=True)
+class Flip:
+    """One flipped bit: ``layer``'s stored code at flat ``index``, bit ``bit`` (0 = LSB)."""
+
+    layer: str
+    index: int
+    bit: int
+
+
+@dataclass
+class AttackResult:
+    """The flips in the order they were chosen; ``accuracy[k]`` is the test accuracy
+    after the first ``k`` flips (``accuracy[0]``: clean) and ``loss[k]`` the attack
+    batch's loss."""
+
+    flips: list[Flip]
+    accuracy: list[float]
+    loss: list[float]
+    seconds: float = 0.0
+    meta: dict = field(default_factory=dict)
+
+    def flips_to(self, level: float) -> int | None:
+        """The fewest flips after which accuracy is at or below ``level`` (None: the
+        budget did not get there)."""
+        return next((k for k, a in enumerate(self.accuracy) if a <= level), None)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _grads(model: nn.Module, image: MemoryImage, x: Tensor, y: Tensor) -> tuple[float, list]:
+    """The attack batch's loss and its gradient with respect to every stored value."""
+    leaves = []
+    for layer, slot in image.weights:
+        leaf = slot.values.detach().requires_grad_(True)
+        layer.weight_override = leaf
+        leaves.append(leaf)
+    try:
+        with torch.enable_grad():
+            loss = F.cross_entropy(model(x), y)
+            grads = torch.autograd.grad(loss, leaves)
+    finally:
+        for layer, slot in image.weights:
+            layer.weight_override = slot.values
+    return loss.item(), list(grads)
+
+
+def _best_bits(slot, grad: Tensor, k: int) -> list[tuple[float, int, int]]:
+    """The ``k`` (gain, index, bit) of a layer with the largest first-order loss gain."""
+    qt = slot.qt
+    codes = qt.codes.reshape(-1).long()
+    table = qt.table()
+    g = grad.reshape(-1)
+    scale = qt.scale.expand_as(qt.codes).reshape(-1) if qt.scale.numel() > 1 else qt.scale
+    base = table[codes]
+    best: list[tuple[float, int, int]] = []
+    for b in range(qt.bits):
+        gain = g * (table[codes ^ (1 << b)] - base) * scale.reshape(-1)
+        top = torch.topk(gain, min(k, gain.numel()))
+        best += [(v, i, b) for v, i in zip(top.values.tolist(), top.indices.tolist())]
+    best.sort(key=lambda t: (-t[0], t[1], t[2]))
+    return best[:k]
+
+
+def _mask(slot, index: int, bit: int) -> FlipMask:
+    codes = slot.qt.codes
+    return FlipMask(torch.tensor([index], device=codes.device),
+                    torch.tensor([1 << bit], dtype=codes.dtype, device=codes.device),
+                    1, codes.numel() * slot.qt.bits)
+
+
+@torch.inference_mode()
+def _loss(model: nn.Module, x: Tensor, y: Tensor) -> float:
+    return F.cross_entropy(model(x), y).item()
+
+
+@torch.inference_mode()
+def _accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int) -> float:
+    correct = sum((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum().item()
+                  for i in range(0, len(x), batch_size))
+    return correct / len(y)
+
+
+def bit_flip_attack(model: nn.Module, attack: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor],
+                    *, budget: int = 20, candidates: int = 5,
+                    layers: Sequence[str] = ("*",), batch_size: int = 1024,
+                    stop_at: float | None = None) -> AttackResult:
+    """Progressive bit search over ``model``'s stored codes (see the module docstring).
+
+    ``attack``: the ``(x, y)`` batch whose loss the search raises; ``test``: held-out
+    images on which accuracy is reported after every flip. ``layers``: fnmatch patterns
+    of the quantized layers the search may flip. ``stop_at``: stop early once test
+    accuracy is at or below this. Codes are attacked in each layer's own number format
+    (``mcel.quant.set_format`` changes it).
+    """
+    if budget < 1 or candidates < 1:
+        raise MCELError(f"budget and candidates must be >= 1, got {budget} and {candidates}")
+    allowed = {n for n, _ in quant_layers(model)
+               if any(fnmatch.fnmatch(n, p) for p in layers)}
+    if not allowed:
+        names = ", ".join(n for n, _ in quant_layers(model)) or "none"
+        raise MCELError(f"no quantized layer matches {list(layers)}; the layers are: {names}")
+    dev = next(model.parameters()).device
+    xa, ya = (t.to(dev) for t in attack)
+    xt, yt = (t.to(dev) for t in test)
+    before, modes = state_digest(model), {m: m.training for m in model.modules()}
+    model.eval()
+    t0 = time.perf_counter()
+    flips: list[Flip] = []
+    try:
+        with MemoryImage(model, None) as image:
+            by_name = {slot.name.rsplit(".", 1)[0]: slot for _, slot in image.weights}
+            accs = [_accuracy(model, xt, yt, batch_size)]
+            losses = [_loss(model, xa, ya)]
+            while len(flips) < budget and not (stop_at is not None and accs[-1] <= stop_at):
+                flip, loss = _one_flip(model, image, by_name, allowed, xa, ya, candidates)
+                flips.append(flip)
+                by_name[flip.layer].apply(_mask(by_name[flip.layer], flip.index, flip.bit))
+                losses.append(loss)
+                accs.append(_accuracy(model, xt, yt, batch_size))
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+    if state_digest(model) != before:  # the image restores every code; never expected
+        raise RuntimeError("the attack changed the model's state")
+    return AttackResult(flips, accs, losses, time.perf_counter() - t0,
+                        meta={"attack_samples": len(ya), "test_samples": len(yt),
+                              "candidates": candidates, "layers": sorted(allowed)})
+
+
+def _one_flip(model, image, by_name, allowed, xa, ya, candidates) -> tuple[Flip, float]:
+    """The flip, among each allowed layer's best candidates, that raises the loss most."""
+    _, grads = _grads(model, image, xa, ya)
+    best: tuple[float, Flip] | None = None
+    for (_, slot), grad in zip(image.weights, grads):
+        name = slot.name.rsplit(".", 1)[0]
+        if name not in allowed:
+            continue
+        for _, index, bit in _best_bits(slot, grad, candidates):
+            slot.apply(_mask(slot, index, bit))
+            loss = _loss(model, xa, ya)
+            slot.undo()
+            if best is None or loss > best[0]:
+                best = (loss, Flip(name, index, bit))
+    assert best is not None
+    return best[1], best[0]
+
+
+__all__ = ["bit_flip_attack", "AttackResult", "Flip"]

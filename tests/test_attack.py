@@ -1,0 +1,94 @@
+"""Worst-case bit flips: the progressive bit search."""
+
+import pytest
+import torch
+
+from mcel import MCELError
+from mcel.analysis import flip_certificate
+from mcel.attack import bit_flip_attack
+from mcel.data import load_dataset
+from mcel.engine import state_digest
+from mcel.quant import quant_layers, set_format
+from mcel.train import TrainConfig, train
+
+FAST = dict(dataset="digits", model="mlp", model_kwargs={"hidden": 32}, quant="int4", epochs=4,
+            lr=0.01, batch_size=64, limit_train=512)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model, _ = train(TrainConfig(**FAST))
+    x, y = load_dataset("digits", "train", limit=64)
+    xt, yt = load_dataset("digits", "test", limit=200)
+    return model, (x, y), (xt, yt)
+
+
+def test_search_raises_the_loss_restores_the_model_and_is_deterministic(setup):
+    model, attack, test = setup
+    before = state_digest(model)
+    a = bit_flip_attack(model, attack, test, budget=6, candidates=3)
+    assert state_digest(model) == before
+    assert len(a.flips) == 6 and len(a.accuracy) == len(a.loss) == 7
+    assert a.loss[-1] > a.loss[0] and a.accuracy[-1] < a.accuracy[0]
+    assert len(set(a.flips)) == 6  # a bit flipped twice would be undone
+    b = bit_flip_attack(model, attack, test, budget=6, candidates=3)
+    assert a.flips == b.flips and a.accuracy == b.accuracy
+    names = [n for n, _ in quant_layers(model)]
+    assert all(f.layer in names and 0 <= f.bit < 4 for f in a.flips)
+    assert a.flips_to(a.accuracy[0]) == 0 and a.flips_to(-1.0) is None
+
+
+def test_the_flips_are_what_the_accuracy_says(setup):
+    # replaying the chosen flips by hand on the stored codes gives the reported accuracy
+    model, attack, (xt, yt) = setup
+    res = bit_flip_attack(model, attack, (xt, yt), budget=4, candidates=2)
+    layers = dict(quant_layers(model))
+    from mcel.engine import MemoryImage
+
+    with MemoryImage(model, None) as image, torch.inference_mode():
+        slots = {s.name.rsplit(".", 1)[0]: s for _, s in image.weights}
+        for f in res.flips:
+            s = slots[f.layer]
+            s.qt.codes.view(-1)[f.index] ^= 1 << f.bit
+            s.values.view(-1)[f.index] = s.qt.dequantize().view(-1)[f.index]
+        acc = (model(xt).argmax(1) == yt).float().mean().item()
+        for f in res.flips:  # undo by hand too
+            s = slots[f.layer]
+            s.qt.codes.view(-1)[f.index] ^= 1 << f.bit
+            s.values.view(-1)[f.index] = s.qt.dequantize().view(-1)[f.index]
+    assert acc == pytest.approx(res.accuracy[-1])
+    assert set(layers) >= {f.layer for f in res.flips}
+
+
+def test_output_layer_certificate_is_a_lower_bound(setup):
+    # the certificate is the fewest output-layer flips that can change a prediction:
+    # no search restricted to that layer may change one with fewer
+    model, _, (xt, yt) = setup
+    out = [n for n, _ in quant_layers(model)][-1]
+    cert = flip_certificate(model, xt[:12], yt[:12], max_flips=8)
+    reached = 0
+    for i in range(12):
+        if cert[i] == 0:
+            continue  # not correct to begin with
+        one = (xt[i:i + 1], yt[i:i + 1])
+        res = bit_flip_attack(model, one, one, budget=8, candidates=4, layers=[out],
+                              stop_at=0.0)
+        n = res.flips_to(0.0)
+        if n is not None:
+            reached += 1
+            assert n >= cert[i], (i, n, int(cert[i]))
+    assert reached > 0  # the bound was really put to the test
+
+
+def test_other_format_and_bad_input(setup):
+    model, attack, test = setup
+    set_format(model, "sign_magnitude")
+    try:
+        res = bit_flip_attack(model, attack, test, budget=2, candidates=2)
+        assert len(res.flips) == 2
+    finally:
+        set_format(model, "twos_complement")
+    with pytest.raises(MCELError, match="no quantized layer matches"):
+        bit_flip_attack(model, attack, test, layers=["conv*"])
+    with pytest.raises(MCELError, match="budget and candidates must be >= 1"):
+        bit_flip_attack(model, attack, test, budget=0)
