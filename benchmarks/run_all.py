@@ -27,9 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from _harness import REPO, command_line, machine_info, real_data_found, write_json  # noqa: E402
 
-BENCHMARKS = ("eval", "train", "adaptive", "inject", "memory", "batch")
+BENCHMARKS = ("eval", "train", "adaptive", "inject", "memory", "batch", "precision")
 FORMATTERS = {"eval": "format_result", "train": "format_result", "adaptive": "format_result",
-              "inject": "format_table", "memory": "format_result", "batch": "format_result"}
+              "inject": "format_table", "memory": "format_result", "batch": "format_result",
+              "precision": "format_result"}
 BENCH_DIR = REPO / "docs" / "bench"
 DOC = REPO / "docs" / "performance.md"
 DEFAULT_CMD = ".venv/bin/python benchmarks/run_all.py"
@@ -469,6 +470,123 @@ def _sec_batch(r: dict, goals: list) -> list[str]:
     return L
 
 
+def _sec_precision(r: dict, goals: list) -> list[str]:
+    from bench_precision import SPEEDUP_GOALS, VARIANTS, goal_rows
+
+    f = r["precision_facts"]
+    flags = ", ".join(f"`{k}` {'yes' if v else 'no'}" for k, v in f["cpu_flags"].items())
+    native = f["bf16_native_cpu"] if r["machine"]["device"] == "cpu" else f.get(
+        "bf16_native_device")
+    L = ["## 7. Forward precision: fp32 vs bf16 autocast", "",
+         "`TrainConfig(precision='bf16')` / `evaluate(..., precision='bf16')` run the "
+         f"forward under `torch.autocast(bfloat16)`; the loss, the optimizer and the stored "
+         f"codes stay fp32. Data: {r['data']}; batch {r['batch_size']}, int4, "
+         f"{r['loss']}, Adam. Device `{r['machine']['device']}`.", "",
+         f"Machine facts: bf16 in hardware (`mcel.precision.bf16_native`): "
+         f"**{'yes' if native else 'no'}**; CPU flags: {flags}; torch CPU capability "
+         f"`{f['torch_cpu_capability']}`; torch {f['torch']}, {f['threads']} threads.", ""]
+    if not native:
+        L += ["**This device has no bf16 units** (on a CPU: no `avx512_bf16`, no AMX), so "
+              "bf16 is emulated and every bf16 case below is *slower* than fp32. Without "
+              "native bf16 torch does not hand bf16 convolutions to oneDNN: a profile of one "
+              "conv under autocast shows its slow reference convolution "
+              "(`aten::_slow_conv2d_forward`, im2col + a generic bf16 matrix product) plus "
+              "the casts. The speed-up goals are for hardware with bf16 units (a Xeon with "
+              "AMX or `avx512_bf16`, an Ampere or newer GPU) and cannot be met here; the rows "
+              "show what bf16 costs on such a machine, and this benchmark reruns as it is "
+              "where bf16 pays (`--device cuda`, or `make bench` on such a CPU).", ""]
+    L += ["Training step (forward + fp32 loss + backward + Adam step + `loss.item()`), "
+          "each variant with its own identically initialised model, taking turns; speed-up "
+          "= fp32 time / variant time (> 1: faster than fp32), median of per-round ratios. "
+          "`bf16_cl`: model and input in channels_last, what the trainer does for conv "
+          "models in bf16. A per-model time budget bounds the rounds ('n' samples).", ""]
+    rows = []
+    for name, m in r["train_steps"].items():
+        for v in VARIANTS:
+            sp = m["speedup_over_fp32"].get(v)
+            g = m.get("goal") if v == "bf16_cl" else None
+            rows.append([name, m["threads"], v, f"{m['step_ms'][v]['median']:,.1f}",
+                         f"{m['step_cpu_ms'][v]['median']:,.1f}", m["samples"][v],
+                         "1" if sp is None else f"{sp:.3f}x",
+                         "" if sp is None else "{:.3f}..{:.3f}".format(*m["speedup_range"][v]),
+                         "" if sp is None else f"{m['speedup_over_fp32_cpu_time'][v]:.3f}x",
+                         (f">= {SPEEDUP_GOALS[name]:g}x: {_met(g)}" if g else "")])
+    L += _md_table(["model", "threads", "variant", "step ms", "CPU ms", "n", "speed-up vs fp32",
+                    "per-round range", "CPU-time speed-up", "goal"], rows)
+    if r.get("train_steps_skipped"):
+        L += [f"Not measured in this run: {r['train_steps_skipped']}.", ""]
+    L += ["The trainer's floor: `mcel.train.train` (its own epoch timer: the step loop, "
+          "without loading data, building the model and the test pass) vs a bare PyTorch "
+          "loop of the same quantized model over the same batches (forward, fp32 loss, "
+          "backward, Adam step, `loss.item()`), at the same precision and layout.", ""]
+    rows = [[k, fl["steps_per_call"], fl["samples"], f"{fl['step_ms']['bare']['median']:,.1f}",
+             f"{fl['step_ms']['trainer']['median']:,.1f}", f"{fl['trainer_over_bare']:.3f}",
+             "{:.3f}..{:.3f}".format(*fl["ratio_range"]),
+             f"{fl['trainer_fixed_seconds_per_call']:.2f}", _met(fl["goal"])]
+            for k, fl in r["floor"].items()]
+    L += _md_table(["model, precision", "steps per call", "n", "bare ms / step",
+                    "trainer ms / step", "trainer / bare", "per-round range",
+                    "train() fixed s per call", "goal <= 1.05"], rows)
+    L += ["The trainer does strictly more work per step than the bare loop, so a ratio below "
+          "1 is the scatter of single steps on this shared machine (the per-round range); "
+          "the step loop's fixed cost of `train()` (reading the files, building the model, "
+          "the test pass) is listed apart and does not count.", ""]
+    for k, fl in r["floor"].items():
+        if fl["goal"]["met"]:
+            continue
+        bare, tr = fl["step_ms"]["bare"]["median"], fl["step_ms"]["trainer"]["median"]
+        L.append(f"- **{k}: not met** ({fl['trainer_over_bare']:.3f}): the trainer's loop does "
+                 f"the bare loop's work plus shuffling (a gather of each batch through a "
+                 f"permutation) and counting correct predictions, {tr - bare:+.2f} ms per step "
+                 f"on a {bare:.1f} ms step here; the per-round ratios scatter "
+                 "{:.2f}..{:.2f} on this shared machine.".format(*fl["ratio_range"]))
+    if L[-1].startswith("- "):
+        L.append("")
+    c = r["compile"]
+    if "skipped" in c:
+        L += [f"`torch.compile`: not measured in this run ({c['skipped']}).", ""]
+    else:
+        rows = []
+        for p in ("fp32", "bf16"):
+            cc = c[f"compiled_{p}"]
+            eager = c["step_ms"][f"eager_{p}"]["median"]
+            if cc["ok"]:
+                rows.append([p, f"{eager:,.0f}", f"{c['step_ms'][f'compiled_{p}']['median']:,.0f}",
+                             f"{cc['speedup_over_eager']:.3f}x", f"{cc['compile_seconds']:.1f}",
+                             "ok"])
+            else:
+                rows.append([p, f"{eager:,.0f}", "-", "-", "-", f"failed: `{cc['error']}`"])
+        L += [f"`torch.compile` (mode {c['mode']}) of the {c['model']} training step "
+              f"(bf16 with channels_last), next to the same step eager; compile time = first "
+              f"call minus a steady step; inductor cache: "
+              f"{c.get('compile_cache', 'the default')}.", ""]
+        L += _md_table(["precision", "eager ms", "compiled ms", "compiled speed-up",
+                        "compile s", "result"], rows)
+    e = r["eval"]
+    L += [f"Evaluation: one Monte-Carlo trial (persistent weight faults, BER {e['ber']:g}) "
+          f"over {e['images']:,} images ({e['data']}); model: {e['model']} (trained in "
+          f"{e['train_seconds']} s). fp32 {e['trials']['fp32']} trials, bf16 "
+          f"{e['trials']['bf16']} (the same faults: seed 0, trial indices from 0).", ""]
+    rows = [["fp32", f"{e['trial_seconds']['fp32']['median']:.2f}",
+             f"{e['clean_accuracy']['fp32']:.4f}", f"{e['mean_at_ber']['fp32']:.4f}",
+             "[{:.4f}, {:.4f}]".format(*e["fp32_interval"]), "1"],
+            ["bf16", f"{e['trial_seconds']['bf16']['median']:.2f}",
+             f"{e['clean_accuracy']['bf16']:.4f}", f"{e['mean_at_ber']['bf16']:.4f}",
+             "within" if e["bf16_mean_within_fp32_interval"] else "**outside**",
+             f"{100 * e['agreement']:.2f}%"]]
+    L += _md_table(["precision", "s / trial", "clean accuracy", f"mean at BER {e['ber']:g}",
+                    "fp32 95% interval", "agreement with fp32"], rows)
+    L += [f"bf16 / fp32 time per trial: {e['bf16_over_fp32_time']:.2f} (speed-up "
+          f"{e['speedup']:.3f}x); paired accuracy difference bf16 - fp32 on the same faults: "
+          + ", ".join(f"{100 * d:+.2f}" for d in e["paired_accuracy_diff"]) + " points. "
+          "`evaluate` does not put the model in channels_last.", ""]
+    for g in goal_rows(r):
+        word, _, why = g[3].partition(" (")
+        goals.append([g[0], g[1], g[2], "-" if g[3] == "-"
+                      else f"**{word}**" + (f" ({why}" if why else "")])
+    return L
+
+
 def _sec_load(r: dict, goals: list) -> list[str]:
     ok = r["complete_and_consistent"]
     goals.append([f"load: {r['cells']} cells, --jobs {r['jobs']}, complete and consistent",
@@ -485,7 +603,7 @@ def _sec_load(r: dict, goals: list) -> list[str]:
 
 SECTIONS = {"eval": _sec_eval, "train": _sec_train, "adaptive": _sec_adaptive,
             "inject": _sec_inject, "memory": _sec_memory, "batch": _sec_batch,
-            "load": _sec_load}
+            "precision": _sec_precision, "load": _sec_load}
 
 
 def _headline(res: dict[str, dict]) -> list[str]:
@@ -520,6 +638,18 @@ def _headline(res: dict[str, dict]) -> list[str]:
         for x in res["batch"]["rows"]:
             rows.append([f"batched trials {x['model']}: K={x['trial_batch']} / K=1 per trial",
                          f"{x['batched_over_single']:.2f}"])
+    if "precision" in res:
+        p = res["precision"]
+        for k, m in p["train_steps"].items():
+            rows.append([f"precision, train step {k}: speed-up of bf16 / bf16+channels_last "
+                         f"over fp32", " / ".join(f"{m['speedup_over_fp32'][v]:.3f}x"
+                                                  for v in ("bf16", "bf16_cl"))])
+        for k, fl in p["floor"].items():
+            rows.append([f"precision, mcel train / bare loop, {k}",
+                         f"{fl['trainer_over_bare']:.3f}"])
+        e = p["eval"]
+        rows.append(["precision, eval trial speed-up bf16 over fp32; agreement",
+                     f"{e['speedup']:.3f}x; {100 * e['agreement']:.2f}%"])
     if "memory" in res and "peak_growth_mib" in res["memory"]:
         m = res["memory"]
         rows.append(["memory: evaluate extra over clean pass",
