@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mcel.errors import MCELError
+from mcel.losses import DEFAULT_MARGIN, DEFAULT_SCALE, MHL_MARGIN
 
 EXIT_USAGE = 2
 
@@ -77,9 +78,10 @@ _TRAIN_FLAGS = {
     "granularity": (str, "scale per 'tensor' or per output 'channel'"),
     "act_bits": (int, "quantize layer inputs to K-bit integers"),
     "loss": (str, "ce, mcel or mhl"),
-    "margin": (float, "margin of mcel/mhl (in logit units of the chosen scale)"),
+    "margin": (float, f"margin of mcel (default {DEFAULT_MARGIN:g}) or mhl (default "
+                      f"{MHL_MARGIN:g}), in logit units of the chosen scale"),
     "normalize": (str, "logit scale of the MCEL margin: none, l2, std"),
-    "scale": (float, "logit scale s for normalize l2/std"),
+    "scale": (float, f"logit scale s for normalize l2/std (default {DEFAULT_SCALE:g})"),
     "optimizer": (str, "adam or sgd"),
     "lr": (float, "learning rate"),
     "momentum": (float, "SGD momentum"),

@@ -39,7 +39,7 @@ from mcel.io import (
     save_tensors,
     write_json,
 )
-from mcel.losses import NORMALIZATIONS, create_loss
+from mcel.losses import DEFAULT_SCALE, NORMALIZATIONS, create_loss
 from mcel.models import create_model
 from mcel.precision import (
     DEFAULT_PRECISION,
@@ -72,7 +72,7 @@ class TrainConfig:
     loss: str = "ce"
     margin: float | None = None
     normalize: str = "none"
-    scale: float = 8.0
+    scale: float = DEFAULT_SCALE
     optimizer: str = "adam"
     lr: float = 1e-3
     momentum: float = 0.9

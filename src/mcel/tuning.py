@@ -21,13 +21,21 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from mcel.errors import MCELError
-from mcel.train import TrainConfig
+
+if TYPE_CHECKING:  # the command line reads the defaults below without loading the trainer
+    from torch import Tensor
+
+    from mcel.train import TrainConfig
 
 MIN_HELD_OUT = 200
 MAX_HELD_OUT = 5000
+# the search's defaults, here and in `mcel tune-margin`
+CANDIDATE_MARGINS = (0.5, 1.0, 2.0, 4.0, 8.0)
+CLEAN_BUDGET = 0.005  # half a point of clean accuracy
+TUNE_TRIALS = 30
 
 
 def _selection_data(config: TrainConfig,
@@ -50,10 +58,10 @@ def tune_margin(
     base_config: TrainConfig,
     ber: float,
     error_model=None,
-    margins: Sequence[float] = (0.5, 1, 2, 4, 8),
+    margins: Sequence[float] = CANDIDATE_MARGINS,
     normalize: str | None = None,
-    clean_budget: float = 0.005,
-    trials: int = 30,
+    clean_budget: float = CLEAN_BUDGET,
+    trials: int = TUNE_TRIALS,
     seed: int = 0,
     *,
     seeds: Sequence[int] | None = None,

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mcel.errors import MCELError
+from mcel.losses import DEFAULT_SCALE, default_margin
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -65,17 +66,20 @@ def method_label(config: dict[str, Any]) -> str:
     'CE+EI(p=0.01)'
     >>> method_label({"loss": "mcel", "margin": 10.0, "clip": 0.1, "precision": "bf16"})
     'MCEL(m=10)+clip(0.1) [bf16]'
+
+    A config without a margin is labelled with the margin its loss trains at
+    (`mcel.losses.default_margin`).
     """
     loss = config.get("loss", "ce")
+    m = config.get("margin")
+    if m is None and loss in ("mcel", "mhl"):
+        m = default_margin(loss)
     if loss == "mcel":
-        m = config.get("margin")
-        m = 2.0 if m is None else m
         norm = config.get("normalize", "none")
-        tail = "" if norm == "none" else f", {norm}, s={config.get('scale', 8.0):g}"
+        tail = "" if norm == "none" else f", {norm}, s={config.get('scale', DEFAULT_SCALE):g}"
         label = f"MCEL(m={m:g}{tail})"
     elif loss == "mhl":
-        m = config.get("margin")
-        label = f"MHL(b={1.0 if m is None else m:g})"
+        label = f"MHL(b={m:g})"
     else:
         label = "CE"
     p = config.get("train_ber") or 0.0

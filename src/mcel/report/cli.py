@@ -216,6 +216,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def add_analysis_commands(sub) -> None:
     """Add ``margins``, ``tune-margin`` and ``report`` to the ``mcel`` subparsers."""
     from mcel.cli import _add_train_flags, _floats, _ints
+    from mcel.tuning import CANDIDATE_MARGINS, CLEAN_BUDGET, TUNE_TRIALS
 
     m = sub.add_parser("margins", help="margins vs survival under bit errors, and flip "
                                        "certificates of the output layer")
@@ -241,11 +242,11 @@ def add_analysis_commands(sub) -> None:
                                            "margins, evaluated at one BER")
     _add_train_flags(t, skip=("loss", "margin"))  # the tuner sets both per candidate
     t.add_argument("--ber", type=float, required=True, help="bit error rate to tune for")
-    t.add_argument("--margins", type=_floats, default=[0.5, 1.0, 2.0, 4.0, 8.0],
-                   help="comma-separated candidate margins (default 0.5,1,2,4,8)")
-    t.add_argument("--clean-budget", type=float, default=0.005,
-                   help="largest clean-accuracy loss vs CE allowed (default 0.005)")
-    t.add_argument("--trials", type=int, default=30, help="Monte-Carlo trials (default 30)")
+    t.add_argument("--margins", type=_floats, default=list(CANDIDATE_MARGINS),
+                   help="comma-separated candidate margins")
+    t.add_argument("--clean-budget", type=float, default=CLEAN_BUDGET,
+                   help="largest clean-accuracy loss vs CE allowed")
+    t.add_argument("--trials", type=int, default=TUNE_TRIALS, help="Monte-Carlo trials")
     t.add_argument("--eval-seed", type=int, default=0, help="fault seed")
     t.add_argument("--seeds", type=_ints, default=None,
                    help="training seeds, e.g. 0,1,2,3,4: a margin must then beat CE with a "
