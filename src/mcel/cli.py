@@ -114,7 +114,7 @@ def _add_train_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> 
 
 
 def _train_config(args: argparse.Namespace, base: dict[str, Any] | None = None):
-    from mcel.train import TrainConfig
+    from mcel.config import TrainConfig
 
     d: dict[str, Any] = dict(base or {})
     if getattr(args, "config", None):
@@ -187,7 +187,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from mcel.evaluate import evaluate
     from mcel.io import write_json
     from mcel.quant import set_format
-    from mcel.train import load_run
+    from mcel.runs import load_run
 
     em = _error_model(args)
     model, config = load_run(args.run_dir, args.device)

@@ -24,11 +24,12 @@ import torch
 from scipy import stats as sps
 from torch import Tensor, nn
 
+from mcel.checks import check_data, check_labels_fit, check_targets
+from mcel.console import progress as progress_bar
 from mcel.engine import MemoryImage, state_digest, transient_weight_faults
 from mcel.errors import MCELError
 from mcel.faults import BitErrorModel
 from mcel.precision import autocast, check_runs_on
-from mcel.registry import names_shown
 
 
 def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
@@ -173,42 +174,24 @@ class _Forward:
         return self.correct().float().mean().item()
 
 
-def check_data(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    """``(x, y)`` as tensors, or one MCELError line: ``y`` must be a 1-D integer tensor of
-    non-negative labels, one per sample of ``x`` (``pred == y`` would otherwise broadcast
-    into a wrong accuracy without a word)."""
-    x, y = torch.as_tensor(x), torch.as_tensor(y)
-    if x.dim() == 0 or len(x) == 0:
-        raise MCELError("x holds no samples")
-    if y.dim() != 1 or y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
-        raise MCELError(f"y must be a 1-D tensor of integer class labels, got shape "
-                        f"{tuple(y.shape)} and dtype {y.dtype}")
-    if len(y) != len(x):
-        raise MCELError(f"x holds {len(x)} samples but y {len(y)} labels")
-    if int(y.min()) < 0:
-        raise MCELError(f"labels must be >= 0, got {int(y.min())}")
-    return x, y
+@torch.inference_mode()
+def predict_logits(model: nn.Module, x: Tensor, batch_size: int = 1024) -> Tensor:
+    """The logits of ``model`` in eval mode on ``x`` (fault-free), batch by batch on the
+    model's device; the model's mode is restored."""
+    was = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    out = torch.cat([model(x[i:i + batch_size].to(dev)) for i in range(0, len(x), batch_size)])
+    model.train(was)
+    return out
 
 
-def check_labels_fit(max_label: int, logits: Tensor) -> None:
-    """One MCELError line when a label has no output of the model to match."""
-    if max_label >= logits.shape[1]:
-        raise MCELError(f"label {max_label} is out of range for a model with "
-                        f"{logits.shape[1]} outputs")
-
-
-def check_targets(model: nn.Module, error_model: BitErrorModel) -> None:
-    """One MCELError line when ``error_model`` would flip nothing in ``model``: its
-    include/exclude patterns match none of the quantized layers its targets name (an
-    evaluation would report 'BER 1%' with not one fault)."""
-    from mcel.engine import quant_layers
-
-    names = [name for name, _ in quant_layers(model)]
-    if names and not any(error_model.applies_to(n, t) for n in names
-                         for t in error_model.targets):
-        raise MCELError(f"the error model (include={list(error_model.include)}, "
-                        f"exclude={list(error_model.exclude)}) matches no quantized layer; "
-                        f"the layers are: {names_shown(names)}")
+def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1024) -> float:
+    """Top-1 accuracy of ``model`` (fault-free, eval mode) on ``(x, y)``."""
+    x, y = check_data(x, y)
+    logits = predict_logits(model, x, batch_size)
+    check_labels_fit(int(y.max()), logits)
+    return (logits.argmax(1).cpu() == y.cpu()).float().mean().item()
 
 
 def evaluate(
@@ -305,10 +288,8 @@ def _evaluate(model, x, y, bers, em, *, trials, seed, batch_size, target_half_wi
     secs: dict[float, list[float]] = {b: [] for b in bers}
     correct_log: dict[float, list[Tensor]] = {b: [] for b in bers}
 
-    from mcel.train import _progress
-
     batched = trial_batch > 1
-    with MemoryImage(model, em) as image, _progress(progress) as bar:
+    with MemoryImage(model, em) as image, progress_bar(progress) as bar:
         tc = time.perf_counter()
         pred = fwd.predict()
         clean = (pred == fwd.y).float().mean().item()
@@ -419,4 +400,4 @@ def _transient_trial(model, fwd: _Forward, image: MemoryImage, em: BitErrorModel
 
 
 __all__ = ["evaluate", "EvalResult", "BerResult", "t_interval", "at_rate", "narrow_enough",
-           "check_data", "check_targets"]
+           "accuracy", "predict_logits", "check_data", "check_labels_fit", "check_targets"]

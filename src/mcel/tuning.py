@@ -28,7 +28,7 @@ from mcel.errors import MCELError
 if TYPE_CHECKING:  # the command line reads the defaults below without loading the trainer
     from torch import Tensor
 
-    from mcel.train import TrainConfig
+    from mcel.config import TrainConfig
 
 MIN_HELD_OUT = 200
 MAX_HELD_OUT = 5000

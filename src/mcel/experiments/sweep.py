@@ -351,9 +351,9 @@ def run_sweep(
         if dry_run or not todo:
             return summary
         by_id = {j.cell.run_id: j for j in todo}
-        from mcel.train import _progress
+        from mcel.console import progress as progress_bar
 
-        with _progress(progress) as bar:
+        with progress_bar(progress) as bar:
             task = bar.add_task(f"sweep {grid.name}", total=len(todo), info="")
             for result in executor(todo, jobs, **options):
                 counts = write_result(con, result, grid.name)

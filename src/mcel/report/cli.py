@@ -30,14 +30,14 @@ def cmd_margins(args: argparse.Namespace) -> int:
 
     from mcel.analysis import flip_certificate, survival
     from mcel.data import load_dataset
-    from mcel.engine import quant_layers
+    from mcel.checks import check_targets
     from mcel.errors import MCELError
-    from mcel.evaluate import check_targets
     from mcel.experiments.store import versions
     from mcel.faults import parse_error_model
     from mcel.io import check_writable, write_json
     from mcel.plots import plot_margin_survival
-    from mcel.train import load_run
+    from mcel.quant import quant_layers
+    from mcel.runs import load_run
 
     if not 0.0 <= args.ber <= 1.0:
         raise MCELError(f"BER {args.ber} is outside [0, 1]")
