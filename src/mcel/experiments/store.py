@@ -136,3 +136,14 @@ def transaction(con: sqlite3.Connection):
 def dumps(obj: Any) -> str:
     """Canonical JSON: the same object always gives the same key text."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def settle(con: sqlite3.Connection) -> None:
+    """Leave the database as one plain file: fold the write-ahead log back in and leave
+    WAL mode, so the file can be copied alone and readers (`mcel report` opens it
+    read-only) create no -wal/-shm files beside it. Another sweep still writing to it
+    keeps WAL on (the switch needs the database to itself); the next sweep turns it on."""
+    try:
+        con.execute("PRAGMA journal_mode=DELETE")
+    except sqlite3.OperationalError:
+        pass

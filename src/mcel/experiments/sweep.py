@@ -7,13 +7,9 @@ format) is written to SQLite in one transaction (the runs row, its evals rows an
 their trials rows), so a sweep killed at any moment leaves whole results or none, and
 rerunning the same command does only what is missing.
 
-Cells run through an *executor backend*: a function ``(jobs, n, **options) -> iterator
-of result dicts``, optionally with a ``prepare(**options)`` attribute that checks, before
-anything is created, that the backend can run (a missing package, a bad option).
-Only the parent process writes to the database; backends return plain dicts.
-``local`` runs cells in this process (``n = 1``) or in a spawn process pool; ``ray``
-(`mcel.experiments.ray_backend`, ``pip install 'mcel[ray]'``) runs each cell as a Ray
-task on this machine or a cluster.
+Cells (`mcel.experiments.cell`) run through an *executor backend*
+(`mcel.experiments.backends`: ``local`` processes or ``ray`` tasks). Only the parent
+process writes to the database; backends return plain dicts.
 
 On CPU, PyTorch's float reductions depend on the number of threads, so every cell
 runs with a fixed thread count (``threads``, default 1): the numbers are the same
@@ -25,26 +21,29 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mcel.errors import MCELError
+from mcel.experiments.backends import (
+    EXECUTORS,
+    Executor,
+    list_backends,
+    local_executor,
+    prepare_backend,
+)
+from mcel.experiments.cell import CellJob, run_cell
 from mcel.experiments.grid import Cell, Grid, expand, load_grid
-from mcel.experiments.store import connect, dumps, method_label, transaction, versions
-from mcel.registry import Registry
-
-
-@dataclass
-class CellJob:
-    """What a backend runs: one cell, the formats still missing, and where to train."""
-
-    cell: Cell
-    run_dir: str
-    fmts: tuple[str, ...]
-    threads: int = 1
+from mcel.experiments.store import (
+    connect,
+    dumps,
+    method_label,
+    settle,
+    transaction,
+    versions,
+)
 
 
 @dataclass
@@ -63,156 +62,6 @@ class SweepSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-# -- one cell (runs in a worker) ---------------------------------------------------------
-
-@contextmanager
-def _torch_threads(n: int):
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def run_cell(job: CellJob) -> dict[str, Any]:
-    """Train (or resume) one cell, take its margins, evaluate each missing format.
-
-    Returns a plain, picklable dict; writes nothing but the run folder.
-    """
-    from mcel.analysis import output_margins
-    from mcel.data import load_dataset
-    from mcel.evaluate import evaluate
-    from mcel.faults import parse_error_model
-    from mcel.quant import set_format
-    from mcel.train import train
-
-    config, plan = job.cell.config, job.cell.plan
-    t0 = time.perf_counter()
-    with _torch_threads(job.threads):
-        model, metrics = train(config, out=job.run_dir)
-        x, y = load_dataset(config.dataset, "test", config.data_dir, limit=plan.limit_test)
-        margins = output_margins(model, x, y)
-        evals = []
-        for fmt in job.fmts:
-            set_format(model, fmt)  # same levels, other bit patterns: no retraining
-            for spec in plan.error_models:
-                res = evaluate(model, x, y, plan.bers, parse_error_model(spec),
-                               trials=plan.trials, seed=plan.seed,
-                               target_half_width=plan.target_half_width,
-                               min_trials=plan.min_trials)
-                for r in res.results:
-                    evals.append({
-                        "fmt": fmt, "error_model": spec, "ber": r.ber, "eval_seed": plan.seed,
-                        "mean": r.mean, "std": r.std, "ci_low": r.ci_low, "ci_high": r.ci_high,
-                        "trials": r.trials, "clean_acc": res.clean_accuracy,
-                        # one evaluate() call covers all BERs; share its time equally
-                        "seconds": res.seconds / len(res.results),
-                        "accuracies": list(r.accuracies),
-                        "empirical_rates": list(r.empirical_rates),
-                    })
-    return {
-        "run_id": job.cell.run_id,
-        "config": config.to_dict(),
-        "clean_acc": metrics["test_acc"],
-        "train_seconds": metrics.get("train_seconds"),
-        "margins": [round(float(m), 4) for m in margins.tolist()],
-        "fmts": list(job.fmts),
-        "evals": evals,
-        "seconds": time.perf_counter() - t0,
-        "threads": job.threads,  # CPU results depend on it: recorded with the versions
-    }
-
-
-# -- executor backends -----------------------------------------------------------------
-
-Executor = Callable[..., Iterator[dict[str, Any]]]  # (jobs, n, **options)
-EXECUTORS: Registry[Executor] = Registry("sweep backend")
-
-
-def _worker_init() -> None:
-    import torch
-
-    torch.set_num_threads(1)  # n workers share the cores; run_cell pins its own count
-
-
-@EXECUTORS.register("local")
-def local_executor(jobs: Sequence[CellJob], n: int) -> Iterator[dict[str, Any]]:
-    """This process for ``n == 1``, else a pool of ``n`` spawned processes.
-
-    Results come back as cells finish (not in grid order).
-    """
-    if n <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            yield run_cell(job)
-        return
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-    from concurrent.futures.process import BrokenProcessPool
-
-    pool = ProcessPoolExecutor(max_workers=min(n, len(jobs)),
-                               mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_worker_init)
-    ok = False
-    try:
-        pending = {pool.submit(run_cell, job) for job in jobs}
-        while pending:
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                try:
-                    result = fut.result()
-                except BrokenProcessPool:
-                    raise MCELError("a worker process died (killed, or out of memory); "
-                                    "rerun the same command to resume") from None
-                yield result
-        ok = True
-    finally:
-        if ok:
-            pool.shutdown(wait=True)
-        else:
-            # Interrupted or a cell failed: stop now. Killing a worker mid-cell is safe,
-            # its run folder resumes and the database never saw a partial cell.
-            procs = list(getattr(pool, "_processes", {}).values())
-            pool.shutdown(wait=False, cancel_futures=True)
-            for p in procs:
-                p.terminate()
-
-
-def _ray_executor(jobs: Sequence[CellJob], n: int, **options: Any) -> Iterator[dict[str, Any]]:
-    """Each cell a Ray task (see `mcel.experiments.ray_backend`; Ray is imported lazily,
-    so the backend is listed, and explains how to install Ray, even without it)."""
-    from mcel.experiments.ray_backend import ray_executor
-
-    return ray_executor(jobs, n, **options)
-
-
-def _ray_prepare(**options: Any) -> None:
-    from mcel.experiments.ray_backend import prepare
-
-    prepare(**options)
-
-
-_ray_executor.prepare = _ray_prepare  # type: ignore[attr-defined]
-EXECUTORS.add("ray", _ray_executor)
-
-
-def list_backends() -> list[str]:
-    return EXECUTORS.names()
-
-
-def _prepare_backend(backend: str, options: dict[str, Any]) -> Executor:
-    executor = EXECUTORS.get(backend)
-    prepare = getattr(executor, "prepare", None)
-    if prepare is not None:
-        prepare(**options)
-    elif options:
-        raise MCELError(f"backend '{backend}' takes no options ({', '.join(sorted(options))}); "
-                        "--address is for --backend ray")
-    return executor
 
 
 # -- the database side -----------------------------------------------------------------
@@ -315,7 +164,7 @@ def run_sweep(
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise MCELError(f"threads must be a positive integer, got {threads!r}")
     options = {k: v for k, v in (backend_options or {}).items() if v is not None}
-    executor = _prepare_backend(backend, options)
+    executor = prepare_backend(backend, options)
     grid_path = Path(grid_path)
     grid = load_grid(grid_path)
     cells = expand(grid, data_dir=data_dir)
@@ -370,23 +219,10 @@ def run_sweep(
                         f"{result['clean_acc']:.4f}, {counts['evals']} evals "
                         f"({result['seconds']:.1f}s)")
     finally:
-        _settle(con)
+        settle(con)
         con.close()
         summary.seconds = time.perf_counter() - t0
     return summary
-
-
-def _settle(con) -> None:
-    """Leave the database as one plain file: fold the write-ahead log back in and leave
-    WAL mode, so the file can be copied alone and readers (`mcel report` opens it
-    read-only) create no -wal/-shm files beside it. Another sweep still writing to it
-    keeps WAL on (the switch needs the database to itself); the next sweep turns it on."""
-    import sqlite3
-
-    try:
-        con.execute("PRAGMA journal_mode=DELETE")
-    except sqlite3.OperationalError:
-        pass
 
 
 def audit(grid_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
