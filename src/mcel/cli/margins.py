@@ -18,8 +18,8 @@ def cmd_margins(args: argparse.Namespace) -> int:
     import torch
 
     from mcel.analysis import flip_certificate, survival
-    from mcel.data import load_dataset
     from mcel.checks import check_targets
+    from mcel.data import load_dataset
     from mcel.errors import MCELError
     from mcel.experiments.store import versions
     from mcel.io import check_writable, write_json

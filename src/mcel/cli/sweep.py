@@ -64,21 +64,13 @@ def print_table(s) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from mcel.experiments.store import connect, settle
+    from mcel.experiments.store import connect, mean_accuracy, settle
 
     if not s.run_ids:
         return
     con = connect(s.db)
     try:
-        marks = ",".join("?" * len(s.run_ids))
-        rows = con.execute(
-            "SELECT json_extract(r.config, '$.model') AS model, "
-            "json_extract(r.config, '$.quant') AS quant, r.method, e.fmt, e.error_model, "
-            "e.ber, AVG(e.mean) AS acc, COUNT(*) AS n, AVG(r.clean_acc) AS clean "
-            f"FROM evals e JOIN runs r USING (run_id) WHERE r.run_id IN ({marks}) "
-            "GROUP BY model, quant, r.method, e.fmt, e.error_model, e.ber "
-            "ORDER BY model, quant, r.method, e.fmt, e.error_model, e.ber", s.run_ids
-        ).fetchall()
+        rows = mean_accuracy(con, s.run_ids)
     finally:
         settle(con)  # connect() turned WAL on again: leave one plain file
         con.close()

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from mcel.errors import MCELError
+from mcel.experiments import store
 from mcel.experiments.backends import (
     EXECUTORS,
     Executor,
@@ -66,16 +67,9 @@ class SweepSummary:
 
 # -- the database side -----------------------------------------------------------------
 
-def _present(con: sqlite3.Connection, run_id: str) -> tuple[bool, set[tuple]]:
-    has_run = con.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-    keys = {(r["fmt"], r["error_model"], r["ber"], r["eval_seed"]) for r in con.execute(
-        "SELECT fmt, error_model, ber, eval_seed FROM evals WHERE run_id = ?", (run_id,))}
-    return has_run is not None, keys
-
-
 def missing_fmts(con: sqlite3.Connection, cell: Cell) -> tuple[str, ...]:
     """Formats of ``cell`` with at least one evals row not yet in the database."""
-    has_run, keys = _present(con, cell.run_id)
+    has_run, keys = store.eval_keys(con, cell.run_id)
     need = [k for k in cell.plan.keys() if k not in keys]
     if has_run and not need:
         return ()
@@ -87,33 +81,17 @@ def write_result(con: sqlite3.Connection, result: dict[str, Any], grid_name: str
     """Write one cell's result: one transaction per format. Returns rows written."""
     counts = {"runs": 0, "evals": 0, "trials": 0}
     config = result["config"]
-    run_row = (result["run_id"], grid_name, method_label(config), dumps(config),
-               result["clean_acc"], result["train_seconds"], json.dumps(result["margins"]),
-               dumps({**versions(), "torch_threads": result.get("threads")}))
+    run = {"run_id": result["run_id"], "grid": grid_name, "method": method_label(config),
+           "config": dumps(config), "clean_acc": result["clean_acc"],
+           "train_seconds": result["train_seconds"], "margins": json.dumps(result["margins"]),
+           "versions": dumps({**versions(), "torch_threads": result.get("threads")})}
     for fmt in result["fmts"]:
         with transaction(con):
-            cur = con.execute(
-                "INSERT OR IGNORE INTO runs (run_id, grid, method, config, clean_acc, "
-                "train_seconds, margins, versions) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", run_row)
-            counts["runs"] += cur.rowcount
+            counts["runs"] += store.add_run(con, run)
             for ev in (e for e in result["evals"] if e["fmt"] == fmt):
-                cur = con.execute(
-                    "INSERT OR IGNORE INTO evals (run_id, fmt, error_model, ber, eval_seed, "
-                    "mean, std, ci_low, ci_high, trials, clean_acc, seconds) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (result["run_id"], fmt, ev["error_model"], ev["ber"], ev["eval_seed"],
-                     ev["mean"], ev["std"], ev["ci_low"], ev["ci_high"], ev["trials"],
-                     ev["clean_acc"], ev["seconds"]))
-                if cur.rowcount != 1:
-                    continue  # already there from an earlier plan: keep the first answer
-                counts["evals"] += 1
-                eval_id = cur.lastrowid
-                con.executemany(
-                    "INSERT INTO trials (eval_id, trial, accuracy, empirical_rate) "
-                    "VALUES (?, ?, ?, ?)",
-                    [(eval_id, t, a, r) for t, (a, r) in
-                     enumerate(zip(ev["accuracies"], ev["empirical_rates"], strict=True))])
-                counts["trials"] += len(ev["accuracies"])
+                if store.add_eval(con, result["run_id"], ev) is not None:
+                    counts["evals"] += 1
+                    counts["trials"] += len(ev["accuracies"])
     return counts
 
 
@@ -187,9 +165,8 @@ def run_sweep(
             if fmts:
                 todo.append(CellJob(cell, str(out / "runs" / cell.run_id), fmts, threads))
         summary.skipped = len(cells) - len(todo)
-        stale = [c for c in cells if c.plan.target_half_width is None and any(
-            r[0] != c.plan.trials for r in con.execute(
-                "SELECT DISTINCT trials FROM evals WHERE run_id = ?", (c.run_id,)))]
+        stale = [c for c in cells if c.plan.target_half_width is None
+                 and store.trial_counts(con, c.run_id) - {c.plan.trials}]
         if stale and log:  # finished evaluations are never redone: say that they differ
             log(f"warning: {len(stale)} cell(s) hold evaluations of another trial count than "
                 f"the grid's {stale[0].plan.trials}; they are kept as they are (write to a "
@@ -243,15 +220,14 @@ def audit(grid_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
     problems: list[str] = []
     con = connect(db)
     try:
-        runs = {r["run_id"] for r in con.execute("SELECT run_id FROM runs")}
+        runs = store.run_ids(con)
         want = {c.run_id: c for c in cells}
         for run_id in sorted(set(want) - runs):
             problems.append(f"run {run_id}: no runs row")
         for run_id in sorted(runs & set(want)):
             if not (out_dir / "runs" / run_id / "model.safetensors").exists():
                 problems.append(f"run {run_id}: no run folder")
-        evals = con.execute("SELECT eval_id, run_id, fmt, error_model, ber, eval_seed, mean, "
-                            "trials, clean_acc FROM evals").fetchall()
+        evals = store.evals(con)
         have: dict[tuple, int] = {}
         for e in evals:
             key = (e["run_id"], e["fmt"], e["error_model"], e["ber"], e["eval_seed"])
@@ -267,10 +243,7 @@ def audit(grid_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
                         if e["run_id"] in fixed and e["trials"] != fixed[e["run_id"]]})
         problems += [f"run {r}: evals rows of another trial count than the grid's "
                      f"{fixed[r]} (the grid changed after they were written)" for r in stale]
-        trials = {}
-        for r in con.execute("SELECT eval_id, COUNT(*) AS n, MIN(trial) AS lo, MAX(trial) AS hi, "
-                             "SUM(empirical_rate > 0) AS flipped FROM trials GROUP BY eval_id"):
-            trials[r["eval_id"]] = r
+        trials = store.trial_groups(con)
         for e in evals:
             t = trials.get(e["eval_id"])
             if e["run_id"] not in runs:
@@ -283,7 +256,7 @@ def audit(grid_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
         orphans = set(trials) - {e["eval_id"] for e in evals}
         if orphans:
             problems.append(f"{len(orphans)} trials groups without an evals row")
-        n_trials = con.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
+        n_trials = store.count(con, "trials")
     finally:
         con.close()
     return {"cells": len(cells), "runs": len(runs), "evals": len(evals), "trials": n_trials,
