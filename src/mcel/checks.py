@@ -19,6 +19,23 @@ if TYPE_CHECKING:
     from mcel.faults import BitErrorModel
 
 
+def check_bers(bers) -> list[float]:
+    """Bit error rates as a sorted list of distinct floats in [0, 1] (one number is a
+    list of one), or one MCELError line."""
+    if isinstance(bers, (int, float)):
+        bers = [bers]
+    try:
+        bers = sorted(float(b) for b in bers)
+    except (TypeError, ValueError):
+        raise MCELError(f"bers must be a list of bit error rates, got {bers!r}") from None
+    for b in bers:
+        if not (0.0 <= b <= 1.0):  # also rejects NaN
+            raise MCELError(f"BER {b} is outside [0, 1]")
+    if len(set(bers)) != len(bers):
+        raise MCELError(f"each BER once, please: got {bers}")
+    return bers
+
+
 def check_data(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     """``(x, y)`` as tensors, or one MCELError line: ``y`` must be a 1-D integer tensor of
     non-negative labels, one per sample of ``x`` (``pred == y`` would otherwise broadcast
@@ -55,4 +72,4 @@ def check_targets(model: nn.Module, error_model: BitErrorModel) -> None:
                         f"the layers are: {names_shown(names)}")
 
 
-__all__ = ["check_data", "check_labels_fit", "check_targets"]
+__all__ = ["check_bers", "check_data", "check_labels_fit", "check_targets"]

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from mcel.checks import check_targets
 from mcel.config import (
@@ -91,16 +91,10 @@ def train(config: TrainConfig, out: str | Path | None = None, *, progress: bool 
 
 def _train(config: TrainConfig, out: Path | None, device: torch.device, info, train_data,
            test_data, *, progress: bool, log) -> tuple[nn.Module, dict[str, Any]]:
-    from mcel.distributed import all_sum, shard, shard_weight
+    from mcel.distributed import all_sum
 
     torch.manual_seed(config.seed)
-    check_runs_on(config.precision, device)
-    warning = slow_warning(config.precision, device)
-    if warning:
-        if log:
-            log(f"warning: {warning}")
-        else:
-            warnings.warn(warning, stacklevel=3)
+    _check_precision(config, device, log)
     model = build_model(config).to(device)
     layout = memory_format(config.precision, model)
     model = model.to(memory_format=layout)  # fp32: a no-op, the same tensors
@@ -126,10 +120,7 @@ def _train(config: TrainConfig, out: Path | None, device: torch.device, info, tr
 
     em = config.error_model()
     if em is not None:
-        if not quant_layers(model):  # e.g. quant_exclude took every layer
-            raise MCELError("error-injection training needs quantized layers, and every "
-                            "layer was kept in float")
-        check_targets(model, em)  # an include pattern that matches nothing trains clean
+        _check_injection(model, em)
     steps_per_epoch = math.ceil(len(x_tr) / config.batch_size)
     with progress_bar(progress) as bar:
         task = bar.add_task(f"train {config.model}/{config.loss}", total=config.epochs,
@@ -139,34 +130,14 @@ def _train(config: TrainConfig, out: Path | None, device: torch.device, info, tr
                 g["lr"] = config.lr * _lr_factor(config, epoch)
             model.train()
             t0 = time.perf_counter()
-            # Every rank draws the same permutation (same generator state) and takes its
-            # shard of each global batch.
             perm = torch.randperm(len(x_tr), generator=gen).to(device)
-            total, correct, seen = 0.0, 0, 0
             with transient_weight_faults(model, em, seed=config.seed,
                                          first_call=epoch * steps_per_epoch,
                                          targets=em.targets if em else ("weights",),
                                          step=TRAINING_STEP):
-                for i in range(0, len(x_tr), config.batch_size):
-                    batch = perm[i:i + config.batch_size]
-                    if len(batch) < info.world:
-                        continue  # a last batch too small to give every rank a sample
-                    idx = shard(batch, info)
-                    xb, yb = x_tr[idx], y_tr[idx]
-                    if xb.dim() == 4:
-                        xb = xb.contiguous(memory_format=layout)
-                    with autocast(config.precision, device):
-                        logits = net(xb)
-                    loss = loss_fn(logits.float(), yb)  # the loss is always fp32
-                    opt.zero_grad(set_to_none=True)
-                    (loss * shard_weight(len(idx), len(batch), info)).backward()
-                    opt.step()
-                    if config.clip is not None:
-                        clip_weights(model)
-                    total += loss.item() * len(idx)
-                    correct += (logits.argmax(1) == yb).sum().item()
-                    seen += len(idx)
-            total, correct, seen = all_sum([total, correct, seen], device, info)
+                sums = _epoch(config, model, net, loss_fn, opt, (x_tr, y_tr), perm,
+                              info=info, layout=layout, device=device)
+            total, correct, seen = all_sum(sums, device, info)
             seconds = time.perf_counter() - t0
             test_acc = accuracy(model, x_te, y_te)
             row = {"epoch": epoch + 1, "loss": total / seen, "train_acc": correct / seen,
@@ -186,6 +157,55 @@ def _train(config: TrainConfig, out: Path | None, device: torch.device, info, tr
     if writer is not None:
         save_run(writer, config, model, metrics)
     return model, metrics
+
+
+def _check_precision(config: TrainConfig, device: torch.device, log) -> None:
+    check_runs_on(config.precision, device)
+    warning = slow_warning(config.precision, device)
+    if warning:
+        if log:
+            log(f"warning: {warning}")
+        else:
+            warnings.warn(warning, stacklevel=4)  # at the caller of train()
+
+
+def _check_injection(model: nn.Module, em) -> None:
+    if not quant_layers(model):  # e.g. quant_exclude took every layer
+        raise MCELError("error-injection training needs quantized layers, and every "
+                        "layer was kept in float")
+    check_targets(model, em)  # an include pattern that matches nothing trains clean
+
+
+def _epoch(config: TrainConfig, model: nn.Module, net: nn.Module, loss_fn: nn.Module,
+           opt: torch.optim.Optimizer, data: tuple[Tensor, Tensor], perm: Tensor, *, info,
+           layout: torch.memory_format, device: torch.device) -> list[float]:
+    """One pass over ``perm``'s batches; this rank's summed loss, correct and seen counts.
+    Every rank draws the same permutation (same generator state) and takes its shard of
+    each global batch."""
+    from mcel.distributed import shard, shard_weight
+
+    x_tr, y_tr = data
+    total, correct, seen = 0.0, 0, 0
+    for i in range(0, len(x_tr), config.batch_size):
+        batch = perm[i:i + config.batch_size]
+        if len(batch) < info.world:
+            continue  # a last batch too small to give every rank a sample
+        idx = shard(batch, info)
+        xb, yb = x_tr[idx], y_tr[idx]
+        if xb.dim() == 4:
+            xb = xb.contiguous(memory_format=layout)
+        with autocast(config.precision, device):
+            logits = net(xb)
+        loss = loss_fn(logits.float(), yb)  # the loss is always fp32
+        opt.zero_grad(set_to_none=True)
+        (loss * shard_weight(len(idx), len(batch), info)).backward()
+        opt.step()
+        if config.clip is not None:
+            clip_weights(model)
+        total += loss.item() * len(idx)
+        correct += (logits.argmax(1) == yb).sum().item()
+        seen += len(idx)
+    return [total, correct, seen]
 
 
 __all__ = ["TrainConfig", "train", "load_run", "build_model", "build_loss", "accuracy",
