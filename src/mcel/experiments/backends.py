@@ -1,6 +1,6 @@
 """Executor backends of a sweep: where its cells run.
 
-A backend is a function ``(jobs, n, **options) -> iterator of result dicts`` (each the
+A backend is a function ``(jobs, n, **options) -> iterator of CellResult`` (each the
 return of `mcel.experiments.cell.run_cell`), optionally with a ``prepare(**options)``
 attribute that checks, before anything is created, that the backend can run (a missing
 package, a bad option). ``local`` runs cells in this process (``n = 1``) or in a spawn
@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from mcel.errors import MCELError
-from mcel.experiments.cell import CellJob, run_cell
+from mcel.experiments.cell import CellJob, CellResult, run_cell
 from mcel.registry import Registry
 
-Executor = Callable[..., Iterator[dict[str, Any]]]  # (jobs, n, **options)
+Executor = Callable[..., Iterator[CellResult]]  # (jobs, n, **options)
 EXECUTORS: Registry[Executor] = Registry("sweep backend")
 
 
@@ -29,7 +29,7 @@ def _worker_init() -> None:
 
 
 @EXECUTORS.register("local")
-def local_executor(jobs: Sequence[CellJob], n: int) -> Iterator[dict[str, Any]]:
+def local_executor(jobs: Sequence[CellJob], n: int) -> Iterator[CellResult]:
     """This process for ``n == 1``, else a pool of ``n`` spawned processes.
 
     Results come back as cells finish (not in grid order).
@@ -70,7 +70,7 @@ def local_executor(jobs: Sequence[CellJob], n: int) -> Iterator[dict[str, Any]]:
                 p.terminate()
 
 
-def _ray_executor(jobs: Sequence[CellJob], n: int, **options: Any) -> Iterator[dict[str, Any]]:
+def _ray_executor(jobs: Sequence[CellJob], n: int, **options: Any) -> Iterator[CellResult]:
     """Each cell a Ray task (see `mcel.experiments.ray_backend`; Ray is imported lazily,
     so the backend is listed, and explains how to install Ray, even without it)."""
     from mcel.experiments.ray_backend import ray_executor

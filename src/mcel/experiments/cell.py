@@ -1,13 +1,13 @@
 """One sweep cell, as a worker runs it: train (or resume) the run, take its clean output
 margins, evaluate every missing number format. Every backend runs `run_cell`; it writes
-nothing but the run folder and returns a plain, picklable dict for the parent to store.
+nothing but the run folder and returns a `CellResult` for the parent to store.
 """
 
 from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mcel.experiments.grid import Cell
@@ -23,6 +23,25 @@ class CellJob:
     threads: int = 1
 
 
+@dataclass
+class CellResult:
+    """What a cell returns to the parent (plain and picklable, for process pools and Ray):
+    the run's id, config, clean accuracy, training time and clean output margins, the
+    formats evaluated, one dict per evals row (its columns, plus the per-trial
+    ``accuracies`` and ``empirical_rates``), the wall time and the torch thread count
+    (CPU results depend on it: it is recorded with the versions)."""
+
+    run_id: str
+    config: dict[str, Any]
+    clean_acc: float
+    train_seconds: float | None
+    margins: list[float]
+    fmts: list[str]
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    threads: int = 1
+
+
 @contextmanager
 def _torch_threads(n: int):
     import torch
@@ -35,10 +54,10 @@ def _torch_threads(n: int):
         torch.set_num_threads(before)
 
 
-def run_cell(job: CellJob) -> dict[str, Any]:
+def run_cell(job: CellJob) -> CellResult:
     """Train (or resume) one cell, take its margins, evaluate each missing format.
 
-    Returns a plain, picklable dict; writes nothing but the run folder.
+    Writes nothing but the run folder.
     """
     from mcel.analysis import output_margins
     from mcel.data import load_dataset
@@ -71,17 +90,11 @@ def run_cell(job: CellJob) -> dict[str, Any]:
                         "accuracies": list(r.accuracies),
                         "empirical_rates": list(r.empirical_rates),
                     })
-    return {
-        "run_id": job.cell.run_id,
-        "config": config.to_dict(),
-        "clean_acc": metrics["test_acc"],
-        "train_seconds": metrics.get("train_seconds"),
-        "margins": [round(float(m), 4) for m in margins.tolist()],
-        "fmts": list(job.fmts),
-        "evals": evals,
-        "seconds": time.perf_counter() - t0,
-        "threads": job.threads,  # CPU results depend on it: recorded with the versions
-    }
+    return CellResult(run_id=job.cell.run_id, config=config.to_dict(),
+                      clean_acc=metrics["test_acc"], train_seconds=metrics.get("train_seconds"),
+                      margins=[round(float(m), 4) for m in margins.tolist()],
+                      fmts=list(job.fmts), evals=evals, seconds=time.perf_counter() - t0,
+                      threads=job.threads)
 
 
-__all__ = ["CellJob", "run_cell"]
+__all__ = ["CellJob", "CellResult", "run_cell"]

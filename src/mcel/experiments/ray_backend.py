@@ -10,7 +10,7 @@
   ``cuda:N`` or ``auto`` on a cluster that has GPUs; Ray then shows the task exactly one
   GPU, so ``cuda:N`` is run as ``cuda`` (the device is not part of the run id).
 * Tasks run `mcel.experiments.cell.run_cell`, the very function of the local backend,
-  and return its plain dict; the parent alone writes the results database, through
+  and return its `CellResult`; the parent alone writes the results database, through
   the same code path as the local backend. Numbers are identical whichever backend
   ran a cell (fixed torch thread count per cell).
 
@@ -31,7 +31,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from mcel.errors import MCELError
-from mcel.experiments.cell import CellJob, run_cell
+from mcel.experiments.cell import CellJob, CellResult, run_cell
 
 INSTALL_HINT = "the ray backend needs Ray: pip install 'mcel[ray]'"
 
@@ -79,7 +79,7 @@ def _unwrap(err: Exception) -> BaseException:
 
 
 def ray_executor(jobs: Sequence[CellJob], n: int, *,
-                 address: str | None = None) -> Iterator[dict[str, Any]]:
+                 address: str | None = None) -> Iterator[CellResult]:
     """Run ``jobs`` as Ray tasks, at most ``n`` in flight; yield results as they finish."""
     ray = import_ray()
 

@@ -9,7 +9,7 @@ rerunning the same command does only what is missing.
 
 Cells (`mcel.experiments.cell`) run through an *executor backend*
 (`mcel.experiments.backends`: ``local`` processes or ``ray`` tasks). Only the parent
-process writes to the database; backends return plain dicts.
+process writes to the database; backends return plain `CellResult` records.
 
 On CPU, PyTorch's float reductions depend on the number of threads, so every cell
 runs with a fixed thread count (``threads``, default 1): the numbers are the same
@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from mcel.experiments.backends import (
     local_executor,
     prepare_backend,
 )
-from mcel.experiments.cell import CellJob, run_cell
+from mcel.experiments.cell import CellJob, CellResult, run_cell
 from mcel.experiments.grid import Cell, Grid, expand, load_grid
 from mcel.experiments.store import (
     connect,
@@ -77,22 +77,30 @@ def missing_fmts(con: sqlite3.Connection, cell: Cell) -> tuple[str, ...]:
     return fmts or cell.plan.fmts[:1]  # runs row missing: one format brings it
 
 
-def write_result(con: sqlite3.Connection, result: dict[str, Any], grid_name: str) -> dict[str, int]:
-    """Write one cell's result: one transaction per format. Returns rows written."""
-    counts = {"runs": 0, "evals": 0, "trials": 0}
-    config = result["config"]
-    run = {"run_id": result["run_id"], "grid": grid_name, "method": method_label(config),
-           "config": dumps(config), "clean_acc": result["clean_acc"],
-           "train_seconds": result["train_seconds"], "margins": json.dumps(result["margins"]),
-           "versions": dumps({**versions(), "torch_threads": result.get("threads")})}
-    for fmt in result["fmts"]:
+@dataclass
+class Written:
+    """Rows a cell added to the database."""
+
+    runs: int = 0
+    evals: int = 0
+    trials: int = 0
+
+
+def write_result(con: sqlite3.Connection, result: CellResult, grid_name: str) -> Written:
+    """Write one cell's result: one transaction per format. Returns the rows written."""
+    written = Written()
+    run = {"run_id": result.run_id, "grid": grid_name, "method": method_label(result.config),
+           "config": dumps(result.config), "clean_acc": result.clean_acc,
+           "train_seconds": result.train_seconds, "margins": json.dumps(result.margins),
+           "versions": dumps({**versions(), "torch_threads": result.threads})}
+    for fmt in result.fmts:
         with transaction(con):
-            counts["runs"] += store.add_run(con, run)
-            for ev in (e for e in result["evals"] if e["fmt"] == fmt):
-                if store.add_eval(con, result["run_id"], ev) is not None:
-                    counts["evals"] += 1
-                    counts["trials"] += len(ev["accuracies"])
-    return counts
+            written.runs += store.add_run(con, run)
+            for ev in (e for e in result.evals if e["fmt"] == fmt):
+                if store.add_eval(con, result.run_id, ev) is not None:
+                    written.evals += 1
+                    written.trials += len(ev["accuracies"])
+    return written
 
 
 # -- the sweep ---------------------------------------------------------------------------
@@ -159,47 +167,65 @@ def run_sweep(
         return summary
     con = connect(db)
     try:
-        todo: list[CellJob] = []
-        for cell in cells:
-            fmts = missing_fmts(con, cell)
-            if fmts:
-                todo.append(CellJob(cell, str(out / "runs" / cell.run_id), fmts, threads))
+        todo = _jobs(con, cells, out, threads)
         summary.skipped = len(cells) - len(todo)
-        stale = [c for c in cells if c.plan.target_half_width is None
-                 and store.trial_counts(con, c.run_id) - {c.plan.trials}]
-        if stale and log:  # finished evaluations are never redone: say that they differ
-            log(f"warning: {len(stale)} cell(s) hold evaluations of another trial count than "
-                f"the grid's {stale[0].plan.trials}; they are kept as they are (write to a "
-                "new --out to recompute them)")
+        _warn_stale(con, cells, log)
         if log:
             log(f"sweep {grid.name}: {len(cells)} cells, {summary.skipped} already done, "
                 f"{len(todo)} to run ({backend}, jobs={jobs}); database {db}")
-        if dry_run or not todo:
-            return summary
-        by_id = {j.cell.run_id: j for j in todo}
-        from mcel.console import progress as progress_bar
-
-        with progress_bar(progress) as bar:
-            task = bar.add_task(f"sweep {grid.name}", total=len(todo), info="")
-            for result in executor(todo, jobs, **options):
-                counts = write_result(con, result, grid.name)
-                summary.done += 1
-                summary.runs_written += counts["runs"]
-                summary.evals_written += counts["evals"]
-                summary.trials_written += counts["trials"]
-                cfg = by_id[result["run_id"]].cell.config
-                what = (f"{cfg.model}/{cfg.quant} {method_label(result['config'])} "
-                        f"seed {cfg.seed}")
-                bar.update(task, advance=1, info=what)
-                if log:
-                    log(f"[{summary.done}/{len(todo)}] {what}: clean "
-                        f"{result['clean_acc']:.4f}, {counts['evals']} evals "
-                        f"({result['seconds']:.1f}s)")
+        if not dry_run and todo:
+            _run_jobs(con, executor(todo, jobs, **options), todo, grid.name, summary,
+                      progress=progress, log=log)
     finally:
         settle(con)
         con.close()
         summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _jobs(con: sqlite3.Connection, cells: Sequence[Cell], out: Path,
+          threads: int) -> list[CellJob]:
+    """A job for every cell with formats still missing in the database."""
+    todo = []
+    for cell in cells:
+        fmts = missing_fmts(con, cell)
+        if fmts:
+            todo.append(CellJob(cell, str(out / "runs" / cell.run_id), fmts, threads))
+    return todo
+
+
+def _warn_stale(con: sqlite3.Connection, cells: Sequence[Cell],
+                log: Callable[[str], None] | None) -> None:
+    """Finished evaluations are never redone: say where they differ from the grid."""
+    stale = [c for c in cells if c.plan.target_half_width is None
+             and store.trial_counts(con, c.run_id) - {c.plan.trials}]
+    if stale and log:
+        log(f"warning: {len(stale)} cell(s) hold evaluations of another trial count than "
+            f"the grid's {stale[0].plan.trials}; they are kept as they are (write to a "
+            "new --out to recompute them)")
+
+
+def _run_jobs(con: sqlite3.Connection, results: Iterator[CellResult], todo: list[CellJob],
+              grid_name: str, summary: SweepSummary, *, progress: bool,
+              log: Callable[[str], None] | None) -> None:
+    """Store each result as it comes, counting into ``summary``."""
+    from mcel.console import progress as progress_bar
+
+    by_id = {j.cell.run_id: j for j in todo}
+    with progress_bar(progress) as bar:
+        task = bar.add_task(f"sweep {grid_name}", total=len(todo), info="")
+        for result in results:
+            written = write_result(con, result, grid_name)
+            summary.done += 1
+            summary.runs_written += written.runs
+            summary.evals_written += written.evals
+            summary.trials_written += written.trials
+            cfg = by_id[result.run_id].cell.config
+            what = f"{cfg.model}/{cfg.quant} {method_label(result.config)} seed {cfg.seed}"
+            bar.update(task, advance=1, info=what)
+            if log:
+                log(f"[{summary.done}/{len(todo)}] {what}: clean {result.clean_acc:.4f}, "
+                    f"{written.evals} evals ({result.seconds:.1f}s)")
 
 
 def audit(grid_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
@@ -267,6 +293,6 @@ def audit(grid_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
 
 
 __all__: Sequence[str] = [
-    "CellJob", "EXECUTORS", "Executor", "SweepSummary", "audit", "local_executor",
-    "list_backends", "missing_fmts", "run_cell", "run_sweep", "write_result",
+    "CellJob", "CellResult", "EXECUTORS", "Executor", "SweepSummary", "Written", "audit",
+    "local_executor", "list_backends", "missing_fmts", "run_cell", "run_sweep", "write_result",
 ]
