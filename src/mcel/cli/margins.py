@@ -15,13 +15,11 @@ QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 
 
 def cmd_margins(args: argparse.Namespace) -> int:
-    import torch
 
     from mcel.analysis import flip_certificate, survival
     from mcel.checks import check_targets
     from mcel.data import load_dataset
     from mcel.errors import MCELError
-    from mcel.experiments.store import versions
     from mcel.io import check_writable, write_json
     from mcel.plots import plot_margin_survival
     from mcel.quant import quant_layers
@@ -44,31 +42,8 @@ def cmd_margins(args: argparse.Namespace) -> int:
     s = survival(model, x, y, args.ber, em, trials=args.trials, seed=args.seed,
                  batch_size=args.batch_size, progress=sys.stderr.isatty())
     cert = flip_certificate(model, x, y, max_flips=args.max_flips, batch_size=args.batch_size)
-    margin, correct = s["margin"], s["clean_correct"]
-
-    def quantiles(t: torch.Tensor) -> dict[str, float]:
-        if t.numel() == 0:
-            return {}
-        q = torch.quantile(t.double(), torch.tensor(QUANTILES, dtype=torch.float64))
-        return {f"q{int(100 * p)}": float(v) for p, v in zip(QUANTILES, q)}
-
-    cap = args.max_flips
-    counts = {(str(k) if k <= cap else f">{cap}"): int((cert == k).sum()) for k in range(cap + 2)}
-    result: dict[str, Any] = {
-        "run_dir": str(args.run_dir), "dataset": config.dataset, "samples": len(y),
-        "config": config.to_dict(), "versions": versions(),
-        "ber": s["ber"], "trials": s["trials"], "seed": s["seed"],
-        "error_model": s["error_model"], "clean_accuracy": s["clean_accuracy"],
-        "accuracy": s["accuracy"], "spearman": _num(s["spearman"]),
-        "spearman_p": _num(s["spearman_p"]), "bins": s["bins"],
-        "margin_quantiles": {"all": quantiles(margin), "clean_correct": quantiles(margin[correct])},
-        "certificate": {"max_flips": cap, "counts": counts,
-                        "note": "fewest output-layer bit flips that can change the prediction "
-                                "(ties count as a change); 0 = wrong without faults"},
-        "per_sample": {"label": y.tolist(), "margin": margin.tolist(),
-                       "survival": [_num(v) for v in s["survival"].tolist()],
-                       "certificate": cert.tolist()},
-    }
+    margin, cap = s["margin"], args.max_flips
+    result = _result(args, config, y, s, cert)
     png = plot_margin_survival(margin.tolist(), s["survival"].tolist(), s["bins"],
                                out / "margin_survival.png", certificate=cert.tolist(), cap=cap,
                                title=f"{config.dataset}/{config.model}: BER {s['ber']:g}, "
@@ -77,6 +52,39 @@ def cmd_margins(args: argparse.Namespace) -> int:
     print_margins(result)
     print(f"wrote {png} and {out / 'margins.json'}")
     return 0
+
+
+def _quantiles(t) -> dict[str, float]:
+    import torch
+
+    if t.numel() == 0:
+        return {}
+    q = torch.quantile(t.double(), torch.tensor(QUANTILES, dtype=torch.float64))
+    return {f"q{int(100 * p)}": float(v) for p, v in zip(QUANTILES, q)}
+
+
+def _result(args: argparse.Namespace, config, y, s: dict[str, Any], cert) -> dict[str, Any]:
+    """What margins.json holds: the run, the survival analysis ``s`` and the certificates."""
+    from mcel.experiments.store import versions
+
+    margin, correct, cap = s["margin"], s["clean_correct"], args.max_flips
+    counts = {(str(k) if k <= cap else f">{cap}"): int((cert == k).sum()) for k in range(cap + 2)}
+    return {
+        "run_dir": str(args.run_dir), "dataset": config.dataset, "samples": len(y),
+        "config": config.to_dict(), "versions": versions(),
+        "ber": s["ber"], "trials": s["trials"], "seed": s["seed"],
+        "error_model": s["error_model"], "clean_accuracy": s["clean_accuracy"],
+        "accuracy": s["accuracy"], "spearman": _num(s["spearman"]),
+        "spearman_p": _num(s["spearman_p"]), "bins": s["bins"],
+        "margin_quantiles": {"all": _quantiles(margin),
+                             "clean_correct": _quantiles(margin[correct])},
+        "certificate": {"max_flips": cap, "counts": counts,
+                        "note": "fewest output-layer bit flips that can change the prediction "
+                                "(ties count as a change); 0 = wrong without faults"},
+        "per_sample": {"label": y.tolist(), "margin": margin.tolist(),
+                       "survival": [_num(v) for v in s["survival"].tolist()],
+                       "certificate": cert.tolist()},
+    }
 
 
 def _num(v: float) -> float | None:

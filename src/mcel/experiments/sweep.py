@@ -243,45 +243,12 @@ def audit(grid_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
     db = db_path(grid, grid_path, out_dir)
     if not db.exists():
         raise MCELError(f"{db} does not exist; run the sweep first")
-    problems: list[str] = []
     con = connect(db)
     try:
-        runs = store.run_ids(con)
+        runs, evals = store.run_ids(con), store.evals(con)
         want = {c.run_id: c for c in cells}
-        for run_id in sorted(set(want) - runs):
-            problems.append(f"run {run_id}: no runs row")
-        for run_id in sorted(runs & set(want)):
-            if not (out_dir / "runs" / run_id / "model.safetensors").exists():
-                problems.append(f"run {run_id}: no run folder")
-        evals = store.evals(con)
-        have: dict[tuple, int] = {}
-        for e in evals:
-            key = (e["run_id"], e["fmt"], e["error_model"], e["ber"], e["eval_seed"])
-            have[key] = have.get(key, 0) + 1
-        problems += [f"evals {k}: {n} rows" for k, n in have.items() if n > 1]
-        for run_id, cell in want.items():
-            for key in cell.plan.keys():
-                if (run_id, *key) not in have:
-                    problems.append(f"run {run_id}: no evals row for {key}")
-        fixed = {run_id: c.plan.trials for run_id, c in want.items()
-                 if c.plan.target_half_width is None}
-        stale = sorted({e["run_id"] for e in evals
-                        if e["run_id"] in fixed and e["trials"] != fixed[e["run_id"]]})
-        problems += [f"run {r}: evals rows of another trial count than the grid's "
-                     f"{fixed[r]} (the grid changed after they were written)" for r in stale]
-        trials = store.trial_groups(con)
-        for e in evals:
-            t = trials.get(e["eval_id"])
-            if e["run_id"] not in runs:
-                problems.append(f"eval {e['eval_id']}: orphan (no runs row)")
-            if t is None or (t["n"], t["lo"], t["hi"]) != (e["trials"], 0, e["trials"] - 1):
-                problems.append(f"eval {e['eval_id']}: {0 if t is None else t['n']} trials rows, "
-                                f"evals row says {e['trials']}")
-            elif e["ber"] == 0 and (t["flipped"] or abs(e["mean"] - e["clean_acc"]) > 1e-12):
-                problems.append(f"eval {e['eval_id']}: BER 0 differs from clean accuracy")
-        orphans = set(trials) - {e["eval_id"] for e in evals}
-        if orphans:
-            problems.append(f"{len(orphans)} trials groups without an evals row")
+        problems = (_run_problems(runs, want, out_dir) + _eval_problems(evals, want)
+                    + _trial_problems(evals, store.trial_groups(con), runs))
         n_trials = store.count(con, "trials")
     finally:
         con.close()
@@ -290,6 +257,53 @@ def audit(grid_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
             "expected_trials": sum(len(c.plan.keys()) * c.plan.trials for c in cells
                                    if c.plan.target_half_width is None) or None,
             "problems": problems}
+
+
+def _run_problems(runs: set[str], want: dict[str, Cell], out_dir: Path) -> list[str]:
+    problems = [f"run {run_id}: no runs row" for run_id in sorted(set(want) - runs)]
+    for run_id in sorted(runs & set(want)):
+        if not (out_dir / "runs" / run_id / "model.safetensors").exists():
+            problems.append(f"run {run_id}: no run folder")
+    return problems
+
+
+def _eval_problems(evals: list, want: dict[str, Cell]) -> list[str]:
+    """Duplicated or missing evals rows, and rows of another trial count than the grid's."""
+    have: dict[tuple, int] = {}
+    for e in evals:
+        key = (e["run_id"], e["fmt"], e["error_model"], e["ber"], e["eval_seed"])
+        have[key] = have.get(key, 0) + 1
+    problems = [f"evals {k}: {n} rows" for k, n in have.items() if n > 1]
+    for run_id, cell in want.items():
+        for key in cell.plan.keys():
+            if (run_id, *key) not in have:
+                problems.append(f"run {run_id}: no evals row for {key}")
+    fixed = {run_id: c.plan.trials for run_id, c in want.items()
+             if c.plan.target_half_width is None}
+    stale = sorted({e["run_id"] for e in evals
+                    if e["run_id"] in fixed and e["trials"] != fixed[e["run_id"]]})
+    problems += [f"run {r}: evals rows of another trial count than the grid's "
+                 f"{fixed[r]} (the grid changed after they were written)" for r in stale]
+    return problems
+
+
+def _trial_problems(evals: list, trials: dict, runs: set[str]) -> list[str]:
+    """Orphans, trial rows that do not number 0..trials-1, and BER 0 rows that flipped a
+    bit or differ from the clean accuracy."""
+    problems = []
+    for e in evals:
+        t = trials.get(e["eval_id"])
+        if e["run_id"] not in runs:
+            problems.append(f"eval {e['eval_id']}: orphan (no runs row)")
+        if t is None or (t["n"], t["lo"], t["hi"]) != (e["trials"], 0, e["trials"] - 1):
+            problems.append(f"eval {e['eval_id']}: {0 if t is None else t['n']} trials rows, "
+                            f"evals row says {e['trials']}")
+        elif e["ber"] == 0 and (t["flipped"] or abs(e["mean"] - e["clean_acc"]) > 1e-12):
+            problems.append(f"eval {e['eval_id']}: BER 0 differs from clean accuracy")
+    orphans = set(trials) - {e["eval_id"] for e in evals}
+    if orphans:
+        problems.append(f"{len(orphans)} trials groups without an evals row")
+    return problems
 
 
 __all__: Sequence[str] = [

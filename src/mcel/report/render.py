@@ -158,35 +158,43 @@ def to_html(blocks: list[Block], images: dict[str, bytes], title: str) -> str:
     return "\n".join(out)
 
 
-def group_blocks(i: int, g: Group, out_dir: Path, images: dict[str, bytes]) -> list[Block]:
+def group_figures(i: int, g: Group, out_dir: Path, images: dict[str, bytes]) -> list[Block]:
+    """The figures of group ``i`` (accuracy vs BER; margin histograms and tolerable BERs
+    where there are any), written beside the report and kept in ``images`` for the HTML
+    page. A new report plot is one more entry here."""
     from mcel.plots import plot_accuracy_vs_ber, plot_margin_histograms, plot_tolerable_ber
 
-    blocks: list[Block] = [("h2", f"{i}. {g.title}")]
     stem = f"{i:02d}-{slug(f'{g.dataset}_{g.model}_{g.quant}_{g.fmt}_{g.error_model}')}"
+    pos = [b for b in g.bers if b > 0]
     curves = {ln.label: [{"ber": b, "mean": c.mean, "ci_low": c.low, "ci_high": c.high}
                          for b, c in ln.curve.items()] for ln in g.lines}
-    pos = [b for b in g.bers if b > 0]
-    acc_png = f"{stem}-accuracy.png"
-    plot_accuracy_vs_ber(curves, out_dir / acc_png, title=g.title,
-                         log_x=len(pos) >= 2 and max(pos) / min(pos) >= 100)
-    images[acc_png] = (out_dir / acc_png).read_bytes()
-    blocks.append(("img", acc_png, f"accuracy vs BER, {g.title}"))
     margins = {ln.label: ln.margins for ln in g.lines if ln.margins}
-    if margins:
-        m_png = f"{stem}-margins.png"
-        plot_margin_histograms(margins, out_dir / m_png, title=f"clean output margins, {g.title}")
-        images[m_png] = (out_dir / m_png).read_bytes()
-        blocks.append(("img", m_png, f"margin histograms, {g.title}"))
     tolerable = {ln.label: {"mean": ln.tolerable.mean, "low": ln.tolerable.low,
                             "high": ln.tolerable.high, "censored": bool(ln.censored_seeds)}
                  for ln in g.lines if ln.tolerable is not None}
+    figures = [  # (file suffix, caption, drawing into a path) for what this group has
+        ("accuracy", "accuracy vs BER", lambda path: plot_accuracy_vs_ber(
+            curves, path, title=g.title, log_x=len(pos) >= 2 and max(pos) / min(pos) >= 100)),
+    ]
+    if margins:
+        figures.append(("margins", "margin histograms", lambda path: plot_margin_histograms(
+            margins, path, title=f"clean output margins, {g.title}")))
     if tolerable:
-        t_png = f"{stem}-tolerable.png"
-        plot_tolerable_ber(tolerable, out_dir / t_png, title=f"tolerable BER, {g.title}",
-                           grid_max=max(pos, default=None))
-        images[t_png] = (out_dir / t_png).read_bytes()
-        blocks.append(("img", t_png, f"tolerable BER, {g.title}"))
+        figures.append(("tolerable", "tolerable BER", lambda path: plot_tolerable_ber(
+            tolerable, path, title=f"tolerable BER, {g.title}", grid_max=max(pos, default=None))))
+    blocks: list[Block] = []
+    for suffix, caption, draw in figures:
+        png = f"{stem}-{suffix}.png"
+        draw(out_dir / png)
+        images[png] = (out_dir / png).read_bytes()
+        blocks.append(("img", png, f"{caption}, {g.title}"))
+    return blocks
 
+
+def group_blocks(i: int, g: Group, out_dir: Path, images: dict[str, bytes]) -> list[Block]:
+    """Group ``i``'s section: heading, figures, table, the best MCEL against CE, and where
+    every number came from."""
+    blocks: list[Block] = [("h2", f"{i}. {g.title}"), *group_figures(i, g, out_dir, images)]
     ce = g.line(CE_LABEL)
     bers = g.bers
     header = (["method", "seeds", "clean acc %"] + [f"BER {b:g} %" for b in bers]
@@ -224,4 +232,5 @@ def group_blocks(i: int, g: Group, out_dir: Path, images: dict[str, bytes]) -> l
 
 
 __all__ = ["Block", "best_mcel", "fmt_cell", "fmt_delta", "fmt_tolerable", "group_blocks",
+           "group_figures",
            "to_html", "to_markdown"]
