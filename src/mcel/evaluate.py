@@ -287,7 +287,8 @@ def _evaluate(model, x, y, bers, em, *, trials, seed, batch_size, target_half_wi
             block = list(range(t, min(t + trial_batch, trials)))
             for b in active:
                 tt = time.perf_counter()
-                corrs, rs = _trials(model, fwd, image, at_rate(em, b), seed, block, batched)
+                corrs, rs = _trials(model, fwd, image, at_rate(em, b), seed=seed, block=block,
+                                    batched=batched)
                 # .item() below waits for the device, so this is the trials' wall time
                 accs_b = [c.float().mean().item() for c in corrs]
                 each = (time.perf_counter() - tt) / len(block)
@@ -324,8 +325,8 @@ def _evaluate(model, x, y, bers, em, *, trials, seed, batch_size, target_half_wi
     return result
 
 
-def _trials(model: nn.Module, fwd: _Forward, image: MemoryImage, em: BitErrorModel, seed: int,
-            block: list[int], batched: bool) -> tuple[list[Tensor], list[float]]:
+def _trials(model: nn.Module, fwd: _Forward, image: MemoryImage, em: BitErrorModel, *,
+            seed: int, block: list[int], batched: bool) -> tuple[list[Tensor], list[float]]:
     """Per-sample correctness and empirical rate of each trial of ``block`` (one trial
     unless ``batched``) under ``em``, already at its BER."""
     if batched:

@@ -37,7 +37,7 @@ def save_run(out: Path, config: TrainConfig, model: nn.Module, metrics: dict[str
     write_json(out / "config.json", config.to_dict())  # (again: repairs a lost one)
 
 
-def save_checkpoint(out: Path, config: TrainConfig, model: nn.Module,
+def save_checkpoint(out: Path, config: TrainConfig, model: nn.Module, *,
                     opt: torch.optim.Optimizer, gen: torch.Generator, metrics: dict,
                     epoch: int) -> None:
     """After each epoch: what resuming needs (model, optimizer and RNG states, progress)."""
@@ -76,7 +76,7 @@ def config_diff(out: Path, config: TrainConfig) -> str:
     return "; ".join(f"{k} {there.get(k)!r} there, {here[k]!r} here" for k in keys[:3])
 
 
-def resume(out: Path, config: TrainConfig, model: nn.Module, opt: torch.optim.Optimizer,
+def resume(out: Path, config: TrainConfig, model: nn.Module, *, opt: torch.optim.Optimizer,
            gen: torch.Generator, metrics: dict) -> int:
     """Load ``out``'s checkpoint of this config into ``model``, ``opt``, ``gen`` and
     ``metrics``; returns the epochs already trained (0: nothing to resume). A folder of

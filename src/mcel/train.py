@@ -76,7 +76,8 @@ def train(config: TrainConfig, out: str | Path | None = None, *, progress: bool 
     out = check_writable(out) if out is not None else None
     try:
         with process_group(info, device):
-            model, metrics = _train(config, out, device, info, (x_tr, y_tr), (x_te, y_te),
+            model, metrics = _train(config, out, device=device, info=info,
+                                    train_data=(x_tr, y_tr), test_data=(x_te, y_te),
                                     progress=progress and info.is_main,
                                     log=log if info.is_main else None)
     except BaseException:
@@ -89,8 +90,8 @@ def train(config: TrainConfig, out: str | Path | None = None, *, progress: bool 
     return model, metrics
 
 
-def _train(config: TrainConfig, out: Path | None, device: torch.device, info, train_data,
-           test_data, *, progress: bool, log) -> tuple[nn.Module, dict[str, Any]]:
+def _train(config: TrainConfig, out: Path | None, *, device: torch.device, info, train_data,
+           test_data, progress: bool, log) -> tuple[nn.Module, dict[str, Any]]:
     from mcel.distributed import all_sum
 
     torch.manual_seed(config.seed)
@@ -109,14 +110,9 @@ def _train(config: TrainConfig, out: Path | None, device: torch.device, info, tr
     metrics: dict[str, Any] = {"epochs": [], "config_hash": config.digest()}
     start_epoch = 0
     if out is not None:
-        start_epoch = resume(out, config, model, opt, gen, metrics)
+        start_epoch = resume(out, config, model, opt=opt, gen=gen, metrics=metrics)
     writer = out if info.is_main else None  # one rank writes the run folder
-    net: nn.Module = model
-    if info.enabled:
-        from torch.nn.parallel import DistributedDataParallel
-
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                      else None)
+    net = _data_parallel(model, device, info)
 
     em = config.error_model()
     if em is not None:
@@ -135,8 +131,8 @@ def _train(config: TrainConfig, out: Path | None, device: torch.device, info, tr
                                          first_call=epoch * steps_per_epoch,
                                          targets=em.targets if em else ("weights",),
                                          step=TRAINING_STEP):
-                sums = _epoch(config, model, net, loss_fn, opt, (x_tr, y_tr), perm,
-                              info=info, layout=layout, device=device)
+                sums = _epoch(config, model, net, loss_fn=loss_fn, opt=opt, data=(x_tr, y_tr),
+                              perm=perm, info=info, layout=layout, device=device)
             total, correct, seen = all_sum(sums, device, info)
             seconds = time.perf_counter() - t0
             test_acc = accuracy(model, x_te, y_te)
@@ -148,7 +144,8 @@ def _train(config: TrainConfig, out: Path | None, device: torch.device, info, tr
                 log(f"epoch {epoch + 1}/{config.epochs} loss {row['loss']:.4f} "
                     f"train {row['train_acc']:.4f} test {test_acc:.4f} ({seconds:.1f}s)")
             if writer is not None:
-                save_checkpoint(writer, config, model, opt, gen, metrics, epoch + 1)
+                save_checkpoint(writer, config, model, opt=opt, gen=gen, metrics=metrics,
+                                epoch=epoch + 1)
     model.eval()
     metrics["test_acc"] = accuracy(model, x_te, y_te)
     metrics["train_seconds"] = sum(r["seconds"] for r in metrics["epochs"])
@@ -157,6 +154,16 @@ def _train(config: TrainConfig, out: Path | None, device: torch.device, info, tr
     if writer is not None:
         save_run(writer, config, model, metrics)
     return model, metrics
+
+
+def _data_parallel(model: nn.Module, device: torch.device, info) -> nn.Module:
+    """The model as each step calls it: wrapped for DDP under torchrun, else itself."""
+    if not info.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                   else None)
 
 
 def _check_precision(config: TrainConfig, device: torch.device, log) -> None:
@@ -176,8 +183,8 @@ def _check_injection(model: nn.Module, em) -> None:
     check_targets(model, em)  # an include pattern that matches nothing trains clean
 
 
-def _epoch(config: TrainConfig, model: nn.Module, net: nn.Module, loss_fn: nn.Module,
-           opt: torch.optim.Optimizer, data: tuple[Tensor, Tensor], perm: Tensor, *, info,
+def _epoch(config: TrainConfig, model: nn.Module, net: nn.Module, *, loss_fn: nn.Module,
+           opt: torch.optim.Optimizer, data: tuple[Tensor, Tensor], perm: Tensor, info,
            layout: torch.memory_format, device: torch.device) -> list[float]:
     """One pass over ``perm``'s batches; this rank's summed loss, correct and seen counts.
     Every rank draws the same permutation (same generator state) and takes its shard of

@@ -112,7 +112,7 @@ def tune_margin(
     if not seeds or len(set(seeds)) != len(seeds):
         raise MCELError(f"seeds must be distinct training seeds, got {seeds}")
     x, y, where = _selection_data(base_config, val)
-    rows = [_candidate(cfg, seeds, (x, y), ber, em, trials=trials, seed=seed,
+    rows = [_candidate(cfg, seeds, (x, y), ber=ber, em=em, trials=trials, seed=seed,
                        progress=progress, log=log) for cfg in candidates]
     ce = rows[0]
     best, beats = _choose(rows, clean_budget, paired=len(seeds) > 1)
@@ -146,8 +146,8 @@ def _check_search(ber: float, margins: Sequence[float], clean_budget: float,
     return ber, margins
 
 
-def _candidate(cfg: TrainConfig, seeds: list[int], data: tuple[Tensor, Tensor], ber: float,
-               em, *, trials: int, seed: int, progress: bool,
+def _candidate(cfg: TrainConfig, seeds: list[int], data: tuple[Tensor, Tensor], *, ber: float,
+               em, trials: int, seed: int, progress: bool,
                log: Callable[[str], None] | None) -> dict[str, Any]:
     """One row of the search: ``cfg`` trained at every seed and evaluated at ``ber`` on
     the selection data; accuracies are means over seeds (a t-interval across them when
