@@ -335,3 +335,19 @@ def test_missing_grid_file_and_bad_backend(tmp_path, capsys):
     grid = _grid(tmp_path, GRID)
     assert main(["sweep", str(grid), "--out", str(tmp_path / "o"), "--backend", "rya"]) == 2
     assert "unknown sweep backend 'rya' (did you mean 'ray'?)" in capsys.readouterr().err
+
+
+def test_a_run_without_a_margin_is_labelled_with_the_margin_it_trained_at():
+    # the label and the loss once kept their own defaults, and drifted (m=2 vs 10)
+    from mcel.train import TrainConfig, build_loss
+
+    for loss, normalize, name in (("mcel", "none", "MCEL(m={:g})"),
+                                  ("mcel", "std", "MCEL(m={:g}, std, s={:g})"),
+                                  ("mhl", "none", "MHL(b={:g})")):
+        config = TrainConfig(loss=loss, normalize=normalize)
+        assert config.margin is None
+        trained = build_loss(config)  # the loss module training uses
+        want = name.format(trained.margin, getattr(trained, "scale", 0))
+        assert method_label(config.to_dict()) == want
+    assert build_loss(TrainConfig(loss="mcel")).margin == 10.0
+    assert method_label({"loss": "mcel"}) == "MCEL(m=10)"

@@ -25,7 +25,7 @@ _LAZY = {
     "MemoryImage": "mcel.engine",
     "EvalResult": "mcel.evaluate",
     "create_model": "mcel.models", "load_dataset": "mcel.data",
-    "TrainConfig": "mcel.train", "load_run": "mcel.train",
+    "TrainConfig": "mcel.config", "load_run": "mcel.runs",
     "output_margins": "mcel.analysis", "flip_certificate": "mcel.analysis",
     "tune_margin": "mcel.tuning",
 }

@@ -32,7 +32,7 @@ def margins_from_logits(logits: Tensor, y: Tensor) -> Tensor:
 
 def output_margins(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1024) -> Tensor:
     """Output margins of ``model`` (its quantized, fault-free forward) on ``(x, y)``."""
-    from mcel.train import predict_logits
+    from mcel.evaluate import predict_logits
 
     return margins_from_logits(predict_logits(model, x, batch_size).cpu(), y.cpu())
 
@@ -124,8 +124,7 @@ def survival(
     import numpy as np
     from scipy import stats
 
-    from mcel.evaluate import evaluate
-    from mcel.train import predict_logits
+    from mcel.evaluate import evaluate, predict_logits
 
     ber = float(ber)
     logits = predict_logits(model, x, batch_size).cpu()

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from mcel.analysis import output_margins
+from mcel.config import TrainConfig
 from mcel.data import load_dataset
 from mcel.errors import MCELError
 from mcel.evaluate import evaluate
@@ -20,7 +21,7 @@ from mcel.faults import BitErrorModel
 from mcel.io import check_writable, write_json
 from mcel.losses import DEFAULT_MARGIN
 from mcel.plots import plot_accuracy_vs_ber
-from mcel.train import TrainConfig, train
+from mcel.train import train
 
 DEMO_BERS = (0.0, 0.01, 0.02, 0.05, 0.1)
 TRAIN_BER = 0.01

@@ -17,18 +17,19 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from scipy import stats as sps
 from torch import Tensor, nn
 
+from mcel.checks import check_bers, check_data, check_labels_fit, check_targets
+from mcel.console import progress as progress_bar
 from mcel.engine import MemoryImage, state_digest, transient_weight_faults
 from mcel.errors import MCELError
 from mcel.faults import BitErrorModel
 from mcel.precision import autocast, check_runs_on
-from mcel.registry import names_shown
 
 
 def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
@@ -49,29 +50,9 @@ def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float
 
 
 def at_rate(error_model: BitErrorModel, ber: float) -> BitErrorModel:
-    """The error model with its largest per-bit rate set to ``ber``.
-
-    A uniform model gets ``ber`` and keeps its ``stuck_at`` fraction as given (a property
-    of the memory, not of the flip rate); an asymmetric, per-bit or stuck-only model
-    keeps its shape (all rates, ``stuck_at`` included, scaled together), so one sweep axis
-    serves every error model. BER 0 is always the fault-free model.
-    """
-    if error_model.is_uniform:
-        if ber == 0 and error_model.stuck_at:
-            return replace(error_model.with_ber(0.0), stuck_at=None)
-        return error_model.with_ber(ber)
-    top = error_model.max_rate()
-    if top == 0:
-        raise MCELError("the error model has no nonzero rate to sweep")
-    f = ber / top
-
-    def s(r):
-        return None if r is None else min(1.0, r * f)
-
-    return replace(error_model, p01=s(error_model.p01), p10=s(error_model.p10),
-                   stuck_at=s(error_model.stuck_at),
-                   bit_rates=None if error_model.bit_rates is None
-                   else tuple(min(1.0, r * f) for r in error_model.bit_rates))
+    """The error model with its largest per-bit rate set to ``ber``
+    (`BitErrorModel.at_rate`: the model knows how its rates scale)."""
+    return error_model.at_rate(ber)
 
 
 def narrow_enough(accs: Sequence[float], ber: float, half_width: float) -> bool:
@@ -173,42 +154,24 @@ class _Forward:
         return self.correct().float().mean().item()
 
 
-def check_data(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    """``(x, y)`` as tensors, or one MCELError line: ``y`` must be a 1-D integer tensor of
-    non-negative labels, one per sample of ``x`` (``pred == y`` would otherwise broadcast
-    into a wrong accuracy without a word)."""
-    x, y = torch.as_tensor(x), torch.as_tensor(y)
-    if x.dim() == 0 or len(x) == 0:
-        raise MCELError("x holds no samples")
-    if y.dim() != 1 or y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
-        raise MCELError(f"y must be a 1-D tensor of integer class labels, got shape "
-                        f"{tuple(y.shape)} and dtype {y.dtype}")
-    if len(y) != len(x):
-        raise MCELError(f"x holds {len(x)} samples but y {len(y)} labels")
-    if int(y.min()) < 0:
-        raise MCELError(f"labels must be >= 0, got {int(y.min())}")
-    return x, y
+@torch.inference_mode()
+def predict_logits(model: nn.Module, x: Tensor, batch_size: int = 1024) -> Tensor:
+    """The logits of ``model`` in eval mode on ``x`` (fault-free), batch by batch on the
+    model's device; the model's mode is restored."""
+    was = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    out = torch.cat([model(x[i:i + batch_size].to(dev)) for i in range(0, len(x), batch_size)])
+    model.train(was)
+    return out
 
 
-def check_labels_fit(max_label: int, logits: Tensor) -> None:
-    """One MCELError line when a label has no output of the model to match."""
-    if max_label >= logits.shape[1]:
-        raise MCELError(f"label {max_label} is out of range for a model with "
-                        f"{logits.shape[1]} outputs")
-
-
-def check_targets(model: nn.Module, error_model: BitErrorModel) -> None:
-    """One MCELError line when ``error_model`` would flip nothing in ``model``: its
-    include/exclude patterns match none of the quantized layers its targets name (an
-    evaluation would report 'BER 1%' with not one fault)."""
-    from mcel.engine import quant_layers
-
-    names = [name for name, _ in quant_layers(model)]
-    if names and not any(error_model.applies_to(n, t) for n in names
-                         for t in error_model.targets):
-        raise MCELError(f"the error model (include={list(error_model.include)}, "
-                        f"exclude={list(error_model.exclude)}) matches no quantized layer; "
-                        f"the layers are: {names_shown(names)}")
+def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1024) -> float:
+    """Top-1 accuracy of ``model`` (fault-free, eval mode) on ``(x, y)``."""
+    x, y = check_data(x, y)
+    logits = predict_logits(model, x, batch_size)
+    check_labels_fit(int(y.max()), logits)
+    return (logits.argmax(1).cpu() == y.cpu()).float().mean().item()
 
 
 def evaluate(
@@ -244,44 +207,11 @@ def evaluate(
     dequantized weights are rounded inside the forward) and reports in ``agreement`` the
     fraction of samples whose clean prediction matches fp32.
     """
-    if isinstance(bers, (int, float)):
-        bers = [bers]
-    try:
-        bers = sorted(float(b) for b in bers)
-    except (TypeError, ValueError):
-        raise MCELError(f"bers must be a list of bit error rates, got {bers!r}") from None
-    for b in bers:
-        if not (0.0 <= b <= 1.0):  # also rejects NaN
-            raise MCELError(f"BER {b} is outside [0, 1]")
-    if len(set(bers)) != len(bers):
-        raise MCELError(f"each BER once, please: got {bers}")
-    if trials < 1:
-        raise MCELError(f"trials must be >= 1, got {trials}")
-    if target_half_width is not None and not 2 <= min_trials:
-        raise MCELError(f"min_trials must be >= 2 (one trial shows no spread), got "
-                        f"{min_trials}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise MCELError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    if isinstance(error_model, str):  # a spec, as on the command line
-        from mcel.faults import parse_error_model
-
-        error_model = parse_error_model(error_model)
-    if error_model is not None and not isinstance(error_model, BitErrorModel):
-        raise MCELError(f"error_model must be a BitErrorModel or a spec string like "
-                        f"'ber=1e-3', got {type(error_model).__name__}")
+    bers = check_bers(bers)
+    _check_trial_counts(trials, min_trials, target_half_width, batch_size)
+    em = _error_model(error_model)
     x, y = check_data(x, y)
-    if next(model.parameters(), None) is None:
-        raise MCELError("the model has no parameters: nothing is stored, nothing can flip")
-    if isinstance(trial_batch, bool) or not isinstance(trial_batch, int) or trial_batch < 1:
-        raise MCELError(f"trial_batch must be an integer >= 1, got {trial_batch!r}")
-    em = error_model or BitErrorModel(ber=0.0)
-    if trial_batch > 1 and (em.mode == "transient" or "activations" in em.targets):
-        raise MCELError("trial_batch > 1 needs persistent faults in weights/biases; "
-                        "use trial_batch=1 for transient or activation faults")
-    if em.mode == "transient" and "biases" in em.targets:
-        raise MCELError("transient faults hit weights and activations (compute errors); "
-                        "bias faults are persistent only: drop 'biases' or the transient mode")
-    check_targets(model, em)
+    _check_faults_fit(model, em, trial_batch)
     check_runs_on(precision, next(model.parameters()).device)
     modes = {m: m.training for m in model.modules()}  # each module's own, restored below
     model.eval()
@@ -295,6 +225,44 @@ def evaluate(
             m.training = mode
 
 
+def _check_trial_counts(trials: int, min_trials: int, target_half_width: float | None,
+                        batch_size: int) -> None:
+    if trials < 1:
+        raise MCELError(f"trials must be >= 1, got {trials}")
+    if target_half_width is not None and not 2 <= min_trials:
+        raise MCELError(f"min_trials must be >= 2 (one trial shows no spread), got "
+                        f"{min_trials}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise MCELError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+
+
+def _error_model(error_model: BitErrorModel | str | None) -> BitErrorModel:
+    """A model, a spec as on the command line, or None: fault-free."""
+    if isinstance(error_model, str):
+        from mcel.faults import parse_error_model
+
+        error_model = parse_error_model(error_model)
+    if error_model is not None and not isinstance(error_model, BitErrorModel):
+        raise MCELError(f"error_model must be a BitErrorModel or a spec string like "
+                        f"'ber=1e-3', got {type(error_model).__name__}")
+    return error_model or BitErrorModel(ber=0.0)
+
+
+def _check_faults_fit(model: nn.Module, em: BitErrorModel, trial_batch: int) -> None:
+    """The model stores something the error model can flip, in a way the trials can run."""
+    if next(model.parameters(), None) is None:
+        raise MCELError("the model has no parameters: nothing is stored, nothing can flip")
+    if isinstance(trial_batch, bool) or not isinstance(trial_batch, int) or trial_batch < 1:
+        raise MCELError(f"trial_batch must be an integer >= 1, got {trial_batch!r}")
+    if trial_batch > 1 and (em.mode == "transient" or "activations" in em.targets):
+        raise MCELError("trial_batch > 1 needs persistent faults in weights/biases; "
+                        "use trial_batch=1 for transient or activation faults")
+    if em.mode == "transient" and "biases" in em.targets:
+        raise MCELError("transient faults hit weights and activations (compute errors); "
+                        "bias faults are persistent only: drop 'biases' or the transient mode")
+    check_targets(model, em)
+
+
 def _evaluate(model, x, y, bers, em, *, trials, seed, batch_size, target_half_width,
               min_trials, progress, keep_correct, trial_batch, precision) -> EvalResult:
     before = state_digest(model)
@@ -305,10 +273,8 @@ def _evaluate(model, x, y, bers, em, *, trials, seed, batch_size, target_half_wi
     secs: dict[float, list[float]] = {b: [] for b in bers}
     correct_log: dict[float, list[Tensor]] = {b: [] for b in bers}
 
-    from mcel.train import _progress
-
     batched = trial_batch > 1
-    with MemoryImage(model, em) as image, _progress(progress) as bar:
+    with MemoryImage(model, em) as image, progress_bar(progress) as bar:
         tc = time.perf_counter()
         pred = fwd.predict()
         clean = (pred == fwd.y).float().mean().item()
@@ -321,16 +287,8 @@ def _evaluate(model, x, y, bers, em, *, trials, seed, batch_size, target_half_wi
             block = list(range(t, min(t + trial_batch, trials)))
             for b in active:
                 tt = time.perf_counter()
-                emb = at_rate(em, b)
-                if batched:
-                    corrs, rs = _batched_trials(fwd, image, emb, seed, block)
-                elif em.mode == "transient" or "activations" in em.targets:
-                    acc, rate, corr = _transient_trial(model, fwd, image, emb, seed, t)
-                    corrs, rs = [corr], [rate]
-                else:
-                    st = image.inject(emb, seed=seed, trial=t)
-                    corrs, rs = [fwd.correct()], [st.empirical_rate]
-                    image.restore()
+                corrs, rs = _trials(model, fwd, image, at_rate(em, b), seed=seed, block=block,
+                                    batched=batched)
                 # .item() below waits for the device, so this is the trials' wall time
                 accs_b = [c.float().mean().item() for c in corrs]
                 each = (time.perf_counter() - tt) / len(block)
@@ -348,8 +306,8 @@ def _evaluate(model, x, y, bers, em, *, trials, seed, batch_size, target_half_wi
                 # batch may have run past that count: its extra trials are dropped, so the
                 # result does not depend on trial_batch either.
                 for b in list(active):
-                    done = next((n for n in range(max(min_trials, t - len(block) + 1), t + 1)
-                                 if narrow_enough(accs[b][:n], b, target_half_width)), None)
+                    done = _narrow_at(accs[b], b, target_half_width,
+                                      range(max(min_trials, t - len(block) + 1), t + 1))
                     if done is not None:
                         for d in (accs, rates, secs, correct_log):
                             del d[b][done:]
@@ -365,6 +323,26 @@ def _evaluate(model, x, y, bers, em, *, trials, seed, batch_size, target_half_wi
     if keep_correct:
         result.meta["correct"] = {b: torch.stack(v) for b, v in correct_log.items()}
     return result
+
+
+def _trials(model: nn.Module, fwd: _Forward, image: MemoryImage, em: BitErrorModel, *,
+            seed: int, block: list[int], batched: bool) -> tuple[list[Tensor], list[float]]:
+    """Per-sample correctness and empirical rate of each trial of ``block`` (one trial
+    unless ``batched``) under ``em``, already at its BER."""
+    if batched:
+        return _batched_trials(fwd, image, em, seed, block)
+    if em.mode == "transient" or "activations" in em.targets:
+        _, rate, corr = _transient_trial(model, fwd, image, em, seed, block[0])
+        return [corr], [rate]
+    st = image.inject(em, seed=seed, trial=block[0])
+    corrs = [fwd.correct()]
+    image.restore()
+    return corrs, [st.empirical_rate]
+
+
+def _narrow_at(accs: list[float], ber: float, half_width: float, counts: range) -> int | None:
+    """The first trial count in ``counts`` at which ``accs`` is narrow enough."""
+    return next((n for n in counts if narrow_enough(accs[:n], ber, half_width)), None)
 
 
 def _batched_trials(fwd: _Forward, image: MemoryImage, em: BitErrorModel, seed: int,
@@ -419,4 +397,4 @@ def _transient_trial(model, fwd: _Forward, image: MemoryImage, em: BitErrorModel
 
 
 __all__ = ["evaluate", "EvalResult", "BerResult", "t_interval", "at_rate", "narrow_enough",
-           "check_data", "check_targets"]
+           "accuracy", "predict_logits", "check_data", "check_labels_fit", "check_targets"]

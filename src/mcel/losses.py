@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +35,7 @@ NORMALIZATIONS = ("none", "l2", "std")
 # and large fixed margins were worse than CE on small MLPs. Tune it with `mcel tune-margin`.
 DEFAULT_MARGIN = 10.0
 DEFAULT_SCALE = 8.0
+MHL_MARGIN = 1.0  # the hinge margin b of MHL, in logits
 _EPS = 1e-6
 
 
@@ -170,7 +172,8 @@ class MCELoss(nn.CrossEntropyLoss):
         return f"margin={self.margin}, normalize={self.normalize!r}, scale={self.scale}"
 
 
-def mhl_loss(input: Tensor, target: Tensor, margin: float = 1.0, reduction: str = "mean") -> Tensor:
+def mhl_loss(input: Tensor, target: Tensor, margin: float = MHL_MARGIN,
+             reduction: str = "mean") -> Tensor:
     """Multi-class hinge loss ``mean(max(0, b - t * z))`` with ``t = +1`` for the target
     class and ``-1`` otherwise (the loss used to train binarized networks for margins).
 
@@ -191,7 +194,7 @@ def mhl_loss(input: Tensor, target: Tensor, margin: float = 1.0, reduction: str 
 class MHLoss(nn.Module):
     """Module form of :func:`mhl_loss`."""
 
-    def __init__(self, margin: float = 1.0, reduction: str = "mean") -> None:
+    def __init__(self, margin: float = MHL_MARGIN, reduction: str = "mean") -> None:
         super().__init__()
         self.margin, self.reduction = float(margin), reduction
 
@@ -199,45 +202,61 @@ class MHLoss(nn.Module):
         return mhl_loss(input, target, self.margin, self.reduction)
 
 
-_CE_ARGS = ("weight", "ignore_index", "reduction", "label_smoothing")
-LOSSES: Registry[Callable[..., nn.Module]] = Registry("loss")
-LOSSES.add("ce", lambda margin=None, normalize=None, scale=None, **ce: nn.CrossEntropyLoss(**ce))
-LOSSES.add(
-    "mcel",
-    lambda margin=None, normalize="none", scale=DEFAULT_SCALE, **ce: MCELoss(
-        margin=DEFAULT_MARGIN if margin is None else margin, normalize=normalize, scale=scale,
-        **ce),
-)
-LOSSES.add("mhl", lambda margin=None, normalize=None, scale=None, reduction="mean": MHLoss(
-    margin=1.0 if margin is None else margin, reduction=reduction))
+@dataclass(frozen=True)
+class LossEntry:
+    """A registered loss: how to build it, which keyword arguments it takes (the training
+    settings ``margin``, ``normalize``, ``scale`` and the module's own), and the margin
+    it trains at when none is given (None: it takes no margin)."""
+
+    build: Callable[..., nn.Module]
+    takes: tuple[str, ...]
+    default_margin: float | None = None
 
 
 # what create_loss passes on: the training settings every loss is built from, and the
 # keyword arguments of the loss modules themselves
 _SETTINGS = ("margin", "normalize", "scale")
-_TAKES = {"ce": _SETTINGS + _CE_ARGS, "mcel": _SETTINGS + _CE_ARGS,
-          "mhl": _SETTINGS + ("reduction",)}
+_CE_ARGS = ("weight", "ignore_index", "reduction", "label_smoothing")
+LOSSES: Registry[LossEntry] = Registry("loss")
+LOSSES.add("ce", LossEntry(
+    lambda margin, normalize=None, scale=None, **ce: nn.CrossEntropyLoss(**ce),
+    _SETTINGS + _CE_ARGS))
+LOSSES.add("mcel", LossEntry(
+    lambda margin, normalize="none", scale=DEFAULT_SCALE, **ce: MCELoss(
+        margin=margin, normalize=normalize, scale=scale, **ce),
+    _SETTINGS + _CE_ARGS, DEFAULT_MARGIN))
+LOSSES.add("mhl", LossEntry(
+    lambda margin, normalize=None, scale=None, reduction="mean": MHLoss(margin, reduction),
+    _SETTINGS + ("reduction",), MHL_MARGIN))
+
+
+def default_margin(loss: str) -> float | None:
+    """The margin ``loss`` trains at when the config gives none (None: it takes none).
+
+    >>> default_margin("mcel"), default_margin("mhl"), default_margin("ce")
+    (10.0, 1.0, None)
+    """
+    return LOSSES.get(loss).default_margin
 
 
 def create_loss(name: str, **kwargs) -> nn.Module:
     """Build a loss by registry name: ``ce``, ``mcel`` or ``mhl``. ``margin``,
     ``normalize`` and ``scale`` are the training settings (``None`` where a loss has no
-    use for them; CE takes no margin); ``ce``/``mcel`` also take ``nn.CrossEntropyLoss``'s
-    arguments, ``mhl`` a ``reduction``.
+    use for them, or for a margin: the loss's `default_margin`; CE takes no margin);
+    ``ce``/``mcel`` also take ``nn.CrossEntropyLoss``'s arguments, ``mhl`` a ``reduction``.
 
     >>> create_loss("mcel", margin=3.0, normalize="std")
     MCELoss(margin=3.0, normalize='std', scale=8.0)
     """
-    factory = LOSSES.get(name)
-    takes = _TAKES.get(name)
-    if takes is not None:
-        for key in kwargs:
-            if key not in takes:
-                raise MCELError(f"loss '{name}' takes no '{key}'{did_you_mean(key, takes)}; "
-                                f"it takes: {', '.join(takes)}")
-    if name == "ce" and kwargs.get("margin") is not None:
-        raise MCELError("loss 'ce' takes no margin; use 'mcel' for a margin")
-    return factory(**kwargs)
+    entry = LOSSES.get(name)
+    for key in kwargs:
+        if key not in entry.takes:
+            raise MCELError(f"loss '{name}' takes no '{key}'{did_you_mean(key, entry.takes)}; "
+                            f"it takes: {', '.join(entry.takes)}")
+    margin = kwargs.pop("margin", None)
+    if margin is not None and entry.default_margin is None:
+        raise MCELError(f"loss '{name}' takes no margin; use 'mcel' for a margin")
+    return entry.build(entry.default_margin if margin is None else margin, **kwargs)
 
 
 def list_losses() -> list[str]:
@@ -245,4 +264,5 @@ def list_losses() -> list[str]:
 
 
 __all__ = ["MCELoss", "MHLoss", "mcel_loss", "mhl_loss", "normalize_logits", "create_loss",
-           "list_losses", "DEFAULT_MARGIN", "DEFAULT_SCALE", "NORMALIZATIONS"]
+           "list_losses", "default_margin", "LossEntry", "LOSSES", "DEFAULT_MARGIN",
+           "DEFAULT_SCALE", "MHL_MARGIN", "NORMALIZATIONS"]

@@ -19,15 +19,21 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
-
-from torch import Tensor
+from typing import TYPE_CHECKING, Any
 
 from mcel.errors import MCELError
-from mcel.train import TrainConfig
+
+if TYPE_CHECKING:  # the command line reads the defaults below without loading the trainer
+    from torch import Tensor
+
+    from mcel.config import TrainConfig
 
 MIN_HELD_OUT = 200
 MAX_HELD_OUT = 5000
+# the search's defaults, here and in `mcel tune-margin`
+CANDIDATE_MARGINS = (0.5, 1.0, 2.0, 4.0, 8.0)
+CLEAN_BUDGET = 0.005  # half a point of clean accuracy
+TUNE_TRIALS = 30
 
 
 def _selection_data(config: TrainConfig,
@@ -50,10 +56,10 @@ def tune_margin(
     base_config: TrainConfig,
     ber: float,
     error_model=None,
-    margins: Sequence[float] = (0.5, 1, 2, 4, 8),
+    margins: Sequence[float] = CANDIDATE_MARGINS,
     normalize: str | None = None,
-    clean_budget: float = 0.005,
-    trials: int = 30,
+    clean_budget: float = CLEAN_BUDGET,
+    trials: int = TUNE_TRIALS,
     seed: int = 0,
     *,
     seeds: Sequence[int] | None = None,
@@ -93,11 +99,37 @@ def tune_margin(
     selection data), and the settings (``ber``, ``clean_budget``, ``trials``, ``seed``,
     ``error_model``, ``selected_on``, ``n_select``).
     """
-    from mcel.evaluate import evaluate, t_interval
-    from mcel.experiments.store import method_label
+    from mcel.experiments.store import versions
     from mcel.faults import BitErrorModel
-    from mcel.train import train
 
+    ber, margins = _check_search(ber, margins, clean_budget, trials)
+    norm = base_config.normalize if normalize is None else normalize
+    em = error_model or BitErrorModel(ber=0.0)
+    candidates = [dataclasses.replace(base_config, loss="ce", margin=None)]
+    candidates += [dataclasses.replace(base_config, loss="mcel", margin=m, normalize=norm)
+                   for m in dict.fromkeys(margins)]
+    seeds = [int(base_config.seed)] if seeds is None else [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise MCELError(f"seeds must be distinct training seeds, got {seeds}")
+    x, y, where = _selection_data(base_config, val)
+    rows = [_candidate(cfg, seeds, (x, y), ber=ber, em=em, trials=trials, seed=seed,
+                       progress=progress, log=log) for cfg in candidates]
+    ce = rows[0]
+    best, beats = _choose(rows, clean_budget, paired=len(seeds) > 1)
+    return {"ber": ber, "error_model": em.to_dict(), "clean_budget": clean_budget,
+            # enough to rerun the search: every training setting but loss/margin/seed
+            "base_config": base_config.to_dict(), "versions": versions(),
+            "trials": trials, "seed": seed, "seeds": seeds, "selected_on": where,
+            "n_select": len(y),
+            "rows": rows, "ce": ce, "best": best,
+            "best_margin": None if best is None else best["margin"],
+            "beats_ce": beats,
+            # MCEL with margin 0 is CE exactly, so "no margin helps" has an answer too
+            "recommended_margin": best["margin"] if beats else 0.0}
+
+
+def _check_search(ber: float, margins: Sequence[float], clean_budget: float,
+                  trials: int) -> tuple[float, list[float]]:
     ber = float(ber)
     if not 0.0 <= ber <= 1.0:  # also rejects NaN
         raise MCELError(f"BER {ber} is outside [0, 1]")
@@ -111,65 +143,67 @@ def tune_margin(
         raise MCELError(f"clean_budget must be a finite number >= 0, got {clean_budget}")
     if trials < 1:
         raise MCELError(f"trials must be >= 1, got {trials}")
-    norm = base_config.normalize if normalize is None else normalize
-    em = error_model or BitErrorModel(ber=0.0)
-    candidates = [dataclasses.replace(base_config, loss="ce", margin=None)]
-    candidates += [dataclasses.replace(base_config, loss="mcel", margin=m, normalize=norm)
-                   for m in dict.fromkeys(margins)]
-    seeds = [int(base_config.seed)] if seeds is None else [int(s) for s in seeds]
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise MCELError(f"seeds must be distinct training seeds, got {seeds}")
-    x, y, where = _selection_data(base_config, val)
-    rows = []
-    for cfg in candidates:
-        label = method_label(cfg.to_dict())
-        per_seed = []
-        for s in seeds:
-            cfg_s = dataclasses.replace(cfg, seed=s)
-            model, metrics = train(cfg_s, progress=progress)
-            res = evaluate(model, x, y, [ber], em, trials=trials, seed=seed, progress=progress)
-            r = res.results[0]
-            per_seed.append({"seed": s, "clean_acc": res.clean_accuracy, "acc": r.mean,
-                             "ci_low": r.ci_low, "ci_high": r.ci_high,
-                             "test_clean_acc": metrics["test_acc"],
-                             "train_seconds": metrics["train_seconds"],
-                             "run_id": cfg_s.digest()})
-            if log:
-                log(f"{label} seed {s}: clean {res.clean_accuracy:.4f}, at BER {ber:g} "
-                    f"{r.mean:.4f} [{r.ci_low:.4f}, {r.ci_high:.4f}]")
-        acc, lo, hi = (t_interval([p["acc"] for p in per_seed]) if len(seeds) > 1 else
-                       (per_seed[0]["acc"], per_seed[0]["ci_low"], per_seed[0]["ci_high"]))
-        mean = lambda k, ps=per_seed: sum(p[k] for p in ps) / len(ps)  # noqa: E731
-        rows.append({"method": label, "loss": cfg.loss, "margin": cfg.margin,
-                     "normalize": cfg.normalize if cfg.loss == "mcel" else None,
-                     "clean_acc": mean("clean_acc"), "acc": acc, "ci_low": lo, "ci_high": hi,
-                     "test_clean_acc": mean("test_clean_acc"),
-                     "train_seconds": mean("train_seconds"),
-                     "run_id": per_seed[0]["run_id"], "per_seed": per_seed})
+    return ber, margins
+
+
+def _candidate(cfg: TrainConfig, seeds: list[int], data: tuple[Tensor, Tensor], *, ber: float,
+               em, trials: int, seed: int, progress: bool,
+               log: Callable[[str], None] | None) -> dict[str, Any]:
+    """One row of the search: ``cfg`` trained at every seed and evaluated at ``ber`` on
+    the selection data; accuracies are means over seeds (a t-interval across them when
+    there are several, else the one run's interval over trials)."""
+    from mcel.evaluate import evaluate, t_interval
+    from mcel.experiments.store import method_label
+    from mcel.train import train
+
+    x, y = data
+    label = method_label(cfg.to_dict())
+    per_seed = []
+    for s in seeds:
+        cfg_s = dataclasses.replace(cfg, seed=s)
+        model, metrics = train(cfg_s, progress=progress)
+        res = evaluate(model, x, y, [ber], em, trials=trials, seed=seed, progress=progress)
+        r = res.results[0]
+        per_seed.append({"seed": s, "clean_acc": res.clean_accuracy, "acc": r.mean,
+                         "ci_low": r.ci_low, "ci_high": r.ci_high,
+                         "test_clean_acc": metrics["test_acc"],
+                         "train_seconds": metrics["train_seconds"],
+                         "run_id": cfg_s.digest()})
+        if log:
+            log(f"{label} seed {s}: clean {res.clean_accuracy:.4f}, at BER {ber:g} "
+                f"{r.mean:.4f} [{r.ci_low:.4f}, {r.ci_high:.4f}]")
+    acc, lo, hi = (t_interval([p["acc"] for p in per_seed]) if len(seeds) > 1 else
+                   (per_seed[0]["acc"], per_seed[0]["ci_low"], per_seed[0]["ci_high"]))
+
+    def mean(key: str) -> float:
+        return sum(p[key] for p in per_seed) / len(per_seed)
+
+    return {"method": label, "loss": cfg.loss, "margin": cfg.margin,
+            "normalize": cfg.normalize if cfg.loss == "mcel" else None,
+            "clean_acc": mean("clean_acc"), "acc": acc, "ci_low": lo, "ci_high": hi,
+            "test_clean_acc": mean("test_clean_acc"), "train_seconds": mean("train_seconds"),
+            "run_id": per_seed[0]["run_id"], "per_seed": per_seed}
+
+
+def _choose(rows: list[dict[str, Any]], clean_budget: float,
+            paired: bool) -> tuple[dict[str, Any] | None, bool]:
+    """Mark each row's eligibility and difference to CE (``rows[0]``); the best eligible
+    row, and whether it beats CE (with ``paired`` seeds: a 95% interval above zero)."""
+    from mcel.evaluate import t_interval
+
     ce = rows[0]
     floor = ce["clean_acc"] - clean_budget
     for row in rows:
         # A tiny tolerance: equal accuracies computed on the same samples must pass.
         row["eligible"] = row["loss"] == "mcel" and row["clean_acc"] >= floor - 1e-12
         row["delta_vs_ce"] = row["acc"] - ce["acc"]
-        if len(seeds) > 1:  # paired by training seed
+        if paired:  # by training seed
             diffs = [a["acc"] - b["acc"] for a, b in zip(row["per_seed"], ce["per_seed"])]
             _, row["delta_ci_low"], row["delta_ci_high"] = t_interval(diffs)
     eligible = [r for r in rows if r["eligible"]]
     # Best accuracy under errors; ties go to higher clean accuracy, then a smaller margin.
     best = max(eligible, key=lambda r: (r["acc"], r["clean_acc"], -r["margin"]), default=None)
     beats = best is not None and best["acc"] > ce["acc"]
-    if beats and len(seeds) > 1:
+    if beats and paired:
         beats = best["delta_ci_low"] > 0
-    from mcel.experiments.store import versions
-
-    return {"ber": ber, "error_model": em.to_dict(), "clean_budget": clean_budget,
-            # enough to rerun the search: every training setting but loss/margin/seed
-            "base_config": base_config.to_dict(), "versions": versions(),
-            "trials": trials, "seed": seed, "seeds": seeds, "selected_on": where,
-            "n_select": len(y),
-            "rows": rows, "ce": ce, "best": best,
-            "best_margin": None if best is None else best["margin"],
-            "beats_ce": beats,
-            # MCEL with margin 0 is CE exactly, so "no margin helps" has an answer too
-            "recommended_margin": best["margin"] if beats else 0.0}
+    return best, beats

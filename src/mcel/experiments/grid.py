@@ -51,9 +51,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mcel.config import TrainConfig, build_model
 from mcel.errors import MCELError
 from mcel.registry import did_you_mean
-from mcel.train import TrainConfig
 
 TOP_KEYS = ("name", "db", "base", "grid", "eval")
 EVAL_KEYS = ("bers", "fmts", "error_model", "trials", "adaptive", "min_trials", "seed",
@@ -323,7 +323,6 @@ _BUILT: set[str] = set()
 def _build_once(config: TrainConfig) -> None:
     """Build the model once per architecture: catches bad ``model_kwargs`` up front."""
     from mcel.experiments.store import dumps
-    from mcel.train import build_model
 
     key = dumps([config.dataset, config.model, config.model_kwargs, config.quant,
                      config.granularity, config.act_bits, config.quant_exclude])
@@ -415,8 +414,7 @@ def _eval_plan(ev: Mapping[str, Any], config: TrainConfig, src: str) -> EvalPlan
                 raise MCELError("it targets activations, but the model's activations are "
                                 "not quantized; set act_bits")
             if em.include or em.exclude:  # patterns that match no layer would flip nothing
-                from mcel.evaluate import check_targets
-                from mcel.train import build_model
+                from mcel.checks import check_targets
 
                 check_targets(build_model(config), em)
         except MCELError as e:

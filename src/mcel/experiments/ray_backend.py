@@ -9,8 +9,8 @@
 * A cell asks for ``num_cpus=1``, plus ``num_gpus=1`` when its device is ``cuda`` /
   ``cuda:N`` or ``auto`` on a cluster that has GPUs; Ray then shows the task exactly one
   GPU, so ``cuda:N`` is run as ``cuda`` (the device is not part of the run id).
-* Tasks run `mcel.experiments.sweep.run_cell`, the very function of the local backend,
-  and return its plain dict; the parent alone writes the results database, through
+* Tasks run `mcel.experiments.cell.run_cell`, the very function of the local backend,
+  and return its `CellResult`; the parent alone writes the results database, through
   the same code path as the local backend. Numbers are identical whichever backend
   ran a cell (fixed torch thread count per cell).
 
@@ -31,6 +31,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from mcel.errors import MCELError
+from mcel.experiments.cell import CellJob, CellResult, run_cell
 
 INSTALL_HINT = "the ray backend needs Ray: pip install 'mcel[ray]'"
 
@@ -60,7 +61,7 @@ def wants_gpu(device: str, cluster_gpus: float) -> bool:
     return device.startswith("cuda") or (device == "auto" and cluster_gpus > 0)
 
 
-def _task_job(job: Any, gpu: bool) -> Any:
+def _task_job(job: CellJob, gpu: bool) -> CellJob:
     """The job as the worker must see it: one visible GPU is always ``cuda``."""
     cfg = job.cell.config
     if gpu and cfg.device.startswith("cuda:"):
@@ -77,11 +78,10 @@ def _unwrap(err: Exception) -> BaseException:
     return err
 
 
-def ray_executor(jobs: Sequence[Any], n: int, *,
-                 address: str | None = None) -> Iterator[dict[str, Any]]:
+def ray_executor(jobs: Sequence[CellJob], n: int, *,
+                 address: str | None = None) -> Iterator[CellResult]:
     """Run ``jobs`` as Ray tasks, at most ``n`` in flight; yield results as they finish."""
     ray = import_ray()
-    from mcel.experiments.sweep import run_cell
 
     started = False
     if not ray.is_initialized():

@@ -10,6 +10,10 @@ Tables (one row per ...):
 
 Every write of a cell happens in one transaction, and keys are unique, so a sweep
 killed at any moment leaves complete rows or none, and a rerun never duplicates any.
+
+This module is the one place that knows the layout: sweeps write through `add_run` and
+`add_eval`, and sweeps, audits, the sweep table and reports read through the functions
+below (`read_runs`, `eval_keys`, `mean_accuracy`, ...); a new column is one edit here.
 """
 
 from __future__ import annotations
@@ -17,11 +21,14 @@ from __future__ import annotations
 import json
 import platform
 import sqlite3
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.request import pathname2url
 
 from mcel.errors import MCELError
+from mcel.losses import DEFAULT_SCALE, default_margin
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -65,17 +72,20 @@ def method_label(config: dict[str, Any]) -> str:
     'CE+EI(p=0.01)'
     >>> method_label({"loss": "mcel", "margin": 10.0, "clip": 0.1, "precision": "bf16"})
     'MCEL(m=10)+clip(0.1) [bf16]'
+
+    A config without a margin is labelled with the margin its loss trains at
+    (`mcel.losses.default_margin`).
     """
     loss = config.get("loss", "ce")
+    m = config.get("margin")
+    if m is None and loss in ("mcel", "mhl"):
+        m = default_margin(loss)
     if loss == "mcel":
-        m = config.get("margin")
-        m = 2.0 if m is None else m
         norm = config.get("normalize", "none")
-        tail = "" if norm == "none" else f", {norm}, s={config.get('scale', 8.0):g}"
+        tail = "" if norm == "none" else f", {norm}, s={config.get('scale', DEFAULT_SCALE):g}"
         label = f"MCEL(m={m:g}{tail})"
     elif loss == "mhl":
-        m = config.get("margin")
-        label = f"MHL(b={1.0 if m is None else m:g})"
+        label = f"MHL(b={m:g})"
     else:
         label = "CE"
     p = config.get("train_ber") or 0.0
@@ -100,6 +110,11 @@ def versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
+def dumps(obj: Any) -> str:
+    """Canonical JSON: the same object always gives the same key text."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
 def connect(path: str | Path) -> sqlite3.Connection:
     """The results database at ``path``, created if need be; one MCELError line when the
     file is something else (not SQLite, damaged, a folder, not writable)."""
@@ -117,6 +132,47 @@ def connect(path: str | Path) -> sqlite3.Connection:
     return con
 
 
+def open_readonly(db_path: str | Path) -> sqlite3.Connection:
+    """The results database at ``db_path`` for reading only (a report never writes to the
+    study), or one MCELError line: a folder, a missing file, not SQLite, not ours."""
+    path = Path(db_path)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.db"))
+        hint = f" (it holds {', '.join(inside)})" if inside else ""
+        raise MCELError(f"{path} is a folder; pass the results database file{hint}")
+    if not path.is_file():
+        raise MCELError(f"results database {path} does not exist")
+    url = f"file:{pathname2url(str(path.resolve()))}?mode=ro"
+    try:
+        try:
+            con = sqlite3.connect(url, uri=True)
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master "
+                                                "WHERE type='table'")}
+        except sqlite3.OperationalError as e:
+            if "readonly" not in str(e):
+                raise
+            # a finished database in a read-only folder: SQLite cannot make the WAL
+            # index beside it, so read it as an unchanging file
+            con = sqlite3.connect(url + "&immutable=1", uri=True)
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master "
+                                                "WHERE type='table'")}
+        con.row_factory = sqlite3.Row
+    except sqlite3.DatabaseError as e:
+        raise MCELError(f"{path} is not an SQLite database ({e})") from None
+    need = {"runs": {"run_id", "method", "config", "clean_acc", "train_seconds", "margins",
+                     "versions"},
+            "evals": {"eval_id", "run_id", "fmt", "error_model", "ber", "eval_seed", "mean",
+                      "ci_low", "ci_high", "trials"}}
+    for table, cols in need.items():
+        have = ({r[1] for r in con.execute(f"PRAGMA table_info({table})")}
+                if table in tables else set())
+        if not cols <= have:
+            con.close()
+            raise MCELError(f"{path} is not an mcel results database (no usable '{table}' "
+                            "table); pass the file written by 'mcel sweep'")
+    return con
+
+
 @contextmanager
 def transaction(con: sqlite3.Connection):
     """All-or-nothing: a kill inside leaves the database as it was before."""
@@ -129,6 +185,121 @@ def transaction(con: sqlite3.Connection):
     con.execute("COMMIT")
 
 
-def dumps(obj: Any) -> str:
-    """Canonical JSON: the same object always gives the same key text."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+def settle(con: sqlite3.Connection) -> None:
+    """Leave the database as one plain file: fold the write-ahead log back in and leave
+    WAL mode, so the file can be copied alone and readers (`mcel report` opens it
+    read-only) create no -wal/-shm files beside it. Another sweep still writing to it
+    keeps WAL on (the switch needs the database to itself); the next sweep turns it on."""
+    try:
+        con.execute("PRAGMA journal_mode=DELETE")
+    except sqlite3.OperationalError:
+        pass
+
+
+# -- writing: one cell of a sweep ------------------------------------------------------
+
+def add_run(con: sqlite3.Connection, run: dict[str, Any]) -> int:
+    """The runs row of ``run`` (keys as the columns); 0 where it is there already."""
+    return con.execute(
+        "INSERT OR IGNORE INTO runs (run_id, grid, method, config, clean_acc, "
+        "train_seconds, margins, versions) VALUES (:run_id, :grid, :method, :config, "
+        ":clean_acc, :train_seconds, :margins, :versions)", run).rowcount
+
+
+def add_eval(con: sqlite3.Connection, run_id: str, ev: dict[str, Any]) -> int | None:
+    """The evals row of ``ev`` and its trials rows; the new eval_id, or None where the
+    row is there already (from an earlier plan: the first answer is kept)."""
+    cur = con.execute(
+        "INSERT OR IGNORE INTO evals (run_id, fmt, error_model, ber, eval_seed, mean, std, "
+        "ci_low, ci_high, trials, clean_acc, seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+        "?, ?)",
+        (run_id, ev["fmt"], ev["error_model"], ev["ber"], ev["eval_seed"], ev["mean"],
+         ev["std"], ev["ci_low"], ev["ci_high"], ev["trials"], ev["clean_acc"],
+         ev["seconds"]))
+    if cur.rowcount != 1:
+        return None
+    con.executemany(
+        "INSERT INTO trials (eval_id, trial, accuracy, empirical_rate) VALUES (?, ?, ?, ?)",
+        [(cur.lastrowid, t, a, r) for t, (a, r) in
+         enumerate(zip(ev["accuracies"], ev["empirical_rates"], strict=True))])
+    return cur.lastrowid
+
+
+# -- reading ------------------------------------------------------------------------------
+
+
+def _columns(con: sqlite3.Connection, table: str) -> set[str]:
+    return {r[1] for r in con.execute(f"PRAGMA table_info({table})")}
+
+
+def read_runs(con: sqlite3.Connection) -> Iterator[sqlite3.Row]:
+    """Every runs row, by run_id (``grid`` is NULL in databases older than that column)."""
+    grid = "grid" if "grid" in _columns(con, "runs") else "NULL AS grid"
+    yield from con.execute(f"SELECT run_id, method, config, clean_acc, train_seconds, margins, "
+                           f"versions, {grid} FROM runs ORDER BY run_id")
+
+
+def read_evals(con: sqlite3.Connection) -> Iterator[sqlite3.Row]:
+    """Every evals row, by eval_id (``clean_acc`` is NULL where older databases lack it)."""
+    clean = "clean_acc" if "clean_acc" in _columns(con, "evals") else "NULL AS clean_acc"
+    yield from con.execute(f"SELECT eval_id, run_id, fmt, error_model, ber, eval_seed, mean, "
+                           f"ci_low, ci_high, trials, {clean} FROM evals ORDER BY eval_id")
+
+
+def read_trials(con: sqlite3.Connection) -> Iterator[sqlite3.Row]:
+    """Every trial's accuracy, by eval_id and trial (none where there is no trials table)."""
+    if con.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND "
+                   "name='trials'").fetchone():
+        yield from con.execute("SELECT eval_id, accuracy FROM trials ORDER BY eval_id, trial")
+
+
+def eval_keys(con: sqlite3.Connection, run_id: str) -> tuple[bool, set[tuple]]:
+    """Whether ``run_id`` has its runs row, and the (fmt, error model, BER, eval seed) of
+    its evals rows."""
+    has_run = con.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+    keys = {(r["fmt"], r["error_model"], r["ber"], r["eval_seed"]) for r in con.execute(
+        "SELECT fmt, error_model, ber, eval_seed FROM evals WHERE run_id = ?", (run_id,))}
+    return has_run is not None, keys
+
+
+def trial_counts(con: sqlite3.Connection, run_id: str) -> set[int]:
+    """The trial counts of ``run_id``'s evals rows."""
+    return {r[0] for r in con.execute("SELECT DISTINCT trials FROM evals WHERE run_id = ?",
+                                      (run_id,))}
+
+
+def mean_accuracy(con: sqlite3.Connection, run_ids: list[str]) -> list[sqlite3.Row]:
+    """Mean accuracy and clean accuracy of ``run_ids`` per (model, quant, method, fmt,
+    error model, BER), with the number of runs averaged (``n``)."""
+    marks = ",".join("?" * len(run_ids))
+    return con.execute(
+        "SELECT json_extract(r.config, '$.model') AS model, "
+        "json_extract(r.config, '$.quant') AS quant, r.method, e.fmt, e.error_model, "
+        "e.ber, AVG(e.mean) AS acc, COUNT(*) AS n, AVG(r.clean_acc) AS clean "
+        f"FROM evals e JOIN runs r USING (run_id) WHERE r.run_id IN ({marks}) "
+        "GROUP BY model, quant, r.method, e.fmt, e.error_model, e.ber "
+        "ORDER BY model, quant, r.method, e.fmt, e.error_model, e.ber", run_ids).fetchall()
+
+
+def run_ids(con: sqlite3.Connection) -> set[str]:
+    return {r["run_id"] for r in con.execute("SELECT run_id FROM runs")}
+
+
+def evals(con: sqlite3.Connection) -> list[sqlite3.Row]:
+    """Every evals row: its key, mean, trial count and clean accuracy."""
+    return con.execute("SELECT eval_id, run_id, fmt, error_model, ber, eval_seed, mean, "
+                       "trials, clean_acc FROM evals").fetchall()
+
+
+def trial_groups(con: sqlite3.Connection) -> dict[int, sqlite3.Row]:
+    """Per eval_id of the trials table: the row count ``n``, the lowest and highest trial
+    number (``lo``, ``hi``) and how many trials flipped a bit (``flipped``)."""
+    return {r["eval_id"]: r for r in con.execute(
+        "SELECT eval_id, COUNT(*) AS n, MIN(trial) AS lo, MAX(trial) AS hi, "
+        "SUM(empirical_rate > 0) AS flipped FROM trials GROUP BY eval_id")}
+
+
+def count(con: sqlite3.Connection, table: str) -> int:
+    if table not in ("runs", "evals", "trials"):
+        raise ValueError(f"no table '{table}'")
+    return con.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]

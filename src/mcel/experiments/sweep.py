@@ -7,13 +7,9 @@ format) is written to SQLite in one transaction (the runs row, its evals rows an
 their trials rows), so a sweep killed at any moment leaves whole results or none, and
 rerunning the same command does only what is missing.
 
-Cells run through an *executor backend*: a function ``(jobs, n, **options) -> iterator
-of result dicts``, optionally with a ``prepare(**options)`` attribute that checks, before
-anything is created, that the backend can run (a missing package, a bad option).
-Only the parent process writes to the database; backends return plain dicts.
-``local`` runs cells in this process (``n = 1``) or in a spawn process pool; ``ray``
-(`mcel.experiments.ray_backend`, ``pip install 'mcel[ray]'``) runs each cell as a Ray
-task on this machine or a cluster.
+Cells (`mcel.experiments.cell`) run through an *executor backend*
+(`mcel.experiments.backends`: ``local`` processes or ``ray`` tasks). Only the parent
+process writes to the database; backends return plain `CellResult` records.
 
 On CPU, PyTorch's float reductions depend on the number of threads, so every cell
 runs with a fixed thread count (``threads``, default 1): the numbers are the same
@@ -26,25 +22,29 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mcel.errors import MCELError
+from mcel.experiments import store
+from mcel.experiments.backends import (
+    EXECUTORS,
+    Executor,
+    list_backends,
+    local_executor,
+    prepare_backend,
+)
+from mcel.experiments.cell import CellJob, CellResult, run_cell
 from mcel.experiments.grid import Cell, Grid, expand, load_grid
-from mcel.experiments.store import connect, dumps, method_label, transaction, versions
-from mcel.registry import Registry
-
-
-@dataclass
-class CellJob:
-    """What a backend runs: one cell, the formats still missing, and where to train."""
-
-    cell: Cell
-    run_dir: str
-    fmts: tuple[str, ...]
-    threads: int = 1
+from mcel.experiments.store import (
+    connect,
+    dumps,
+    method_label,
+    settle,
+    transaction,
+    versions,
+)
 
 
 @dataclass
@@ -65,168 +65,11 @@ class SweepSummary:
         return asdict(self)
 
 
-# -- one cell (runs in a worker) ---------------------------------------------------------
-
-@contextmanager
-def _torch_threads(n: int):
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def run_cell(job: CellJob) -> dict[str, Any]:
-    """Train (or resume) one cell, take its margins, evaluate each missing format.
-
-    Returns a plain, picklable dict; writes nothing but the run folder.
-    """
-    from mcel.analysis import output_margins
-    from mcel.data import load_dataset
-    from mcel.evaluate import evaluate
-    from mcel.faults import parse_error_model
-    from mcel.quant import set_format
-    from mcel.train import train
-
-    config, plan = job.cell.config, job.cell.plan
-    t0 = time.perf_counter()
-    with _torch_threads(job.threads):
-        model, metrics = train(config, out=job.run_dir)
-        x, y = load_dataset(config.dataset, "test", config.data_dir, limit=plan.limit_test)
-        margins = output_margins(model, x, y)
-        evals = []
-        for fmt in job.fmts:
-            set_format(model, fmt)  # same levels, other bit patterns: no retraining
-            for spec in plan.error_models:
-                res = evaluate(model, x, y, plan.bers, parse_error_model(spec),
-                               trials=plan.trials, seed=plan.seed,
-                               target_half_width=plan.target_half_width,
-                               min_trials=plan.min_trials)
-                for r in res.results:
-                    evals.append({
-                        "fmt": fmt, "error_model": spec, "ber": r.ber, "eval_seed": plan.seed,
-                        "mean": r.mean, "std": r.std, "ci_low": r.ci_low, "ci_high": r.ci_high,
-                        "trials": r.trials, "clean_acc": res.clean_accuracy,
-                        # one evaluate() call covers all BERs; share its time equally
-                        "seconds": res.seconds / len(res.results),
-                        "accuracies": list(r.accuracies),
-                        "empirical_rates": list(r.empirical_rates),
-                    })
-    return {
-        "run_id": job.cell.run_id,
-        "config": config.to_dict(),
-        "clean_acc": metrics["test_acc"],
-        "train_seconds": metrics.get("train_seconds"),
-        "margins": [round(float(m), 4) for m in margins.tolist()],
-        "fmts": list(job.fmts),
-        "evals": evals,
-        "seconds": time.perf_counter() - t0,
-        "threads": job.threads,  # CPU results depend on it: recorded with the versions
-    }
-
-
-# -- executor backends -----------------------------------------------------------------
-
-Executor = Callable[..., Iterator[dict[str, Any]]]  # (jobs, n, **options)
-EXECUTORS: Registry[Executor] = Registry("sweep backend")
-
-
-def _worker_init() -> None:
-    import torch
-
-    torch.set_num_threads(1)  # n workers share the cores; run_cell pins its own count
-
-
-@EXECUTORS.register("local")
-def local_executor(jobs: Sequence[CellJob], n: int) -> Iterator[dict[str, Any]]:
-    """This process for ``n == 1``, else a pool of ``n`` spawned processes.
-
-    Results come back as cells finish (not in grid order).
-    """
-    if n <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            yield run_cell(job)
-        return
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-    from concurrent.futures.process import BrokenProcessPool
-
-    pool = ProcessPoolExecutor(max_workers=min(n, len(jobs)),
-                               mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_worker_init)
-    ok = False
-    try:
-        pending = {pool.submit(run_cell, job) for job in jobs}
-        while pending:
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                try:
-                    result = fut.result()
-                except BrokenProcessPool:
-                    raise MCELError("a worker process died (killed, or out of memory); "
-                                    "rerun the same command to resume") from None
-                yield result
-        ok = True
-    finally:
-        if ok:
-            pool.shutdown(wait=True)
-        else:
-            # Interrupted or a cell failed: stop now. Killing a worker mid-cell is safe,
-            # its run folder resumes and the database never saw a partial cell.
-            procs = list(getattr(pool, "_processes", {}).values())
-            pool.shutdown(wait=False, cancel_futures=True)
-            for p in procs:
-                p.terminate()
-
-
-def _ray_executor(jobs: Sequence[CellJob], n: int, **options: Any) -> Iterator[dict[str, Any]]:
-    """Each cell a Ray task (see `mcel.experiments.ray_backend`; Ray is imported lazily,
-    so the backend is listed, and explains how to install Ray, even without it)."""
-    from mcel.experiments.ray_backend import ray_executor
-
-    return ray_executor(jobs, n, **options)
-
-
-def _ray_prepare(**options: Any) -> None:
-    from mcel.experiments.ray_backend import prepare
-
-    prepare(**options)
-
-
-_ray_executor.prepare = _ray_prepare  # type: ignore[attr-defined]
-EXECUTORS.add("ray", _ray_executor)
-
-
-def list_backends() -> list[str]:
-    return EXECUTORS.names()
-
-
-def _prepare_backend(backend: str, options: dict[str, Any]) -> Executor:
-    executor = EXECUTORS.get(backend)
-    prepare = getattr(executor, "prepare", None)
-    if prepare is not None:
-        prepare(**options)
-    elif options:
-        raise MCELError(f"backend '{backend}' takes no options ({', '.join(sorted(options))}); "
-                        "--address is for --backend ray")
-    return executor
-
-
 # -- the database side -----------------------------------------------------------------
-
-def _present(con: sqlite3.Connection, run_id: str) -> tuple[bool, set[tuple]]:
-    has_run = con.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-    keys = {(r["fmt"], r["error_model"], r["ber"], r["eval_seed"]) for r in con.execute(
-        "SELECT fmt, error_model, ber, eval_seed FROM evals WHERE run_id = ?", (run_id,))}
-    return has_run is not None, keys
-
 
 def missing_fmts(con: sqlite3.Connection, cell: Cell) -> tuple[str, ...]:
     """Formats of ``cell`` with at least one evals row not yet in the database."""
-    has_run, keys = _present(con, cell.run_id)
+    has_run, keys = store.eval_keys(con, cell.run_id)
     need = [k for k in cell.plan.keys() if k not in keys]
     if has_run and not need:
         return ()
@@ -234,38 +77,30 @@ def missing_fmts(con: sqlite3.Connection, cell: Cell) -> tuple[str, ...]:
     return fmts or cell.plan.fmts[:1]  # runs row missing: one format brings it
 
 
-def write_result(con: sqlite3.Connection, result: dict[str, Any], grid_name: str) -> dict[str, int]:
-    """Write one cell's result: one transaction per format. Returns rows written."""
-    counts = {"runs": 0, "evals": 0, "trials": 0}
-    config = result["config"]
-    run_row = (result["run_id"], grid_name, method_label(config), dumps(config),
-               result["clean_acc"], result["train_seconds"], json.dumps(result["margins"]),
-               dumps({**versions(), "torch_threads": result.get("threads")}))
-    for fmt in result["fmts"]:
+@dataclass
+class Written:
+    """Rows a cell added to the database."""
+
+    runs: int = 0
+    evals: int = 0
+    trials: int = 0
+
+
+def write_result(con: sqlite3.Connection, result: CellResult, grid_name: str) -> Written:
+    """Write one cell's result: one transaction per format. Returns the rows written."""
+    written = Written()
+    run = {"run_id": result.run_id, "grid": grid_name, "method": method_label(result.config),
+           "config": dumps(result.config), "clean_acc": result.clean_acc,
+           "train_seconds": result.train_seconds, "margins": json.dumps(result.margins),
+           "versions": dumps({**versions(), "torch_threads": result.threads})}
+    for fmt in result.fmts:
         with transaction(con):
-            cur = con.execute(
-                "INSERT OR IGNORE INTO runs (run_id, grid, method, config, clean_acc, "
-                "train_seconds, margins, versions) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", run_row)
-            counts["runs"] += cur.rowcount
-            for ev in (e for e in result["evals"] if e["fmt"] == fmt):
-                cur = con.execute(
-                    "INSERT OR IGNORE INTO evals (run_id, fmt, error_model, ber, eval_seed, "
-                    "mean, std, ci_low, ci_high, trials, clean_acc, seconds) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (result["run_id"], fmt, ev["error_model"], ev["ber"], ev["eval_seed"],
-                     ev["mean"], ev["std"], ev["ci_low"], ev["ci_high"], ev["trials"],
-                     ev["clean_acc"], ev["seconds"]))
-                if cur.rowcount != 1:
-                    continue  # already there from an earlier plan: keep the first answer
-                counts["evals"] += 1
-                eval_id = cur.lastrowid
-                con.executemany(
-                    "INSERT INTO trials (eval_id, trial, accuracy, empirical_rate) "
-                    "VALUES (?, ?, ?, ?)",
-                    [(eval_id, t, a, r) for t, (a, r) in
-                     enumerate(zip(ev["accuracies"], ev["empirical_rates"], strict=True))])
-                counts["trials"] += len(ev["accuracies"])
-    return counts
+            written.runs += store.add_run(con, run)
+            for ev in (e for e in result.evals if e["fmt"] == fmt):
+                if store.add_eval(con, result.run_id, ev) is not None:
+                    written.evals += 1
+                    written.trials += len(ev["accuracies"])
+    return written
 
 
 # -- the sweep ---------------------------------------------------------------------------
@@ -315,7 +150,7 @@ def run_sweep(
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise MCELError(f"threads must be a positive integer, got {threads!r}")
     options = {k: v for k, v in (backend_options or {}).items() if v is not None}
-    executor = _prepare_backend(backend, options)
+    executor = prepare_backend(backend, options)
     grid_path = Path(grid_path)
     grid = load_grid(grid_path)
     cells = expand(grid, data_dir=data_dir)
@@ -332,61 +167,65 @@ def run_sweep(
         return summary
     con = connect(db)
     try:
-        todo: list[CellJob] = []
-        for cell in cells:
-            fmts = missing_fmts(con, cell)
-            if fmts:
-                todo.append(CellJob(cell, str(out / "runs" / cell.run_id), fmts, threads))
+        todo = _jobs(con, cells, out, threads)
         summary.skipped = len(cells) - len(todo)
-        stale = [c for c in cells if c.plan.target_half_width is None and any(
-            r[0] != c.plan.trials for r in con.execute(
-                "SELECT DISTINCT trials FROM evals WHERE run_id = ?", (c.run_id,)))]
-        if stale and log:  # finished evaluations are never redone: say that they differ
-            log(f"warning: {len(stale)} cell(s) hold evaluations of another trial count than "
-                f"the grid's {stale[0].plan.trials}; they are kept as they are (write to a "
-                "new --out to recompute them)")
+        _warn_stale(con, cells, log)
         if log:
             log(f"sweep {grid.name}: {len(cells)} cells, {summary.skipped} already done, "
                 f"{len(todo)} to run ({backend}, jobs={jobs}); database {db}")
-        if dry_run or not todo:
-            return summary
-        by_id = {j.cell.run_id: j for j in todo}
-        from mcel.train import _progress
-
-        with _progress(progress) as bar:
-            task = bar.add_task(f"sweep {grid.name}", total=len(todo), info="")
-            for result in executor(todo, jobs, **options):
-                counts = write_result(con, result, grid.name)
-                summary.done += 1
-                summary.runs_written += counts["runs"]
-                summary.evals_written += counts["evals"]
-                summary.trials_written += counts["trials"]
-                cfg = by_id[result["run_id"]].cell.config
-                what = (f"{cfg.model}/{cfg.quant} {method_label(result['config'])} "
-                        f"seed {cfg.seed}")
-                bar.update(task, advance=1, info=what)
-                if log:
-                    log(f"[{summary.done}/{len(todo)}] {what}: clean "
-                        f"{result['clean_acc']:.4f}, {counts['evals']} evals "
-                        f"({result['seconds']:.1f}s)")
+        if not dry_run and todo:
+            _run_jobs(con, executor(todo, jobs, **options), todo, grid.name, summary,
+                      progress=progress, log=log)
     finally:
-        _settle(con)
+        settle(con)
         con.close()
         summary.seconds = time.perf_counter() - t0
     return summary
 
 
-def _settle(con) -> None:
-    """Leave the database as one plain file: fold the write-ahead log back in and leave
-    WAL mode, so the file can be copied alone and readers (`mcel report` opens it
-    read-only) create no -wal/-shm files beside it. Another sweep still writing to it
-    keeps WAL on (the switch needs the database to itself); the next sweep turns it on."""
-    import sqlite3
+def _jobs(con: sqlite3.Connection, cells: Sequence[Cell], out: Path,
+          threads: int) -> list[CellJob]:
+    """A job for every cell with formats still missing in the database."""
+    todo = []
+    for cell in cells:
+        fmts = missing_fmts(con, cell)
+        if fmts:
+            todo.append(CellJob(cell, str(out / "runs" / cell.run_id), fmts, threads))
+    return todo
 
-    try:
-        con.execute("PRAGMA journal_mode=DELETE")
-    except sqlite3.OperationalError:
-        pass
+
+def _warn_stale(con: sqlite3.Connection, cells: Sequence[Cell],
+                log: Callable[[str], None] | None) -> None:
+    """Finished evaluations are never redone: say where they differ from the grid."""
+    stale = [c for c in cells if c.plan.target_half_width is None
+             and store.trial_counts(con, c.run_id) - {c.plan.trials}]
+    if stale and log:
+        log(f"warning: {len(stale)} cell(s) hold evaluations of another trial count than "
+            f"the grid's {stale[0].plan.trials}; they are kept as they are (write to a "
+            "new --out to recompute them)")
+
+
+def _run_jobs(con: sqlite3.Connection, results: Iterator[CellResult], todo: list[CellJob],
+              grid_name: str, summary: SweepSummary, *, progress: bool,
+              log: Callable[[str], None] | None) -> None:
+    """Store each result as it comes, counting into ``summary``."""
+    from mcel.console import progress as progress_bar
+
+    by_id = {j.cell.run_id: j for j in todo}
+    with progress_bar(progress) as bar:
+        task = bar.add_task(f"sweep {grid_name}", total=len(todo), info="")
+        for result in results:
+            written = write_result(con, result, grid_name)
+            summary.done += 1
+            summary.runs_written += written.runs
+            summary.evals_written += written.evals
+            summary.trials_written += written.trials
+            cfg = by_id[result.run_id].cell.config
+            what = f"{cfg.model}/{cfg.quant} {method_label(result.config)} seed {cfg.seed}"
+            bar.update(task, advance=1, info=what)
+            if log:
+                log(f"[{summary.done}/{len(todo)}] {what}: clean {result.clean_acc:.4f}, "
+                    f"{written.evals} evals ({result.seconds:.1f}s)")
 
 
 def audit(grid_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
@@ -404,50 +243,13 @@ def audit(grid_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
     db = db_path(grid, grid_path, out_dir)
     if not db.exists():
         raise MCELError(f"{db} does not exist; run the sweep first")
-    problems: list[str] = []
     con = connect(db)
     try:
-        runs = {r["run_id"] for r in con.execute("SELECT run_id FROM runs")}
+        runs, evals = store.run_ids(con), store.evals(con)
         want = {c.run_id: c for c in cells}
-        for run_id in sorted(set(want) - runs):
-            problems.append(f"run {run_id}: no runs row")
-        for run_id in sorted(runs & set(want)):
-            if not (out_dir / "runs" / run_id / "model.safetensors").exists():
-                problems.append(f"run {run_id}: no run folder")
-        evals = con.execute("SELECT eval_id, run_id, fmt, error_model, ber, eval_seed, mean, "
-                            "trials, clean_acc FROM evals").fetchall()
-        have: dict[tuple, int] = {}
-        for e in evals:
-            key = (e["run_id"], e["fmt"], e["error_model"], e["ber"], e["eval_seed"])
-            have[key] = have.get(key, 0) + 1
-        problems += [f"evals {k}: {n} rows" for k, n in have.items() if n > 1]
-        for run_id, cell in want.items():
-            for key in cell.plan.keys():
-                if (run_id, *key) not in have:
-                    problems.append(f"run {run_id}: no evals row for {key}")
-        fixed = {run_id: c.plan.trials for run_id, c in want.items()
-                 if c.plan.target_half_width is None}
-        stale = sorted({e["run_id"] for e in evals
-                        if e["run_id"] in fixed and e["trials"] != fixed[e["run_id"]]})
-        problems += [f"run {r}: evals rows of another trial count than the grid's "
-                     f"{fixed[r]} (the grid changed after they were written)" for r in stale]
-        trials = {}
-        for r in con.execute("SELECT eval_id, COUNT(*) AS n, MIN(trial) AS lo, MAX(trial) AS hi, "
-                             "SUM(empirical_rate > 0) AS flipped FROM trials GROUP BY eval_id"):
-            trials[r["eval_id"]] = r
-        for e in evals:
-            t = trials.get(e["eval_id"])
-            if e["run_id"] not in runs:
-                problems.append(f"eval {e['eval_id']}: orphan (no runs row)")
-            if t is None or (t["n"], t["lo"], t["hi"]) != (e["trials"], 0, e["trials"] - 1):
-                problems.append(f"eval {e['eval_id']}: {0 if t is None else t['n']} trials rows, "
-                                f"evals row says {e['trials']}")
-            elif e["ber"] == 0 and (t["flipped"] or abs(e["mean"] - e["clean_acc"]) > 1e-12):
-                problems.append(f"eval {e['eval_id']}: BER 0 differs from clean accuracy")
-        orphans = set(trials) - {e["eval_id"] for e in evals}
-        if orphans:
-            problems.append(f"{len(orphans)} trials groups without an evals row")
-        n_trials = con.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
+        problems = (_run_problems(runs, want, out_dir) + _eval_problems(evals, want)
+                    + _trial_problems(evals, store.trial_groups(con), runs))
+        n_trials = store.count(con, "trials")
     finally:
         con.close()
     return {"cells": len(cells), "runs": len(runs), "evals": len(evals), "trials": n_trials,
@@ -457,7 +259,54 @@ def audit(grid_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
             "problems": problems}
 
 
+def _run_problems(runs: set[str], want: dict[str, Cell], out_dir: Path) -> list[str]:
+    problems = [f"run {run_id}: no runs row" for run_id in sorted(set(want) - runs)]
+    for run_id in sorted(runs & set(want)):
+        if not (out_dir / "runs" / run_id / "model.safetensors").exists():
+            problems.append(f"run {run_id}: no run folder")
+    return problems
+
+
+def _eval_problems(evals: list, want: dict[str, Cell]) -> list[str]:
+    """Duplicated or missing evals rows, and rows of another trial count than the grid's."""
+    have: dict[tuple, int] = {}
+    for e in evals:
+        key = (e["run_id"], e["fmt"], e["error_model"], e["ber"], e["eval_seed"])
+        have[key] = have.get(key, 0) + 1
+    problems = [f"evals {k}: {n} rows" for k, n in have.items() if n > 1]
+    for run_id, cell in want.items():
+        for key in cell.plan.keys():
+            if (run_id, *key) not in have:
+                problems.append(f"run {run_id}: no evals row for {key}")
+    fixed = {run_id: c.plan.trials for run_id, c in want.items()
+             if c.plan.target_half_width is None}
+    stale = sorted({e["run_id"] for e in evals
+                    if e["run_id"] in fixed and e["trials"] != fixed[e["run_id"]]})
+    problems += [f"run {r}: evals rows of another trial count than the grid's "
+                 f"{fixed[r]} (the grid changed after they were written)" for r in stale]
+    return problems
+
+
+def _trial_problems(evals: list, trials: dict, runs: set[str]) -> list[str]:
+    """Orphans, trial rows that do not number 0..trials-1, and BER 0 rows that flipped a
+    bit or differ from the clean accuracy."""
+    problems = []
+    for e in evals:
+        t = trials.get(e["eval_id"])
+        if e["run_id"] not in runs:
+            problems.append(f"eval {e['eval_id']}: orphan (no runs row)")
+        if t is None or (t["n"], t["lo"], t["hi"]) != (e["trials"], 0, e["trials"] - 1):
+            problems.append(f"eval {e['eval_id']}: {0 if t is None else t['n']} trials rows, "
+                            f"evals row says {e['trials']}")
+        elif e["ber"] == 0 and (t["flipped"] or abs(e["mean"] - e["clean_acc"]) > 1e-12):
+            problems.append(f"eval {e['eval_id']}: BER 0 differs from clean accuracy")
+    orphans = set(trials) - {e["eval_id"] for e in evals}
+    if orphans:
+        problems.append(f"{len(orphans)} trials groups without an evals row")
+    return problems
+
+
 __all__: Sequence[str] = [
-    "CellJob", "EXECUTORS", "Executor", "SweepSummary", "audit", "local_executor",
-    "list_backends", "missing_fmts", "run_cell", "run_sweep", "write_result",
+    "CellJob", "CellResult", "EXECUTORS", "Executor", "SweepSummary", "Written", "audit",
+    "local_executor", "list_backends", "missing_fmts", "run_cell", "run_sweep", "write_result",
 ]

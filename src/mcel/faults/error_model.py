@@ -151,6 +151,31 @@ class BitErrorModel:
             raise MCELError(f"with_ber needs a uniform ber model, not '{self.describe()}'")
         return replace(self, ber=ber)
 
+    def at_rate(self, ber: float) -> BitErrorModel:
+        """This model with its largest per-bit rate set to ``ber`` (one sweep axis for
+        every model).
+
+        A uniform model gets ``ber`` and keeps its ``stuck_at`` fraction as given (a
+        property of the memory, not of the flip rate); an asymmetric, per-bit or
+        stuck-only model keeps its shape (all rates, ``stuck_at`` included, scaled
+        together). BER 0 is always the fault-free model.
+        """
+        if self.is_uniform:
+            if ber == 0 and self.stuck_at:
+                return replace(self.with_ber(0.0), stuck_at=None)
+            return self.with_ber(ber)
+        top = self.max_rate()
+        if top == 0:
+            raise MCELError("the error model has no nonzero rate to sweep")
+        f = ber / top
+
+        def s(r):
+            return None if r is None else min(1.0, r * f)
+
+        return replace(self, p01=s(self.p01), p10=s(self.p10), stuck_at=s(self.stuck_at),
+                       bit_rates=None if self.bit_rates is None
+                       else tuple(min(1.0, r * f) for r in self.bit_rates))
+
     def protected_mask(self, bits: int) -> np.ndarray:
         """Boolean array over bit positions 0..bits-1 (LSB first): True = never faulty."""
         mask = np.zeros(bits, dtype=bool)

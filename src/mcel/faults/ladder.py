@@ -46,7 +46,7 @@ _U53 = 2.0**-53
 # Block bounds in time, bottom-up: t(0)=0, t(2^-41), ..., t(1/32), t(1/16).
 _BOUNDS = [0.0] + [-math.log1p(-(2.0**-j)) for j in range(J + 1, 3, -1)]
 BLOCKS: tuple[tuple[float, float], ...] = tuple(zip(_BOUNDS[:-1], _BOUNDS[1:]))
-_T_DENSE = _BOUNDS[-1]
+T_DENSE = _BOUNDS[-1]  # time of DENSE_FROM: above it every block is drawn
 
 # cells -> their own time thresholds t(rate), each <= t(top)
 TimeFn = Callable[[np.ndarray], np.ndarray]
@@ -113,7 +113,7 @@ def sample_ladder(
             t = ta + (tb - ta) * _uniform(raw)
             kept.append(np.compress(t < time_of(pos), pos))
 
-    if t_top > _T_DENSE:  # then every block was drawn
+    if t_top > T_DENSE:  # then every block was drawn
         bg.advance(skipped)
         marked = _unique_sorted(np.concatenate(all_marks)) if all_marks else np.empty(0, dt)
         for start in range(0, n, CHUNK):

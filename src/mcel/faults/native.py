@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mcel.faults.ladder import _T_DENSE, BLOCKS, rate_time
+from mcel.faults.ladder import BLOCKS, T_DENSE, rate_time
 
 _SRC = Path(__file__).with_name("_ladder.c")
 _LOCK = threading.Lock()
@@ -204,7 +204,7 @@ def _plan(n: int, top: float) -> tuple | None:
     number of blocks entirely below the rate and the 53-bit threshold of the next one.
     None above 1/16 (the numpy path's per-cell part)."""
     t_top = float(rate_time(top))
-    if t_top > _T_DENSE:
+    if t_top > T_DENSE:
         return None
     blocks = [(a, b) for a, b in BLOCKS if a < t_top]
     ta = np.array([a for a, _ in blocks], np.float64)

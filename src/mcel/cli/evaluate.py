@@ -1,0 +1,109 @@
+"""``mcel evaluate``: Monte-Carlo accuracy of a run folder under bit errors."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from typing import Any
+
+from mcel.cli.common import floats
+
+
+def error_model_of(args: argparse.Namespace):
+    from mcel.faults import BitErrorModel, parse_error_model
+
+    em = parse_error_model(args.error_model) if args.error_model else BitErrorModel(ber=0.0)
+    changes: dict[str, Any] = {}
+    if args.targets is not None:
+        changes["targets"] = tuple(t.strip() for t in args.targets.split(","))
+    if args.transient:
+        changes["mode"] = "transient"
+    return dataclasses.replace(em, **changes) if changes else em
+
+
+def add_eval_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ber", type=floats, default=[0.0, 1e-3, 1e-2],
+                   help="comma-separated bit error rates (default 0,1e-3,1e-2)")
+    p.add_argument("--trials", type=int, default=100, help="Monte-Carlo trials per BER (max)")
+    p.add_argument("--seed", type=int, default=0, help="fault seed")
+    p.add_argument("--error-model", default=None,
+                   help="e.g. 'p01=1e-3,p10=1e-2', 'ber=1e-3,protected=-1', 'stuck_at=1e-3'; "
+                        "--ber then sets its largest rate")
+    p.add_argument("--targets", default=None, help="weights,biases,activations")
+    p.add_argument("--transient", action="store_true", help="redraw faults at every forward")
+    p.add_argument("--fmt", default=None, help="evaluate with codes stored in this number format")
+    p.add_argument("--adaptive", type=float, default=None, metavar="HALF_WIDTH",
+                   help="stop each BER once its 95%% interval is within +-HALF_WIDTH (e.g. 0.005)")
+    p.add_argument("--batch-size", type=int, default=1024, help="images per forward")
+    p.add_argument("--trial-batch", type=int, default=1, metavar="K",
+                   help="run K trials as one batched forward (K weight copies; for small "
+                        "models on a GPU; persistent weight/bias faults only)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--data-dir", default=None,
+                   help="folder with the dataset files (default: the run's own)")
+    p.add_argument("--limit-test", type=int, default=None,
+                   help="evaluate on the first N test images only (a quick look)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                   help="precision of the faulty forward passes; bf16 also reports how "
+                        "often its clean predictions agree with fp32")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from mcel.data import load_dataset
+    from mcel.evaluate import evaluate
+    from mcel.io import write_json
+    from mcel.quant import set_format
+    from mcel.runs import load_run
+
+    em = error_model_of(args)
+    model, config = load_run(args.run_dir, args.device)
+    if args.fmt:
+        set_format(model, args.fmt)
+    x, y = load_dataset(config.dataset, "test", args.data_dir or config.data_dir,
+                        limit=args.limit_test or config.limit_test)
+    res = evaluate(model, x, y, args.ber, em, trials=args.trials, seed=args.seed,
+                   batch_size=args.batch_size, target_half_width=args.adaptive,
+                   progress=sys.stderr.isatty(), trial_batch=args.trial_batch,
+                   precision=args.precision)
+    res.meta.update(run_dir=str(args.run_dir), fmt=args.fmt or config.fmt, samples=len(y))
+    print_eval(res)
+    if args.json:
+        write_json(args.json, res.to_dict())
+        print(f"wrote {args.json}")
+    return 0
+
+
+def print_eval(res) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from mcel.faults import BitErrorModel
+
+    shape = BitErrorModel(**{k: tuple(v) if isinstance(v, list) else v
+                             for k, v in res.error_model.items()}).describe()
+    shape = ("uniform flips in the weights" if shape.startswith("ber=") and "," not in shape
+             else f"error model {shape} (each BER sets its largest rate)")
+    t = Table(title=f"clean accuracy {res.clean_accuracy:.4f}",
+              caption=f"{res.meta.get('samples', '?')} test images, {res.meta.get('fmt', '?')}, "
+                      f"{shape}, fault seed "
+                      f"{res.seed}, {res.seconds:.2f} s" if res.seconds < 100 else
+                      f"{res.seed}, {res.seconds:.0f} s")
+    for c in ("BER", "accuracy", "95% CI", "std", "trials", "empirical rate"):
+        t.add_column(c, justify="right")
+    for r in res.results:
+        emp = sum(r.empirical_rates) / len(r.empirical_rates)
+        t.add_row(f"{r.ber:g}", f"{r.mean:.4f}", f"[{r.ci_low:.4f}, {r.ci_high:.4f}]",
+                  f"{r.std:.4f}", str(r.trials), f"{emp:.3g}")
+    Console().print(t)
+    if res.precision != "fp32":
+        print(f"{res.precision}: clean predictions agree with fp32 on "
+              f"{100 * res.agreement:.2f}% of the test images")
+
+
+def register(sub) -> None:
+    e = sub.add_parser("evaluate", help="Monte-Carlo accuracy under bit errors")
+    e.add_argument("run_dir", help="a run folder written by 'mcel train'")
+    add_eval_flags(e)
+    e.add_argument("--json", default=None, help="write the full result as JSON here")
+    e.set_defaults(func=cmd_evaluate)

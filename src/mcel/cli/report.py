@@ -1,0 +1,20 @@
+"""``mcel report``: Markdown and HTML report of a results database (`mcel.report`)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from mcel.report.build import build_report
+
+    md = build_report(args.db, args.out)
+    print(f"wrote {md}, {md.with_name('report.html')} and the plots beside them")
+    return 0
+
+
+def register(sub) -> None:
+    r = sub.add_parser("report", help="Markdown + HTML report from a results database")
+    r.add_argument("db", help="results database (SQLite) written by a sweep")
+    r.add_argument("--out", default="report", help="output folder (default ./report)")
+    r.set_defaults(func=cmd_report)

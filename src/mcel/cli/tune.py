@@ -1,0 +1,100 @@
+"""``mcel tune-margin``: pick the MCEL margin, CE vs MCEL at candidate margins under one
+BER (`mcel.tuning`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from mcel.cli.common import add_train_flags, console, error_model, floats, ints, train_config
+from mcel.console import log
+from mcel.tuning import CANDIDATE_MARGINS, CLEAN_BUDGET, TUNE_TRIALS
+
+
+def cmd_tune_margin(args: argparse.Namespace) -> int:
+    from mcel.io import write_json
+    from mcel.tuning import tune_margin
+
+    base = train_config(args)
+    em = error_model(args.error_model)
+    res = tune_margin(base, args.ber, em, margins=args.margins, normalize=None,
+                      clean_budget=args.clean_budget, trials=args.trials, seed=args.eval_seed,
+                      seeds=args.seeds, progress=sys.stderr.isatty(), log=log)
+    print_tuning(res)
+    if args.json:
+        write_json(args.json, res)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def print_tuning(res: dict[str, Any]) -> None:
+    """The table of everything ``tune_margin`` tried, and its choice."""
+    from rich.table import Table
+
+    seeds = res.get("seeds") or [None]
+    over = f"{len(seeds)} training seeds, " if len(seeds) > 1 else ""
+    t = Table(title=f"margin search at BER {res['ber']:g} ({over}{res['trials']} trials; chosen "
+                    f"on {res['n_select']} samples: {res['selected_on']})")
+    t.add_column("method", no_wrap=True)
+    for col in ("clean %", f"BER {res['ber']:g}: acc % [95% CI]", "Δ vs CE", "in budget",
+                "test clean %", "train s"):
+        t.add_column(col, justify="right")
+
+    def delta(r: dict[str, Any]) -> str:
+        if r["loss"] == "ce":
+            return "—"
+        ci = ("" if "delta_ci_low" not in r else
+              f" [{100 * r['delta_ci_low']:+.2f}, {100 * r['delta_ci_high']:+.2f}]")
+        return f"{100 * r['delta_vs_ce']:+.2f}{ci}"
+
+    for r in res["rows"]:
+        mark = " *" if res["best"] is r else ""
+        t.add_row(r["method"] + mark, f"{100 * r['clean_acc']:.2f}",
+                  # an accuracy lives in [0, 100]: a t-interval over few seeds may not
+                  f"{100 * r['acc']:.2f} [{100 * max(0.0, r['ci_low']):.2f}, "
+                  f"{100 * min(1.0, r['ci_high']):.2f}]",
+                  delta(r),
+                  "CE" if r["loss"] == "ce" else ("yes" if r["eligible"] else "no"),
+                  f"{100 * r['test_clean_acc']:.2f}", f"{r['train_seconds']:.1f}")
+    c = console()
+    c.print(t)
+    if res["best"] is None:
+        c.print(f"no margin keeps clean accuracy within {100 * res['clean_budget']:g} points of "
+                "CE; try smaller margins or a larger --clean-budget")
+        c.print("recommended: margin 0 (MCEL at margin 0 is CE)")
+    else:
+        b = res["best"]
+        if b["delta_vs_ce"] <= 0:
+            verdict = "worse than or equal to"
+        elif res["beats_ce"]:
+            verdict = "better than"
+        else:
+            verdict = "not significantly better than" if len(seeds) > 1 else "not better than"
+        c.print(f"best margin {b['margin']:g} ({b['method']}): {b['acc']:.4f} at BER "
+                f"{res['ber']:g}, {verdict} CE's {res['ce']['acc']:.4f} "
+                f"({100 * b['delta_vs_ce']:+.2f} points)")
+        c.print(f"recommended: margin {res['recommended_margin']:g}"
+                + ("" if res["beats_ce"] else " (MCEL at margin 0 is CE: no margin beat it)"))
+
+
+def register(sub) -> None:
+    t = sub.add_parser("tune-margin", help="pick the MCEL margin: CE vs MCEL at candidate "
+                                           "margins, evaluated at one BER")
+    add_train_flags(t, skip=("loss", "margin"))  # the tuner sets both per candidate
+    t.add_argument("--ber", type=float, required=True, help="bit error rate to tune for")
+    t.add_argument("--margins", type=floats, default=list(CANDIDATE_MARGINS),
+                   help="comma-separated candidate margins")
+    t.add_argument("--clean-budget", type=float, default=CLEAN_BUDGET,
+                   help="largest clean-accuracy loss vs CE allowed")
+    t.add_argument("--trials", type=int, default=TUNE_TRIALS, help="Monte-Carlo trials")
+    t.add_argument("--eval-seed", type=int, default=0, help="fault seed")
+    t.add_argument("--seeds", type=ints, default=None,
+                   help="training seeds, e.g. 0,1,2,3,4: a margin must then beat CE with a "
+                        "95%% interval (paired by seed) above zero; where CE's accuracy under "
+                        "faults varies much by seed, three seeds are rarely enough "
+                        "(default: --seed only)")
+    t.add_argument("--error-model", default=None,
+                   help="e.g. 'p01=1e-3,p10=1e-2'; --ber then sets its largest rate")
+    t.add_argument("--json", default=None, help="write everything tried as JSON here")
+    t.set_defaults(func=cmd_tune_margin)

@@ -1,0 +1,100 @@
+"""One sweep cell, as a worker runs it: train (or resume) the run, take its clean output
+margins, evaluate every missing number format. Every backend runs `run_cell`; it writes
+nothing but the run folder and returns a `CellResult` for the parent to store.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from mcel.experiments.grid import Cell
+
+
+@dataclass
+class CellJob:
+    """What a backend runs: one cell, the formats still missing, and where to train."""
+
+    cell: Cell
+    run_dir: str
+    fmts: tuple[str, ...]
+    threads: int = 1
+
+
+@dataclass
+class CellResult:
+    """What a cell returns to the parent (plain and picklable, for process pools and Ray):
+    the run's id, config, clean accuracy, training time and clean output margins, the
+    formats evaluated, one dict per evals row (its columns, plus the per-trial
+    ``accuracies`` and ``empirical_rates``), the wall time and the torch thread count
+    (CPU results depend on it: it is recorded with the versions)."""
+
+    run_id: str
+    config: dict[str, Any]
+    clean_acc: float
+    train_seconds: float | None
+    margins: list[float]
+    fmts: list[str]
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    threads: int = 1
+
+
+@contextmanager
+def _torch_threads(n: int):
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def run_cell(job: CellJob) -> CellResult:
+    """Train (or resume) one cell, take its margins, evaluate each missing format.
+
+    Writes nothing but the run folder.
+    """
+    from mcel.analysis import output_margins
+    from mcel.data import load_dataset
+    from mcel.evaluate import evaluate
+    from mcel.faults import parse_error_model
+    from mcel.quant import set_format
+    from mcel.train import train
+
+    config, plan = job.cell.config, job.cell.plan
+    t0 = time.perf_counter()
+    with _torch_threads(job.threads):
+        model, metrics = train(config, out=job.run_dir)
+        x, y = load_dataset(config.dataset, "test", config.data_dir, limit=plan.limit_test)
+        margins = output_margins(model, x, y)
+        evals = []
+        for fmt in job.fmts:
+            set_format(model, fmt)  # same levels, other bit patterns: no retraining
+            for spec in plan.error_models:
+                res = evaluate(model, x, y, plan.bers, parse_error_model(spec),
+                               trials=plan.trials, seed=plan.seed,
+                               target_half_width=plan.target_half_width,
+                               min_trials=plan.min_trials)
+                for r in res.results:
+                    evals.append({
+                        "fmt": fmt, "error_model": spec, "ber": r.ber, "eval_seed": plan.seed,
+                        "mean": r.mean, "std": r.std, "ci_low": r.ci_low, "ci_high": r.ci_high,
+                        "trials": r.trials, "clean_acc": res.clean_accuracy,
+                        # one evaluate() call covers all BERs; share its time equally
+                        "seconds": res.seconds / len(res.results),
+                        "accuracies": list(r.accuracies),
+                        "empirical_rates": list(r.empirical_rates),
+                    })
+    return CellResult(run_id=job.cell.run_id, config=config.to_dict(),
+                      clean_acc=metrics["test_acc"], train_seconds=metrics.get("train_seconds"),
+                      margins=[round(float(m), 4) for m in margins.tolist()],
+                      fmts=list(job.fmts), evals=evals, seconds=time.perf_counter() - t0,
+                      threads=job.threads)
+
+
+__all__ = ["CellJob", "CellResult", "run_cell"]

@@ -1,0 +1,151 @@
+"""The package's layering: imports only go downward, and no module borrows another's
+privates.
+
+Every module under ``src/mcel`` is parsed with ``ast``; the import graph counts imports
+inside functions too (they hide circles from Python, not from a reader). A circle means
+two modules that cannot be understood, tested or moved one without the other; a
+``_private`` taken from another module is a helper that belongs one floor lower.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+PACKAGE = "mcel"
+
+
+def module_name(path: Path, root: Path = SRC) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _resolve(module: str, node: ast.ImportFrom, is_package: bool) -> str:
+    """The absolute module an ``ImportFrom`` names (relative imports resolved)."""
+    if not node.level:
+        return node.module or ""
+    base = module.split(".")
+    drop = node.level - 1 if is_package else node.level
+    base = base[:len(base) - drop]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def imports(modules: dict[str, Path]) -> dict[str, dict[str, set[str]]]:
+    """module -> {imported module of the package -> names taken from it}.
+
+    ``from a.b import c`` counts as an import of ``a.b.c`` where that is a module (a
+    submodule, not a name defined in ``a/b/__init__.py``), else of ``a.b``.
+    """
+    graph: dict[str, dict[str, set[str]]] = {}
+    for name, path in modules.items():
+        edges: dict[str, set[str]] = {}
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.split(".")[0] == PACKAGE:
+                        edges.setdefault(alias.name, set())
+            elif isinstance(node, ast.ImportFrom):
+                target = _resolve(name, node, path.name == "__init__.py")
+                if target.split(".")[0] != PACKAGE:
+                    continue
+                for alias in node.names:
+                    sub = f"{target}.{alias.name}"
+                    if sub in modules:
+                        edges.setdefault(sub, set())
+                    else:
+                        edges.setdefault(target, set()).add(alias.name)
+        edges.pop(name, None)
+        graph[name] = {k: v for k, v in edges.items() if k in modules}
+    return graph
+
+
+def cycles(graph: dict[str, dict[str, set[str]]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, {}):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                found.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def _is_private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def private_imports(graph: dict[str, dict[str, set[str]]]) -> list[str]:
+    """``importer -> module: _name`` for every private name taken from another module."""
+    return [f"{src} -> {dst}: {n}" for src, edges in sorted(graph.items())
+            for dst, names in sorted(edges.items()) for n in sorted(names) if _is_private(n)]
+
+
+def package_modules(root: Path = SRC) -> dict[str, Path]:
+    return {module_name(p, root): p for p in sorted((root / PACKAGE).rglob("*.py"))}
+
+
+@pytest.fixture(scope="module")
+def graph():
+    return imports(package_modules())
+
+
+def test_the_package_is_read_whole(graph):
+    # the graph sees the modules and the imports inside functions
+    assert len(graph) > 30
+    assert "mcel.losses" in graph["mcel"]
+    assert "mcel.evaluate" in graph["mcel.experiments.cell"]  # an import inside run_cell
+
+
+def test_no_import_circles(graph):
+    assert cycles(graph) == []
+
+
+def test_no_module_imports_another_modules_privates(graph):
+    assert private_imports(graph) == []
+
+
+def test_the_checks_can_fail(tmp_path):
+    # a small package with a circle through a function-level import and a private import
+    pkg = tmp_path / PACKAGE
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "low.py").write_text("def f():\n    from mcel.high import g\n    return g\n")
+    (pkg / "high.py").write_text("from mcel import low\nfrom mcel.sub.deep import _helper\n"
+                                 "def g():\n    return low\n")
+    (pkg / "errors.py").write_text("class E(Exception):\n    pass\n")
+    (pkg / "sub" / "deep.py").write_text("from ..errors import E\ndef _helper():\n    raise E\n")
+    g = imports(package_modules(tmp_path))
+    assert g["mcel.high"] == {"mcel.low": set(), "mcel.sub.deep": {"_helper"}}
+    assert g["mcel.sub.deep"] == {"mcel.errors": {"E"}}  # a relative import
+    assert cycles(g) == [["mcel.high", "mcel.low"]]
+    assert private_imports(g) == ["mcel.high -> mcel.sub.deep: _helper"]
