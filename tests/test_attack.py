@@ -92,3 +92,24 @@ def test_other_format_and_bad_input(setup):
         bit_flip_attack(model, attack, test, layers=["conv*"])
     with pytest.raises(MCELError, match="budget and candidates must be >= 1"):
         bit_flip_attack(model, attack, test, budget=0)
+
+
+def test_attack_command(tmp_path, capsys):
+    from mcel.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "digits", "--model", "mlp", "--quant", "int8",
+                 "--epochs", "2", "--limit-train", "400", "--out", str(run)]) == 0
+    js = tmp_path / "a.json"
+    assert main(["attack", str(run), "--budget", "3", "--candidates", "2", "--test-samples",
+                 "100", "--attack-samples", "32", "--fmt", "sign_magnitude", "--json",
+                 str(js)]) == 0
+    out = capsys.readouterr().out
+    assert "3 flips (sign_magnitude, 100 test images" in out and "accuracy <= 50.0%" in out
+    import json
+
+    res = json.loads(js.read_text())
+    assert len(res["flips"]) == 3 and len(res["accuracy"]) == 4
+    assert set(res["meta"]["flips_to"]) == {"0.5", "0.11"}
+    assert main(["attack", str(tmp_path / "nope")]) == 2
+    assert "run folder" in (err := capsys.readouterr().err) and "is missing" in err

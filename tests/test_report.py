@@ -251,3 +251,32 @@ def test_report_tolerable_ber_column_and_plot(tmp_path):
     assert _row(md, "CE")[2] == "91.00 [78.29, 100.00]"  # the other columns stay as they were
     png = next((md_path.parent).glob("*-tolerable.png"))
     assert f"]({png.name})" in md and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_energy_view_from_a_voltage_curve(tmp_path, capsys):
+    path = tmp_path / "study.db"
+    con = connect(path)
+    for seed, (clean, a1, a2) in enumerate([(0.90, 0.895, 0.875), (0.92, 0.900, 0.800)]):
+        _add_run(con, {**BASE, "loss": "ce", "seed": seed},
+                 {0.0: [clean - 0.001, clean + 0.001], 0.01: [a1 - 0.001, a1 + 0.001],
+                  0.02: [a2 - 0.001, a2 + 0.001]}, clean=clean)
+    con.commit()
+    con.close()
+    curve = tmp_path / "sram.csv"
+    curve.write_text("voltage,ber\n0.6,1e-1\n0.7,1e-3\n0.8,1e-5\n0.9,0\n")
+    assert main(["report", str(path), "--out", str(tmp_path / "r"), "--voltage-curve",
+                 str(curve)]) == 0
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "## Energy at the lowest safe voltage" in md
+    row = next(ln for ln in md.splitlines() if ln.startswith("| CE | 0.875"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    # CE's mean tolerable BER 0.875%: between 1e-1 at 0.6 V and 1e-3 at 0.7 V in log10
+    v = 0.6 + 0.1 * (-1 - math.log10(0.00875)) / 2
+    assert cells[2] == f"{v:.3f}"
+    assert cells[3].startswith(f"{100 * (1 - (v / 0.9) ** 2):.1f} [")
+    assert next((tmp_path / "r").glob("*-energy.png")).read_bytes()[:4] == b"\x89PNG"
+    # a curve whose BER rises with the voltage is refused before anything is written
+    curve.write_text("0.6,1e-5\n0.9,1e-1\n")
+    assert main(["report", str(path), "--out", str(tmp_path / "r2"), "--voltage-curve",
+                 str(curve)]) == 2
+    assert "must not rise" in capsys.readouterr().err and not (tmp_path / "r2").exists()

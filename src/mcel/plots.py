@@ -51,8 +51,24 @@ def plot_tolerable_ber(values: Mapping[str, dict], path: str | Path, *,
     ``{"mean", "low", "high", "censored"}`` (BERs as fractions); a censored method (a
     lower bound: some seed never lost a point on its grid) is drawn as an open triangle
     pointing up, and ``grid_max``, the largest BER evaluated, as a dashed line."""
+    return _method_points(values, path, title=title, ylabel="tolerable bit error rate (%)",
+                          line=grid_max, line_label="largest BER evaluated")
+
+
+def plot_energy_saving(values: Mapping[str, dict], path: str | Path, *,
+                       title: str = "Energy saving") -> Path:
+    """Dynamic energy saved at each method's lowest safe voltage (fractions, drawn in
+    percent), one point per method with the interval its tolerable BER's maps to; open
+    triangles where the tolerable BER was a lower bound (so is the saving)."""
+    return _method_points(values, path, title=title,
+                          ylabel="dynamic energy saving vs nominal voltage (%)")
+
+
+def _method_points(values: Mapping[str, dict], path: str | Path, *, title: str, ylabel: str,
+                   line: float | None = None, line_label: str = "") -> Path:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     names = list(values)
+    grid_max = line
     for i, name in enumerate(names):
         v = values[name]
         m = 100 * v["mean"]
@@ -61,14 +77,14 @@ def plot_tolerable_ber(values: Mapping[str, dict], path: str | Path, *,
         ax.errorbar([i], [m], yerr=err, fmt="^" if v["censored"] else "o", ms=7, capsize=4,
                     color=color, mfc="none" if v["censored"] else color)
     if grid_max is not None:
-        ax.axhline(100 * grid_max, color="grey", ls="--", lw=1, label="largest BER evaluated")
+        ax.axhline(100 * grid_max, color="grey", ls="--", lw=1, label=line_label)
     if any(v["censored"] for v in values.values()):
         ax.plot([], [], "^", mfc="none", color="grey", label="lower bound (censored)")
     ax.set_xticks(range(len(names)), names, rotation=20 if len(names) > 4 else 0, ha="right"
                   if len(names) > 4 else "center")
     ax.set_xlim(-0.6, len(names) - 0.4)
     ax.set_ylim(bottom=0)
-    ax.set_ylabel("tolerable bit error rate (%)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3, axis="y")
     if ax.get_legend_handles_labels()[0]:

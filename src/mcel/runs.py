@@ -122,6 +122,9 @@ def resume(out: Path, config: TrainConfig, model: nn.Module, *, opt: torch.optim
 def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[nn.Module, TrainConfig]:
     """Rebuild a trained model from its run folder (no code is executed from files)."""
     run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise MCELError(f"run folder {run_dir} is missing; train one with 'mcel train --out "
+                        "DIR' first")
     if not (run_dir / "model.safetensors").exists():
         raise MCELError(f"{run_dir} is not a finished run folder (no model.safetensors); "
                         "train it with 'mcel train --out DIR' first")

@@ -8,7 +8,7 @@ import argparse
 def cmd_report(args: argparse.Namespace) -> int:
     from mcel.report.build import build_report
 
-    md = build_report(args.db, args.out)
+    md = build_report(args.db, args.out, voltage_curve=args.voltage_curve)
     print(f"wrote {md}, {md.with_name('report.html')} and the plots beside them")
     return 0
 
@@ -17,4 +17,7 @@ def register(sub) -> None:
     r = sub.add_parser("report", help="Markdown + HTML report from a results database")
     r.add_argument("db", help="results database (SQLite) written by a sweep")
     r.add_argument("--out", default="report", help="output folder (default ./report)")
+    r.add_argument("--voltage-curve", default=None, metavar="CSV",
+                   help="a memory's 'voltage,ber' curve: adds each method's lowest safe "
+                        "voltage and dynamic energy saving")
     r.set_defaults(func=cmd_report)

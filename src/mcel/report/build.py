@@ -26,6 +26,7 @@ from mcel.report.read import Eval, Run, load_results
 from mcel.report.render import (
     Block,
     best_mcel,
+    energy_blocks,
     fmt_cell,
     fmt_delta,
     fmt_tolerable,
@@ -38,15 +39,21 @@ from mcel.report.render import (
 from mcel.report.stats import CE_LABEL, Cell, Group, Line, aggregate, delta
 
 
-def build_report(db_path: str | Path, out_dir: str | Path) -> Path:
+def build_report(db_path: str | Path, out_dir: str | Path, *,
+                 voltage_curve: str | Path | None = None) -> Path:
     """Write ``report.md``, ``report.html`` and the PNGs for the study in ``db_path``
-    into ``out_dir``; returns the path of ``report.md``.
+    into ``out_dir``; returns the path of ``report.md``. With ``voltage_curve`` (a
+    ``voltage,ber`` CSV, `mcel.energy`) it adds each method's lowest safe voltage and
+    energy saving.
 
     Raises :class:`MCELError` (one line) for a missing, empty or foreign database.
     """
     from mcel import __version__
     from mcel.io import atomic_write_bytes, check_writable
 
+    from mcel.energy import read_voltage_curve
+
+    curve = read_voltage_curve(voltage_curve) if voltage_curve is not None else None
     runs, evals, notes = load_results(db_path)
     out = check_writable(out_dir)
     groups, agg_notes = aggregate(runs, evals)
@@ -64,6 +71,8 @@ def build_report(db_path: str | Path, out_dir: str | Path) -> Path:
     ]
     for i, g in enumerate(groups, 1):
         blocks += group_blocks(i, g, out, images)
+    if curve is not None:
+        blocks += energy_blocks(groups, curve, out, images)
     used = {r.run_id for g in groups for ln in g.lines for r in ln.runs}
     blocks.append(("h2", "Appendix: runs"))
     blocks.append(("p", "run_id is the hash of the run's full training config; a run is "

@@ -234,3 +234,42 @@ def group_blocks(i: int, g: Group, out_dir: Path, images: dict[str, bytes]) -> l
 __all__ = ["Block", "best_mcel", "fmt_cell", "fmt_delta", "fmt_tolerable", "group_blocks",
            "group_figures",
            "to_html", "to_markdown"]
+
+
+def energy_blocks(groups: list[Group], curve, out_dir: Path,
+                  images: dict[str, bytes]) -> list[Block]:
+    """What each method's tolerable BER buys on the memory whose voltage-to-BER ``curve``
+    (`mcel.energy.VoltageCurve`) is given: its lowest safe voltage and dynamic energy
+    saving, one table and one plot per group. The saving falls as the BER falls, so the
+    tolerable BER's interval maps onto the saving's."""
+    from mcel.plots import plot_energy_saving
+
+    blocks: list[Block] = [
+        ("h2", "Energy at the lowest safe voltage"),
+        ("p", f"Voltage curve: {len(curve.voltages)} points, {curve.voltages[0]:g} to "
+              f"{curve.nominal:g} V (nominal). Lowest safe voltage: the lowest at which the "
+              "memory's BER (interpolated in log BER) stays at or below the method's mean "
+              "tolerable BER; saving: 1 - (V / V_nominal)^2; ≥ where the tolerable BER "
+              "was a lower bound.")]
+    for i, g in enumerate(groups, 1):
+        lines = [ln for ln in g.lines if ln.tolerable is not None]
+        if not lines:
+            continue
+        rows, points = [], {}
+        for ln in lines:
+            t, mark = ln.tolerable, "≥ " if ln.censored_seeds else ""
+            save = [curve.energy_saving(b) for b in (t.mean, t.low, t.high)]
+            rows.append([ln.label, mark + fmt_tolerable(t, False),
+                         f"{mark}{curve.lowest_safe_voltage(t.mean):.3f}",
+                         f"{mark}{100 * save[0]:.1f} [{100 * save[1]:.1f}, {100 * save[2]:.1f}]"])
+            points[ln.label] = {"mean": save[0], "low": save[1], "high": save[2],
+                                "censored": bool(ln.censored_seeds)}
+        png = f"{i:02d}-{slug(f'{g.dataset}_{g.model}_{g.quant}_{g.fmt}_{g.error_model}')}" \
+              "-energy.png"
+        plot_energy_saving(points, out_dir / png, title=f"energy saving, {g.title}")
+        images[png] = (out_dir / png).read_bytes()
+        blocks += [("h3", f"{i}. {g.title}"), ("img", png, f"energy saving, {g.title}"),
+                   ("table", ["method", "tolerable BER %", "lowest safe V",
+                              "energy saving %"], rows)]
+    return blocks
+
