@@ -49,9 +49,8 @@ def build_report(db_path: str | Path, out_dir: str | Path, *,
     Raises :class:`MCELError` (one line) for a missing, empty or foreign database.
     """
     from mcel import __version__
-    from mcel.io import atomic_write_bytes, check_writable
-
     from mcel.energy import read_voltage_curve
+    from mcel.io import atomic_write_bytes, check_writable
 
     curve = read_voltage_curve(voltage_curve) if voltage_curve is not None else None
     runs, evals, notes = load_results(db_path)
