@@ -179,3 +179,18 @@ def test_fashion_mnist_vgg3_int4(real_data, tmp_path):
 
     x, y = load_dataset("fashion-mnist", "test", cfg.data_dir, limit=1000)
     assert accuracy(model, x, y) == metrics["test_acc"] > 0.5
+
+
+def test_headline_configs_differ_only_in_the_loss():
+    # configs/headline/{ce,mcel}.yaml are the two sides of MCEL's headline claim
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "headline"
+    ce, mcel = (TrainConfig.from_dict(yaml.safe_load((root / f"{n}.yaml").read_text()))
+                for n in ("ce", "mcel"))
+    differ = {k for k, v in ce.to_dict().items() if mcel.to_dict()[k] != v}
+    assert differ == {"loss", "margin"} and mcel.loss == "mcel" and ce.loss == "ce"
+    # the very runs of the study (docs/study/cpu-digits-vgg7, seed 0)
+    assert (ce.digest(), mcel.digest()) == ("698bd80e76d5ef72", "097fe567c3f8ecae")
