@@ -146,3 +146,9 @@ def test_the_package_exposes_the_api_lazily():
             "assert mcel.evaluate.evaluate and mcel.train.train and mcel.quant.QuantSpec")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_a_percentage_given_as_ber_suggests_the_fraction(run_dir, capsys):
+    assert main(["evaluate", str(run_dir), "--ber", "0,2", "--trials", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "BER 2.0 is outside [0, 1]; BERs are fractions: did you mean 0.02 (2%)?" in err

@@ -19,6 +19,17 @@ if TYPE_CHECKING:
     from mcel.faults import BitErrorModel
 
 
+def ber_range_error(ber: float) -> str:
+    """The message for a BER outside [0, 1]; a percentage gets the fraction it meant.
+
+    >>> ber_range_error(2.0)
+    'BER 2.0 is outside [0, 1]; BERs are fractions: did you mean 0.02 (2%)?'
+    """
+    hint = (f"; BERs are fractions: did you mean {ber / 100:g} ({ber:g}%)?"
+            if 1 < ber <= 100 else "")
+    return f"BER {ber} is outside [0, 1]{hint}"
+
+
 def check_bers(bers) -> list[float]:
     """Bit error rates as a sorted list of distinct floats in [0, 1] (one number is a
     list of one), or one MCELError line."""
@@ -30,7 +41,7 @@ def check_bers(bers) -> list[float]:
         raise MCELError(f"bers must be a list of bit error rates, got {bers!r}") from None
     for b in bers:
         if not (0.0 <= b <= 1.0):  # also rejects NaN
-            raise MCELError(f"BER {b} is outside [0, 1]")
+            raise MCELError(ber_range_error(b))
     if len(set(bers)) != len(bers):
         raise MCELError(f"each BER once, please: got {bers}")
     return bers
@@ -72,4 +83,4 @@ def check_targets(model: nn.Module, error_model: BitErrorModel) -> None:
                         f"the layers are: {names_shown(names)}")
 
 
-__all__ = ["check_bers", "check_data", "check_labels_fit", "check_targets"]
+__all__ = ["ber_range_error", "check_bers", "check_data", "check_labels_fit", "check_targets"]

@@ -21,6 +21,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from mcel.checks import ber_range_error
 from mcel.errors import MCELError
 
 if TYPE_CHECKING:  # the command line reads the defaults below without loading the trainer
@@ -132,7 +133,7 @@ def _check_search(ber: float, margins: Sequence[float], clean_budget: float,
                   trials: int) -> tuple[float, list[float]]:
     ber = float(ber)
     if not 0.0 <= ber <= 1.0:  # also rejects NaN
-        raise MCELError(f"BER {ber} is outside [0, 1]")
+        raise MCELError(ber_range_error(ber))
     margins = [float(m) for m in margins]
     if not margins:
         raise MCELError("give at least one candidate margin")

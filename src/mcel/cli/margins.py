@@ -17,7 +17,7 @@ QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 def cmd_margins(args: argparse.Namespace) -> int:
 
     from mcel.analysis import flip_certificate, survival
-    from mcel.checks import check_targets
+    from mcel.checks import ber_range_error, check_targets
     from mcel.data import load_dataset
     from mcel.errors import MCELError
     from mcel.io import check_writable, write_json
@@ -26,7 +26,7 @@ def cmd_margins(args: argparse.Namespace) -> int:
     from mcel.runs import load_run
 
     if not 0.0 <= args.ber <= 1.0:
-        raise MCELError(f"BER {args.ber} is outside [0, 1]")
+        raise MCELError(ber_range_error(args.ber))
     if args.max_flips < 1:
         raise MCELError(f"--max-flips must be >= 1, got {args.max_flips}")
     model, config = load_run(args.run_dir, args.device)
