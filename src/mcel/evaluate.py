@@ -126,25 +126,59 @@ class EvalResult:
 
 
 class _Forward:
-    """Accuracy (and optionally per-sample correctness) of the model on fixed data."""
+    """Predictions (and per-sample correctness) of the model on fixed data: ``(x, y)``
+    tensors, cut into ``batch_size`` slices, or any re-iterable of ``(x, y)`` batches (a
+    DataLoader), streamed: its images are never held all at once. Every pass must give
+    the same batches in the same order (checked: labels and a checksum of each batch),
+    or the trials would not see the same data."""
 
-    def __init__(self, model: nn.Module, x: Tensor, y: Tensor, batch_size: int,
+    def __init__(self, model: nn.Module, x, y: Tensor | None, batch_size: int,
                  precision: str = "fp32") -> None:
-        dev = next(model.parameters()).device
+        self.dev = next(model.parameters()).device
         self.model, self.batch_size, self.precision = model, batch_size, precision
-        self.x, self.y = x.to(dev), y.to(dev)
-        self.max_label = int(y.max())  # once: on a GPU every .max() would wait for it
+        self.loader = x if y is None else None
+        self.x = None if y is None else x.to(self.dev)
+        self.y = None if y is None else y.to(self.dev)
+        self.max_label = None if y is None else int(y.max())  # once: no GPU wait per trial
+        self._seen: list[tuple[Tensor, float]] = []  # per streamed batch: labels, checksum
+
+    def batches(self):
+        if self.loader is None:
+            for i in range(0, len(self.x), self.batch_size):
+                yield self.x[i:i + self.batch_size]
+            return
+        yield from self._stream()
+
+    def _stream(self):
+        first = self.y is None
+        n = 0
+        for n, batch in enumerate(self.loader, 1):
+            xb, yb = _pair(batch)
+            if first:
+                xb, yb = check_data(xb, yb)
+                self._seen.append((yb.cpu(), _checksum(xb)))
+            elif (n > len(self._seen) or not torch.equal(yb.cpu(), self._seen[n - 1][0])
+                  or _checksum(xb) != self._seen[n - 1][1]):
+                raise MCELError(_RESHUFFLED)
+            yield xb.to(self.dev)
+        if first:
+            if not self._seen:
+                raise MCELError("the data gave no batches")
+            self.y = torch.cat([s[0] for s in self._seen]).to(self.dev)
+            self.max_label = int(self.y.max())
+        elif n != len(self._seen):
+            raise MCELError(_RESHUFFLED if n else "the data gave no batches on its second "
+                            "pass (a generator?); pass a DataLoader or a list of batches, "
+                            "which every trial can read again")
 
     @torch.inference_mode()
     def predict(self, precision: str | None = None) -> Tensor:
-        dev = self.x.device
         outs = []
-        with autocast(precision or self.precision, dev):
-            for i in range(0, len(self.x), self.batch_size):
-                logits = self.model(self.x[i:i + self.batch_size])
-                if i == 0:
-                    check_labels_fit(self.max_label, logits)
+        with autocast(precision or self.precision, self.dev):
+            for xb in self.batches():
+                logits = self.model(xb)
                 outs.append(logits.argmax(1))
+        check_labels_fit(self.max_label, logits)  # known once the first pass is over
         return torch.cat(outs)
 
     def correct(self) -> Tensor:
@@ -152,6 +186,25 @@ class _Forward:
 
     def accuracy(self) -> float:
         return self.correct().float().mean().item()
+
+
+_RESHUFFLED = ("the data gave other batches on a later pass (a DataLoader with shuffle=True, "
+               "or random transforms?); every trial must see the same images in the same "
+               "order: use shuffle=False and fixed transforms")
+
+
+def _pair(batch) -> tuple[Tensor, Tensor]:
+    """An ``(x, y)`` batch as two tensors, or one MCELError line."""
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return torch.as_tensor(batch[0]), torch.as_tensor(batch[1])
+    raise MCELError(f"each batch must be an (x, y) pair, got {type(batch).__name__}"
+                    + (f" of {len(batch)}" if isinstance(batch, (tuple, list)) else ""))
+
+
+def _checksum(x: Tensor) -> float:
+    """A sum over the batch in float64: another image order or a random transform
+    changes it (the same tensor gives the same sum, bit for bit)."""
+    return float(x.detach().to(torch.float64).sum())
 
 
 @torch.inference_mode()
@@ -176,8 +229,8 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1024) -> 
 
 def evaluate(
     model: nn.Module,
-    x: Tensor,
-    y: Tensor,
+    x,
+    y: Tensor | None,
     bers: Sequence[float],
     error_model: BitErrorModel | None = None,
     *,
@@ -193,7 +246,10 @@ def evaluate(
 ) -> EvalResult:
     """Accuracy of ``model`` on ``(x, y)`` under bit errors at each rate in ``bers``.
 
-    ``error_model`` gives the kind of faults (default: uniform, persistent, weights);
+    ``x`` and ``y`` are tensors, or ``x`` is any re-iterable of ``(x, y)`` batches (a
+    ``torch.utils.data.DataLoader`` with ``shuffle=False``) and ``y`` is None: then the
+    batches are streamed in every pass, and a loader that gives other batches on a later
+    pass is refused. ``error_model`` gives the kind of faults (default: uniform, persistent, weights);
     each BER in ``bers`` sets its largest rate (see :func:`at_rate`). With
     ``target_half_width`` (e.g. 0.005 for +-0.5 points) each BER stops adding trials
     once its 95% interval is that narrow (`narrow_enough`), between ``min_trials`` and
@@ -210,7 +266,14 @@ def evaluate(
     bers = check_bers(bers)
     _check_trial_counts(trials, min_trials, target_half_width, batch_size)
     em = _error_model(error_model)
-    x, y = check_data(x, y)
+    if y is None:  # an iterable of (x, y) batches, read in every trial
+        if isinstance(x, Tensor) or not hasattr(x, "__iter__"):
+            raise MCELError("y is None: pass the labels, or pass x as an iterable of (x, y) "
+                            "batches such as a DataLoader")
+        if trial_batch > 1:
+            raise MCELError("trial_batch > 1 needs (x, y) tensors, not batches from a loader")
+    else:
+        x, y = check_data(x, y)
     _check_faults_fit(model, em, trial_batch)
     check_runs_on(precision, next(model.parameters()).device)
     modes = {m: m.training for m in model.modules()}  # each module's own, restored below
@@ -361,7 +424,7 @@ def _batched_trials(fwd: _Forward, image: MemoryImage, em: BitErrorModel, seed: 
 
     batched = torch.func.vmap(predict, in_dims=(0, 0, None))
     try:
-        with torch.no_grad(), autocast(fwd.precision, fwd.x.device):
+        with torch.no_grad(), autocast(fwd.precision, fwd.dev):
             preds = torch.cat([batched(ws, bs, fwd.x[i:i + fwd.batch_size])
                                for i in range(0, len(fwd.x), fwd.batch_size)], dim=1)
     finally:  # back to the image's own values
