@@ -249,7 +249,9 @@ def evaluate(
     ``x`` and ``y`` are tensors, or ``x`` is any re-iterable of ``(x, y)`` batches (a
     ``torch.utils.data.DataLoader`` with ``shuffle=False``) and ``y`` is None: then the
     batches are streamed in every pass, and a loader that gives other batches on a later
-    pass is refused. ``error_model`` gives the kind of faults (default: uniform, persistent, weights);
+    pass is refused.
+
+    ``error_model`` gives the kind of faults (default: uniform, persistent, weights);
     each BER in ``bers`` sets its largest rate (see :func:`at_rate`). With
     ``target_half_width`` (e.g. 0.005 for +-0.5 points) each BER stops adding trials
     once its 95% interval is that narrow (`narrow_enough`), between ``min_trials`` and
