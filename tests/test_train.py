@@ -194,3 +194,31 @@ def test_headline_configs_differ_only_in_the_loss():
     assert differ == {"loss", "margin"} and mcel.loss == "mcel" and ce.loss == "ce"
     # the very runs of the study (docs/study/cpu-digits-vgg7, seed 0)
     assert (ce.digest(), mcel.digest()) == ("698bd80e76d5ef72", "097fe567c3f8ecae")
+
+
+def test_faults_during_in_your_own_loop():
+    import mcel
+    from mcel.engine import faults_during
+    from mcel.quant import quant_layers
+
+    torch.manual_seed(0)
+    model = mcel.quantize_model(torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(),
+                                                    torch.nn.Linear(16, 3)), "int4")
+    x = torch.randn(32, 8)
+    with torch.no_grad():
+        clean = model(x)
+    outs = []
+    for step in (0, 1, 0):
+        with mcel.faults_during(model, 0.05, seed=1, step=step):
+            out = model(x)
+        outs.append(out.detach())
+        out.sum().backward()  # gradients pass through to the float weights
+    assert not torch.equal(outs[0], clean) and not torch.equal(outs[0], outs[1])
+    assert torch.equal(outs[0], outs[2])  # same seed and step: the same faults
+    assert all(la.weight.grad is not None for _, la in quant_layers(model))
+    with torch.no_grad():
+        assert torch.equal(model(x), clean)  # outside the block: fault-free
+    with pytest.raises(MCELError, match="not biases"):
+        faults_during(model, mcel.BitErrorModel(ber=0.01, targets=("weights", "biases")))
+    with pytest.raises(MCELError, match="no quantized layers"):
+        faults_during(torch.nn.Linear(2, 2), 0.01)

@@ -22,7 +22,7 @@ _LAZY = {
     "QuantSpec": "mcel.quant", "quantize_model": "mcel.quant", "quant_layers": "mcel.quant",
     "set_format": "mcel.quant",
     "BitErrorModel": "mcel.faults", "parse_error_model": "mcel.faults",
-    "MemoryImage": "mcel.engine",
+    "MemoryImage": "mcel.engine", "faults_during": "mcel.engine",
     "EvalResult": "mcel.evaluate",
     "create_model": "mcel.models", "load_dataset": "mcel.data",
     "TrainConfig": "mcel.config", "load_run": "mcel.runs",

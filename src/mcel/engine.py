@@ -333,6 +333,45 @@ def transient_weight_faults(model: nn.Module, error_model: BitErrorModel | None,
             layer.act_fault = None
 
 
+def faults_during(model: nn.Module, error_model: BitErrorModel | str | float, *,
+                  seed: int = 0, step: int = 0):
+    """Error-injection training in your own loop: every forward inside the block sees
+    fresh transient bit errors in the stored codes of ``model``'s quantized layers
+    (weights, and activations where the error model targets them), with gradients
+    passed straight through to the float weights::
+
+        for step, (x, y) in enumerate(loader):
+            with mcel.faults_during(model, 0.01, seed=0, step=step):
+                loss = loss_fn(model(x), y)
+            opt.zero_grad(); loss.backward(); opt.step()
+
+    ``error_model`` is a `BitErrorModel`, a spec (``"ber=0.01,protected=-1"``) or a
+    plain BER. ``step`` numbers the forwards (pass your step counter: the k-th forward
+    inside the block is forward ``step + k``), so every step draws other faults, the same
+    ones for the same seed and step; the faults come from the training stream
+    (``TRAINING_STEP``), which no evaluation ever draws. ``mcel train`` uses this block
+    around each epoch.
+    """
+    from mcel.faults import parse_error_model
+
+    if isinstance(error_model, (int, float)) and not isinstance(error_model, bool):
+        error_model = BitErrorModel(ber=float(error_model))
+    elif isinstance(error_model, str):
+        error_model = parse_error_model(error_model)
+    if not isinstance(error_model, BitErrorModel):
+        raise MCELError(f"error_model must be a BitErrorModel, a spec or a BER, got "
+                        f"{type(error_model).__name__}")
+    if not quant_layers(model):
+        raise MCELError("the model has no quantized layers; quantize it first "
+                        "(mcel.quantize_model)")
+    if "biases" in error_model.targets:
+        raise MCELError("faults during training hit weights and activations, not biases; "
+                        "drop 'biases' from targets")
+    em = dataclasses.replace(error_model, mode="transient")
+    return transient_weight_faults(model, em, seed=seed, first_call=step,
+                                   targets=em.targets, step=TRAINING_STEP)
+
+
 def state_digest(model: nn.Module) -> str:
     """SHA-256 over every parameter and buffer: proves an evaluation changed nothing."""
     import hashlib
@@ -345,5 +384,6 @@ def state_digest(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-__all__ = ["MemoryImage", "InjectionStats", "transient_weight_faults", "state_digest",
+__all__ = ["MemoryImage", "InjectionStats", "transient_weight_faults", "faults_during",
+           "state_digest",
            "bias_bits", "quant_layers", "TRAINING_STEP"]

@@ -11,6 +11,7 @@ from this module.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
@@ -32,7 +33,7 @@ from mcel.config import (
 )
 from mcel.console import progress as progress_bar
 from mcel.data import load_dataset
-from mcel.engine import TRAINING_STEP, transient_weight_faults
+from mcel.engine import faults_during
 from mcel.errors import MCELError
 from mcel.evaluate import accuracy, predict_logits
 from mcel.io import check_writable
@@ -127,10 +128,8 @@ def _train(config: TrainConfig, out: Path | None, *, device: torch.device, info,
             model.train()
             t0 = time.perf_counter()
             perm = torch.randperm(len(x_tr), generator=gen).to(device)
-            with transient_weight_faults(model, em, seed=config.seed,
-                                         first_call=epoch * steps_per_epoch,
-                                         targets=em.targets if em else ("weights",),
-                                         step=TRAINING_STEP):
+            with (faults_during(model, em, seed=config.seed, step=epoch * steps_per_epoch)
+                  if em is not None else contextlib.nullcontext()):
                 sums = _epoch(config, model, net, loss_fn=loss_fn, opt=opt, data=(x_tr, y_tr),
                               perm=perm, info=info, layout=layout, device=device)
             total, correct, seen = all_sum(sums, device, info)
