@@ -1,6 +1,7 @@
 """The command line: end-to-end runs and one-line errors with exit code 2."""
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -152,3 +153,20 @@ def test_a_percentage_given_as_ber_suggests_the_fraction(run_dir, capsys):
     assert main(["evaluate", str(run_dir), "--ber", "0,2", "--trials", "2"]) == 2
     err = capsys.readouterr().err
     assert "BER 2.0 is outside [0, 1]; BERs are fractions: did you mean 0.02 (2%)?" in err
+
+
+def test_evaluate_prints_percent_and_the_whole_caption(run_dir, capsys, monkeypatch):
+    import mcel.evaluate as ev
+
+    real = ev.evaluate
+
+    def slow(*a, **k):  # an evaluation of 100 s or more keeps its caption
+        res = real(*a, **k)
+        res.seconds = 123.0
+        return res
+
+    monkeypatch.setattr(ev, "evaluate", slow)
+    assert main(["evaluate", str(run_dir), "--ber", "0,0.01", "--trials", "2"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert re.search(r"clean accuracy \d+\.\d\d%", out) and "accuracy %" in out
+    assert "test images" in out and "fault seed 0, 123 s" in out

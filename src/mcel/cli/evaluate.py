@@ -84,17 +84,17 @@ def print_eval(res) -> None:
                              for k, v in res.error_model.items()}).describe()
     shape = ("uniform flips in the weights" if shape.startswith("ber=") and "," not in shape
              else f"error model {shape} (each BER sets its largest rate)")
-    t = Table(title=f"clean accuracy {res.clean_accuracy:.4f}",
+    took = f"{res.seconds:.2f} s" if res.seconds < 100 else f"{res.seconds:.0f} s"
+    t = Table(title=f"clean accuracy {100 * res.clean_accuracy:.2f}%",
               caption=f"{res.meta.get('samples', '?')} test images, {res.meta.get('fmt', '?')}, "
-                      f"{shape}, fault seed "
-                      f"{res.seed}, {res.seconds:.2f} s" if res.seconds < 100 else
-                      f"{res.seed}, {res.seconds:.0f} s")
-    for c in ("BER", "accuracy", "95% CI", "std", "trials", "empirical rate"):
+                      f"{shape}, fault seed {res.seed}, {took}")
+    for c in ("BER", "accuracy %", "95% CI", "std (points)", "trials", "empirical rate"):
         t.add_column(c, justify="right")
     for r in res.results:
         emp = sum(r.empirical_rates) / len(r.empirical_rates)
-        t.add_row(f"{r.ber:g}", f"{r.mean:.4f}", f"[{r.ci_low:.4f}, {r.ci_high:.4f}]",
-                  f"{r.std:.4f}", str(r.trials), f"{emp:.3g}")
+        t.add_row(f"{r.ber:g}", f"{100 * r.mean:.2f}",
+                  f"[{100 * r.ci_low:.2f}, {100 * r.ci_high:.2f}]", f"{100 * r.std:.2f}",
+                  str(r.trials), f"{emp:.3g}")
     Console().print(t)
     if res.precision != "fp32":
         print(f"{res.precision}: clean predictions agree with fp32 on "
