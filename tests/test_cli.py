@@ -1,8 +1,8 @@
 """The command line: end-to-end runs and one-line errors with exit code 2."""
 
 import json
-import re
 import os
+import re
 import subprocess
 import sys
 
