@@ -3,6 +3,7 @@
 import hashlib
 import json
 import math
+import os
 import re
 import sqlite3
 
@@ -280,3 +281,10 @@ def test_report_energy_view_from_a_voltage_curve(tmp_path, capsys):
     assert main(["report", str(path), "--out", str(tmp_path / "r2"), "--voltage-curve",
                  str(curve)]) == 2
     assert "must not rise" in capsys.readouterr().err and not (tmp_path / "r2").exists()
+
+
+def test_report_names_the_database_relative_to_itself(db, tmp_path):
+    path, _ = db
+    md = build_report(path, tmp_path / "deep" / "rep").read_text()
+    rel = os.path.relpath(path.resolve(), (tmp_path / "deep" / "rep").resolve())
+    assert f"Database {rel}:" in md and str(tmp_path) not in md

@@ -62,7 +62,7 @@ def build_report(db_path: str | Path, out_dir: str | Path, *,
     all_versions = sorted({json.dumps(r.versions, sort_keys=True) for r in runs.values()})
     blocks: list[Block] = [
         ("h1", title),
-        ("p", f"Database {Path(db_path).resolve()}: {len(runs)} runs, {len(evals)} evaluations, "
+        ("p", f"Database {_relative(db_path, out)}: {len(runs)} runs, {len(evals)} evaluations, "
               f"{len(groups)} groups (dataset / model / quantization / number format / error "
               f"model). Generated {time.strftime('%Y-%m-%d %H:%M:%S')} by mcel {__version__}."),
         ("p", "Software versions of the runs: "
@@ -96,6 +96,14 @@ def build_report(db_path: str | Path, out_dir: str | Path, *,
     atomic_write_bytes(out / "report.md", to_markdown(blocks).encode())
     atomic_write_bytes(out / "report.html", to_html(blocks, images, title).encode())
     return out / "report.md"
+
+
+def _relative(db_path: str | Path, out: Path) -> str:
+    """The database's path as seen from the report's folder: the report moves with the
+    study folder and names no machine's absolute paths."""
+    import os
+
+    return os.path.relpath(Path(db_path).resolve(), out.resolve())
 
 
 __all__ = ["CE_LABEL", "Cell", "Eval", "Group", "Line", "Run", "aggregate", "best_mcel",
