@@ -204,6 +204,14 @@ def real_data_found(data_dir: str | None = None) -> bool:
     return not load_split("fashion-mnist", "test", 16, data_dir)[2].startswith("RANDOM")
 
 
+def data_dirs(data_dir: str | None = None) -> list[str | None]:
+    """Where the benchmarks look for datasets, in order: ``data_dir``, then None (the
+    library's own search: $MCEL_DATA, then its cache), then the development checkout's
+    ``../shared/datasets``."""
+    return ([data_dir] if data_dir else []) + [None] + (
+        [str(_DEV_DATA)] if _DEV_DATA.is_dir() else [])
+
+
 def load_split(name: str, split: str, limit: int | None, data_dir: str | None = None,
                *, shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10,
                seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -216,10 +224,7 @@ def load_split(name: str, split: str, limit: int | None, data_dir: str | None = 
     from mcel.data import load_dataset
     from mcel.errors import MCELError
 
-    tried = ([data_dir] if data_dir else []) + [None]  # None: $MCEL_DATA, then the cache
-    if _DEV_DATA.is_dir():
-        tried.append(str(_DEV_DATA))
-    for d in tried:
+    for d in data_dirs(data_dir):
         try:
             x, y = load_dataset(name, split, d, limit=limit)
             return x, y, f"{name} {split} split, real data ({len(x)} images)"

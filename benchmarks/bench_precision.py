@@ -57,7 +57,7 @@ from typing import Any
 import numpy as np
 import torch
 from _harness import (
-    _DEV_DATA,
+    data_dirs,
     goal,
     load_split,
     machine_info,
@@ -72,7 +72,7 @@ from _harness import (
 from mcel.evaluate import evaluate
 from mcel.losses import MCELoss
 from mcel.models import create_model
-from mcel.precision import bf16_native, memory_format
+from mcel.precision import autocast, bf16_native, memory_format
 from mcel.quant import QuantSpec, quantize_model
 from mcel.train import TrainConfig, train
 
@@ -157,12 +157,6 @@ def _ratio_range(num: list[float], den: list[float]) -> list[float]:
     return [round(min(rs), 3), round(max(rs), 3)]
 
 
-def _autocast(dev: torch.device, precision: str):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(dev.type, dtype=torch.bfloat16)
-
-
 def _qmodel(name: str, dev: torch.device, channels_last: bool = False) -> torch.nn.Module:
     torch.manual_seed(0)
     model = quantize_model(create_model(name, 10, SHAPE), QuantSpec("int4")).to(dev).train()
@@ -184,7 +178,7 @@ def _step_fn(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Ten
         for _ in range(steps):
             xb, yb = batches[i[0] % len(batches)]
             i[0] += 1
-            with _autocast(dev, precision):
+            with autocast(precision, dev):
                 logits = model(xb)
             loss = loss_fn(logits.float(), yb)  # the loss is fp32, as in mcel.train
             opt.zero_grad(set_to_none=True)
@@ -238,8 +232,7 @@ def _fashion_dir(data_dir: str | None) -> str | None:
     from mcel.data.datasets import resolve_data_dir
     from mcel.errors import MCELError
 
-    for d in ([data_dir] if data_dir else []) + [None] + (
-            [str(_DEV_DATA)] if _DEV_DATA.is_dir() else []):
+    for d in data_dirs(data_dir):
         try:
             return str(resolve_data_dir("fashion-mnist", d))
         except MCELError:

@@ -204,7 +204,7 @@ def _pair(batch) -> tuple[Tensor, Tensor]:
 def _checksum(x: Tensor) -> float:
     """A sum over the batch in float64: another image order or a random transform
     changes it (the same tensor gives the same sum, bit for bit)."""
-    return float(x.detach().to(torch.float64).sum())
+    return float(x.detach().sum(dtype=torch.float64))  # accumulates in float64, no copy
 
 
 @torch.inference_mode()
