@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from mcel.engine import MemoryImage, state_digest
 from mcel.errors import MCELError
+from mcel.evaluate import accuracy
 from mcel.faults.sampler import FlipMask
 from mcel.quant import quant_layers
 
@@ -112,13 +113,6 @@ def _loss(model: nn.Module, x: Tensor, y: Tensor) -> float:
     return F.cross_entropy(model(x), y).item()
 
 
-@torch.inference_mode()
-def _accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int) -> float:
-    correct = sum((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum().item()
-                  for i in range(0, len(x), batch_size))
-    return correct / len(y)
-
-
 def bit_flip_attack(model: nn.Module, attack: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor],
                     *, budget: int = 20, candidates: int = 5,
                     layers: Sequence[str] = ("*",), batch_size: int = 1024,
@@ -148,14 +142,14 @@ def bit_flip_attack(model: nn.Module, attack: tuple[Tensor, Tensor], test: tuple
     try:
         with MemoryImage(model, None) as image:
             by_name = {slot.name.rsplit(".", 1)[0]: slot for _, slot in image.weights}
-            accs = [_accuracy(model, xt, yt, batch_size)]
+            accs = [accuracy(model, xt, yt, batch_size)]
             losses = [_loss(model, xa, ya)]
             while len(flips) < budget and not (stop_at is not None and accs[-1] <= stop_at):
                 flip, loss = _one_flip(model, image, by_name, allowed, xa, ya, candidates)
                 flips.append(flip)
                 by_name[flip.layer].apply(_mask(by_name[flip.layer], flip.index, flip.bit))
                 losses.append(loss)
-                accs.append(_accuracy(model, xt, yt, batch_size))
+                accs.append(accuracy(model, xt, yt, batch_size))
     finally:
         for m, mode in modes.items():
             m.training = mode

@@ -81,7 +81,7 @@ class TrainConfig:
         one_of(self.optimizer, OPTIMIZERS, "optimizer")
         one_of(self.schedule, SCHEDULES, "schedule")
         one_of(self.normalize, NORMALIZATIONS, "normalize")
-        self.quant_spec()  # validates scheme, format, granularity, act bits
+        self.quant_spec()  # validates scheme, format, granularity, act bits, clip
         for name in ("epochs", "batch_size"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
@@ -103,8 +103,6 @@ class TrainConfig:
             raise MCELError(f"seed must be an integer in [0, 2^63), got {self.seed}")
         check_device_name(self.device)
         check_precision(self.precision)
-        if self.clip is not None and not (math.isfinite(self.clip) and self.clip > 0):
-            raise MCELError(f"clip must be a finite number > 0, got {self.clip}")
         if self.clip is not None and self.quant == "float":
             raise MCELError("clip fixes the range of quantized weights; it needs a quantized "
                             "model (quant int4, say), not quant float")
