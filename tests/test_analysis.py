@@ -156,22 +156,22 @@ def test_survival_ranks_margins(trained):
     model, x, y, _ = trained
     s = survival(model, x, y, 0.02, trials=30, seed=0)
     n = len(y)
-    assert s["margin"].shape == s["survival"].shape == s["clean_correct"].shape == (n,)
-    cc = s["clean_correct"]
+    assert s.margin.shape == s.survival.shape == s.clean_correct.shape == (n,)
+    cc = s.clean_correct
     assert torch.equal(cc, model(x).argmax(1) == y)
-    assert torch.isnan(s["survival"][~cc]).all()
-    surv = s["survival"][cc]
+    assert torch.isnan(s.survival[~cc]).all()
+    surv = s.survival[cc]
     assert ((surv >= 0) & (surv <= 1)).all()
     # survival is a fraction of 30 trials
     assert torch.allclose(surv * 30, (surv * 30).round(), atol=1e-4)
-    ref = stats.spearmanr(s["margin"][cc].numpy(), surv.numpy())
-    assert math.isclose(s["spearman"], ref.statistic, rel_tol=1e-9)
-    assert s["spearman"] > 0.3  # larger margins survive more often
-    bins = s["bins"]
-    assert len(bins) == 10 and sum(b["count"] for b in bins) == int(cc.sum())
-    assert all(a["margin_high"] <= b["margin_low"] for a, b in zip(bins, bins[1:]))
-    assert bins[-1]["survival_mean"] > bins[0]["survival_mean"]
-    assert 0 < s["accuracy"] < s["clean_accuracy"]
+    ref = stats.spearmanr(s.margin[cc].numpy(), surv.numpy())
+    assert math.isclose(s.spearman, ref.statistic, rel_tol=1e-9)
+    assert s.spearman > 0.3  # larger margins survive more often
+    bins = s.bins
+    assert len(bins) == 10 and sum(b.count for b in bins) == int(cc.sum())
+    assert all(a.margin_high <= b.margin_low for a, b in zip(bins, bins[1:]))
+    assert bins[-1].survival_mean > bins[0].survival_mean
+    assert 0 < s.accuracy < s.clean_accuracy
 
 
 def test_margins_command(trained, tmp_path, capsys):

@@ -149,3 +149,88 @@ def test_the_checks_can_fail(tmp_path):
     assert g["mcel.sub.deep"] == {"mcel.errors": {"E"}}  # a relative import
     assert cycles(g) == [["mcel.high", "mcel.low"]]
     assert private_imports(g) == ["mcel.high -> mcel.sub.deep: _helper"]
+
+
+# -- function size and signatures ------------------------------------------------------
+
+MAX_LINES = 60
+MAX_POSITIONAL = 4
+# Argument-parsing tables may run longer than MAX_LINES; none does today.
+LONG_ALLOWED: frozenset[str] = frozenset()
+# Public signatures kept positional for their users (a change would break their calls).
+POSITIONAL_ALLOWED = frozenset({
+    "mcel.evaluate.evaluate",  # evaluate(model, x, y, bers, error_model), as in the README
+    "mcel.analysis.survival",  # survival(model, x, y, ber, error_model), like evaluate
+    "mcel.losses.MCELoss.__init__",  # nn.CrossEntropyLoss's signature, plus the margin
+})
+
+
+def functions(modules: dict[str, Path]):
+    """(qualified name, node) of every function and method, nested ones included."""
+    def walk(node, prefix):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                name = f"{prefix}.{child.name}"
+                if not isinstance(child, ast.ClassDef):
+                    yield name, child
+                yield from walk(child, name)
+            else:
+                yield from walk(child, prefix)
+
+    for module, path in modules.items():
+        yield from walk(ast.parse(path.read_text(), str(path)), module)
+
+
+def long_functions(modules: dict[str, Path], limit: int = MAX_LINES) -> list[str]:
+    """``name (N lines)`` for each function longer than ``limit``, from its ``def`` line
+    to its last (docstring and comments count: they are read too)."""
+    return [f"{name} ({n} lines)" for name, node in functions(modules)
+            if (n := node.end_lineno - node.lineno + 1) > limit]
+
+
+def positional_heavy(modules: dict[str, Path], limit: int = MAX_POSITIONAL) -> list[str]:
+    """``name (N positional)`` for each function whose callers may pass more than
+    ``limit`` arguments by position (``self``/``cls`` not counted)."""
+    found = []
+    for name, node in functions(modules):
+        params = [a.arg for a in node.args.posonlyargs + node.args.args]
+        n = len([p for p in params if p not in ("self", "cls")])
+        if n > limit:
+            found.append(f"{name} ({n} positional)")
+    return found
+
+
+def test_no_function_is_over_sixty_lines():
+    assert [f for f in long_functions(package_modules())
+            if f.split(" ")[0] not in LONG_ALLOWED] == []
+
+
+def test_calls_of_more_than_four_arguments_name_them():
+    assert [f for f in positional_heavy(package_modules())
+            if f.split(" ")[0] not in POSITIONAL_ALLOWED] == []
+
+
+def test_the_allow_lists_hold_only_what_needs_them():
+    # an entry for a function that is gone or now fits would hide the next offender
+    long = {f.split(" ")[0] for f in long_functions(package_modules())}
+    heavy = {f.split(" ")[0] for f in positional_heavy(package_modules())}
+    assert LONG_ALLOWED <= long and POSITIONAL_ALLOWED <= heavy
+
+
+def test_the_size_checks_can_fail(tmp_path):
+    pkg = tmp_path / PACKAGE
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+
+    def body(indent: str) -> str:
+        return "".join(f"{indent}x{i} = {i}\n" for i in range(59))
+
+    (pkg / "big.py").write_text(
+        f"def fits(a, b, c, d):\n{body('    ')}"  # 60 lines, four positional: allowed
+        f"class C:\n    def method(self, a, b, c, d, e=0):\n{body('        ')}        pass\n"
+        "    def ok(self, a, b, c, d, *, e=0):\n        def inner(a, b, c, d, e):\n"
+        "            pass\n")
+    mods = package_modules(tmp_path)
+    assert long_functions(mods) == ["mcel.big.C.method (61 lines)"]
+    assert positional_heavy(mods) == ["mcel.big.C.method (5 positional)",
+                                      "mcel.big.C.ok.inner (5 positional)"]

@@ -20,56 +20,73 @@ def tuned():
 
 def test_tune_picks_the_best_margin_within_budget(tuned):
     res = tuned
-    rows = res["rows"]
-    assert [r["loss"] for r in rows] == ["ce", "mcel", "mcel"]
-    assert [r["margin"] for r in rows[1:]] == [1.0, 4.0]
-    assert rows[0]["method"] == "CE" and rows[1]["method"] == "MCEL(m=1)"
-    assert len({r["run_id"] for r in rows}) == 3
+    rows = res.rows
+    assert [r.loss for r in rows] == ["ce", "mcel", "mcel"]
+    assert [r.margin for r in rows[1:]] == [1.0, 4.0]
+    assert rows[0].method == "CE" and rows[1].method == "MCEL(m=1)"
+    assert len({r.run_id for r in rows}) == 3
     # chosen on samples the runs never trained on
-    assert "held-out training samples [512:1437]" in res["selected_on"]
-    assert res["n_select"] == 1437 - 512
-    floor = res["ce"]["clean_acc"] - 0.02
+    assert "held-out training samples [512:1437]" in res.selected_on
+    assert res.n_select == 1437 - 512
+    floor = res.ce.clean_acc - 0.02
     for r in rows[1:]:
-        assert r["eligible"] == (r["clean_acc"] >= floor)
-        assert r["ci_low"] <= r["acc"] <= r["ci_high"]
-        assert r["delta_vs_ce"] == pytest.approx(r["acc"] - res["ce"]["acc"])
-    eligible = [r for r in rows if r["eligible"]]
+        assert r.eligible == (r.clean_acc >= floor)
+        assert r.ci_low <= r.acc <= r.ci_high
+        assert r.delta_vs_ce == pytest.approx(r.acc - res.ce.acc)
+    eligible = [r for r in rows if r.eligible]
     if eligible:
-        best = res["best"]
-        assert best["clean_acc"] >= floor
-        assert best["acc"] == max(r["acc"] for r in eligible)
-        assert res["best_margin"] == best["margin"]
-        assert res["beats_ce"] == (best["acc"] > res["ce"]["acc"])
-        assert res["recommended_margin"] == (best["margin"] if res["beats_ce"] else 0.0)
+        best = res.best
+        assert best.clean_acc >= floor
+        assert best.acc == max(r.acc for r in eligible)
+        assert res.best_margin == best.margin
+        assert res.beats_ce == (best.acc > res.ce.acc)
+        assert res.recommended_margin == (best.margin if res.beats_ce else 0.0)
     else:
-        assert res["best"] is None and res["best_margin"] is None
-        assert res["recommended_margin"] == 0.0
-    json.dumps(res)  # everything it returns can be saved
+        assert res.best is None and res.best_margin is None
+        assert res.recommended_margin == 0.0
+    saved = json.loads(json.dumps(res.to_dict()))  # everything it returns can be saved
     # ... and rerun: the base training settings and the versions are in it
-    assert TrainConfig.from_dict(res["base_config"]) == BASE and "torch" in res["versions"]
+    assert TrainConfig.from_dict(saved["base_config"]) == BASE and "torch" in saved["versions"]
+
+
+def test_the_json_form_keeps_its_keys(tuned):
+    # files written before the result became a dataclass read the same
+    saved = json.loads(json.dumps(tuned.to_dict()))
+    assert set(saved) == {"ber", "error_model", "clean_budget", "base_config", "versions",
+                          "trials", "seed", "seeds", "selected_on", "n_select", "rows", "ce",
+                          "best", "best_margin", "beats_ce", "recommended_margin"}
+    assert saved["ce"] == saved["rows"][0] and saved["seeds"] == [0]
+    assert set(saved["rows"][1]) == {"method", "loss", "margin", "normalize", "clean_acc", "acc",
+                                     "ci_low", "ci_high", "test_clean_acc", "train_seconds",
+                                     "run_id", "per_seed", "eligible", "delta_vs_ce"}
+    assert set(saved["rows"][1]["per_seed"][0]) == {"seed", "clean_acc", "acc", "ci_low",
+                                                    "ci_high", "test_clean_acc",
+                                                    "train_seconds", "run_id"}
+    assert saved["best"] in [None, *saved["rows"]]
+    assert saved["recommended_margin"] == tuned.recommended_margin
 
 
 def test_an_unlimited_budget_takes_the_most_tolerant(tuned):
     """Same trained models (same configs, same seeds) with any clean loss allowed."""
     res = tune_margin(BASE, 0.02, margins=(1, 4), clean_budget=1.0, trials=10, seed=0)
-    assert [r["acc"] for r in res["rows"]] == [r["acc"] for r in tuned["rows"]]  # deterministic
-    assert all(r["eligible"] for r in res["rows"][1:])
-    assert res["best"]["acc"] == max(r["acc"] for r in res["rows"][1:])
+    assert [r.acc for r in res.rows] == [r.acc for r in tuned.rows]  # deterministic
+    assert all(r.eligible for r in res.rows[1:])
+    assert res.best.acc == max(r.acc for r in res.rows[1:])
 
 
 def test_several_seeds_need_a_paired_interval_above_zero():
     res = tune_margin(BASE, 0.02, margins=(4,), clean_budget=1.0, trials=5, seed=0,
                       seeds=(0, 1, 2))
-    assert res["seeds"] == [0, 1, 2]
-    ce, m4 = res["rows"]
-    assert [p["seed"] for p in m4["per_seed"]] == [0, 1, 2]
-    assert m4["acc"] == pytest.approx(sum(p["acc"] for p in m4["per_seed"]) / 3)
-    diffs = [a["acc"] - b["acc"] for a, b in zip(m4["per_seed"], ce["per_seed"])]
-    assert m4["delta_vs_ce"] == pytest.approx(sum(diffs) / 3)
-    assert m4["delta_ci_low"] <= m4["delta_vs_ce"] <= m4["delta_ci_high"]
-    assert res["beats_ce"] == (m4["delta_ci_low"] > 0)
-    assert res["recommended_margin"] == (4.0 if res["beats_ce"] else 0.0)
-    assert len({p["run_id"] for p in m4["per_seed"]}) == 3
+    assert list(res.seeds) == [0, 1, 2]
+    ce, m4 = res.rows
+    assert [p.seed for p in m4.per_seed] == [0, 1, 2]
+    assert m4.acc == pytest.approx(sum(p.acc for p in m4.per_seed) / 3)
+    diffs = [a.acc - b.acc for a, b in zip(m4.per_seed, ce.per_seed)]
+    assert m4.delta_vs_ce == pytest.approx(sum(diffs) / 3)
+    assert m4.delta_ci_low <= m4.delta_vs_ce <= m4.delta_ci_high
+    assert res.beats_ce == (m4.delta_ci_low > 0)
+    assert res.recommended_margin == (4.0 if res.beats_ce else 0.0)
+    assert len({p.run_id for p in m4.per_seed}) == 3
 
 
 @pytest.mark.parametrize("kwargs,needle", [

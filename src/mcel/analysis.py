@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -90,40 +90,60 @@ def tolerable_ber(bers: Sequence[float], accuracies: Sequence[float], clean: flo
 
 # -- survival: which samples stay correct under bit errors ---------------------------
 
+@dataclass(frozen=True)
+class MarginBin:
+    """Survival of the clean-correct samples in one margin decile."""
+
+    margin_low: float
+    margin_high: float
+    margin_mean: float
+    survival_mean: float
+    count: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, eq=False)
+class Survival:
+    """What :func:`survival` measured. Per sample, (N,): ``margin``, the clean output
+    margin (``z_y - max_{c != y} z_c``); ``clean_correct`` (bool); ``survival``, the
+    fraction of trials in which a clean-correct sample is still classified correctly
+    (NaN for samples that are wrong without faults). Over the clean-correct samples:
+    ``spearman``/``spearman_p``, the rank correlation between margin and survival (NaN
+    when either is constant), and ``bins``, survival by margin decile (ranks split into
+    10 near-equal groups; robust to tied margins). ``accuracy`` is the mean over
+    trials."""
+
+    ber: float
+    trials: int
+    seed: int
+    error_model: dict[str, Any]
+    margin: Tensor
+    clean_correct: Tensor
+    survival: Tensor
+    spearman: float
+    spearman_p: float
+    bins: tuple[MarginBin, ...]
+    accuracy: float
+    clean_accuracy: float
+
+
 def survival(
     model: nn.Module,
     x: Tensor,
     y: Tensor,
     ber: float,
     error_model=None,
+    *,
     trials: int = 50,
     seed: int = 0,
-    *,
     batch_size: int = 1024,
     progress: bool = False,
-) -> dict[str, Any]:
-    """How often each sample stays correct under bit errors, against its clean margin.
-
-    Runs the Monte-Carlo engine (:func:`mcel.evaluate.evaluate`) at ``ber`` for
-    ``trials`` trials and returns:
-
-    * ``margin``: per-sample clean output margin (``z_y - max_{c != y} z_c``), (N,);
-    * ``clean_correct``: per-sample clean correctness (bool), (N,);
-    * ``survival``: per-sample fraction of trials in which a clean-correct sample is
-      still classified correctly; NaN for samples that are wrong without faults, (N,);
-    * ``spearman``/``spearman_p``: Spearman rank correlation between margin and survival
-      over the clean-correct samples (NaN when either is constant);
-    * ``bins``: survival by margin decile (ranks of the clean-correct samples split into
-      10 near-equal groups; robust to tied margins): ``margin_low``, ``margin_high``,
-      ``margin_mean``, ``survival_mean``, ``count``;
-    * ``accuracy`` (mean over trials), ``clean_accuracy``, ``ber``, ``trials``, ``seed``,
-      ``error_model``.
-    """
-    import warnings
-
-    import numpy as np
-    from scipy import stats
-
+) -> Survival:
+    """How often each sample stays correct under bit errors, against its clean margin:
+    the Monte-Carlo engine (:func:`mcel.evaluate.evaluate`) at ``ber`` for ``trials``
+    trials, each sample's correctness kept. Returns a `Survival`."""
     from mcel.evaluate import evaluate, predict_logits
 
     ber = float(ber)
@@ -136,29 +156,42 @@ def survival(
     correct = res.meta["correct"][ber].float()  # (trials, N)
     surv = correct.mean(0)
     surv = torch.where(clean_correct, surv, torch.full_like(surv, float("nan")))
-
     m = margin[clean_correct].double().numpy()
     s = surv[clean_correct].double().numpy()
-    rho, p = float("nan"), float("nan")
+    rho, p = _spearman(m, s)
+    r0 = res.results[0]
+    return Survival(ber=ber, trials=r0.trials, seed=seed, error_model=res.error_model,
+                    margin=margin, clean_correct=clean_correct, survival=surv,
+                    spearman=rho, spearman_p=p, bins=_margin_bins(m, s), accuracy=r0.mean,
+                    clean_accuracy=res.clean_accuracy)
+
+
+def _spearman(m, s) -> tuple[float, float]:
+    """Spearman's rho of ``m`` and ``s`` and its p-value; NaN when either is constant."""
+    import warnings
+
+    import numpy as np
+    from scipy import stats
+
     # the p-value treats samples as independent, but they share every trial's faults:
     # read it as a description, not as an exact test
-    if len(m) >= 2 and np.ptp(m) > 0 and np.ptp(s) > 0:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            r = stats.spearmanr(m, s)
-        rho, p = float(r.statistic), float(r.pvalue)
+    if not (len(m) >= 2 and np.ptp(m) > 0 and np.ptp(s) > 0):
+        return float("nan"), float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = stats.spearmanr(m, s)
+    return float(r.statistic), float(r.pvalue)
 
-    bins = []
+
+def _margin_bins(m, s) -> tuple[MarginBin, ...]:
+    """Survival ``s`` by decile of margin ``m`` (fewer bins for fewer samples)."""
+    import numpy as np
+
     order = np.argsort(m, kind="stable")
-    for chunk in np.array_split(order, min(10, len(order))) if len(order) else []:
-        bins.append({"margin_low": float(m[chunk].min()), "margin_high": float(m[chunk].max()),
-                     "margin_mean": float(m[chunk].mean()),
-                     "survival_mean": float(s[chunk].mean()), "count": int(len(chunk))})
-    r0 = res.results[0]
-    return {"ber": ber, "trials": r0.trials, "seed": seed, "error_model": res.error_model,
-            "margin": margin, "clean_correct": clean_correct, "survival": surv,
-            "spearman": rho, "spearman_p": p, "bins": bins, "accuracy": r0.mean,
-            "clean_accuracy": res.clean_accuracy}
+    chunks = np.array_split(order, min(10, len(order))) if len(order) else []
+    return tuple(MarginBin(margin_low=float(m[c].min()), margin_high=float(m[c].max()),
+                           margin_mean=float(m[c].mean()), survival_mean=float(s[c].mean()),
+                           count=int(len(c))) for c in chunks)
 
 
 # -- flip certificate: the fewest output-layer bit flips that change a prediction ----

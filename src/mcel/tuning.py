@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mcel.checks import ber_range_error
@@ -53,21 +54,117 @@ def _selection_data(config: TrainConfig,
     return x, y, "the test split (no held-out training samples; set limit_train to keep some)"
 
 
+@dataclass(frozen=True)
+class SeedRun:
+    """One training seed of a candidate, evaluated at the search's BER on the selection
+    data (``acc`` with its interval over trials)."""
+
+    seed: int
+    clean_acc: float
+    acc: float
+    ci_low: float
+    ci_high: float
+    test_clean_acc: float  # on the test split, as `train` measured it
+    train_seconds: float
+    run_id: str
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One row of the search: a loss and margin trained at every seed. Accuracies are
+    means over seeds; ``ci_low``/``ci_high`` a t-interval across seeds when there are
+    several, else the one run's interval over trials. ``eligible``: within the clean
+    budget; ``delta_ci_low``/``delta_ci_high``: the 95% interval of the difference to
+    CE paired by seed (several seeds only)."""
+
+    method: str
+    loss: str
+    margin: float | None
+    normalize: str | None
+    clean_acc: float
+    acc: float
+    ci_low: float
+    ci_high: float
+    test_clean_acc: float
+    train_seconds: float
+    run_id: str  # of the first seed
+    per_seed: tuple[SeedRun, ...]
+    eligible: bool = False  # set by the choice, against CE
+    delta_vs_ce: float = 0.0
+    delta_ci_low: float | None = None
+    delta_ci_high: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["per_seed"] = [dataclasses.asdict(p) for p in self.per_seed]
+        if self.delta_ci_low is None:  # one seed: no paired interval, no keys
+            del out["delta_ci_low"], out["delta_ci_high"]
+        return out
+
+
+@dataclass(frozen=True)
+class TuningResult:
+    """What `tune_margin` found: every candidate (``rows``, CE first), the chosen one
+    (``best``: None when no margin is within the clean budget), whether it beats CE,
+    and the settings, enough to rerun the search (``base_config`` holds every training
+    setting but the loss, margin and seed). ``to_dict()`` is the JSON form
+    (``mcel tune-margin --json``)."""
+
+    ber: float
+    error_model: dict[str, Any]
+    clean_budget: float
+    base_config: TrainConfig
+    versions: dict[str, str]
+    trials: int
+    seed: int  # the fault seed of every evaluation
+    seeds: tuple[int, ...]  # training seeds
+    selected_on: str
+    n_select: int
+    rows: tuple[Candidate, ...]
+    best: Candidate | None
+    beats_ce: bool
+
+    @property
+    def ce(self) -> Candidate:
+        return self.rows[0]
+
+    @property
+    def best_margin(self) -> float | None:
+        return None if self.best is None else self.best.margin
+
+    @property
+    def recommended_margin(self) -> float:
+        """The best margin if it beats CE, else 0: MCEL at margin 0 is CE exactly, so
+        the tuned loss is never chosen worse than CE on the selection data."""
+        return self.best.margin if self.beats_ce and self.best is not None else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ber": self.ber, "error_model": self.error_model,
+                "clean_budget": self.clean_budget, "base_config": self.base_config.to_dict(),
+                "versions": self.versions, "trials": self.trials, "seed": self.seed,
+                "seeds": list(self.seeds), "selected_on": self.selected_on,
+                "n_select": self.n_select, "rows": [r.to_dict() for r in self.rows],
+                "ce": self.ce.to_dict(),
+                "best": None if self.best is None else self.best.to_dict(),
+                "best_margin": self.best_margin, "beats_ce": self.beats_ce,
+                "recommended_margin": self.recommended_margin}
+
+
 def tune_margin(
     base_config: TrainConfig,
     ber: float,
     error_model=None,
+    *,
     margins: Sequence[float] = CANDIDATE_MARGINS,
     normalize: str | None = None,
     clean_budget: float = CLEAN_BUDGET,
     trials: int = TUNE_TRIALS,
     seed: int = 0,
-    *,
     seeds: Sequence[int] | None = None,
     val: tuple[Tensor, Tensor] | None = None,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
+) -> TuningResult:
     """Train CE and MCEL at each of ``margins``; pick the margin to use at ``ber``.
 
     Args:
@@ -90,43 +187,39 @@ def tune_margin(
             corrected for picking the best of the margins, so a margin no better than
             CE passes somewhat more often than 2.5%; see docs/results.md.)
 
-    Returns a dict: ``rows`` (CE first, then one row per margin with ``method``,
-    ``margin``, ``clean_acc``, ``acc``, ``ci_low``, ``ci_high``, ``delta_vs_ce``,
-    ``eligible``, ``test_clean_acc``, ``train_seconds``, ``run_id``, and per seed
-    ``per_seed``; with several seeds ``delta_ci_low``/``delta_ci_high``), ``ce``, ``best``
-    (the chosen row, or None when no margin is within budget), ``best_margin``,
-    ``beats_ce``, ``recommended_margin`` (the best margin if it beats CE, else 0:
-    MCEL at margin 0 is CE, so the tuned loss is never chosen worse than CE on the
-    selection data), and the settings (``ber``, ``clean_budget``, ``trials``, ``seed``,
-    ``error_model``, ``selected_on``, ``n_select``).
+    Returns a `TuningResult`.
     """
     from mcel.experiments.store import versions
     from mcel.faults import BitErrorModel
 
     ber, margins = _check_search(ber, margins, clean_budget, trials)
-    norm = base_config.normalize if normalize is None else normalize
+    seeds = _check_seeds(base_config, seeds)
     em = error_model or BitErrorModel(ber=0.0)
-    candidates = [dataclasses.replace(base_config, loss="ce", margin=None)]
-    candidates += [dataclasses.replace(base_config, loss="mcel", margin=m, normalize=norm)
-                   for m in dict.fromkeys(margins)]
+    x, y, where = _selection_data(base_config, val)
+    rows = [_candidate(cfg, seeds, (x, y), ber=ber, em=em, trials=trials, seed=seed,
+                       progress=progress, log=log)
+            for cfg in _configs(base_config, margins, normalize)]
+    rows, best, beats = _choose(rows, clean_budget, paired=len(seeds) > 1)
+    return TuningResult(ber=ber, error_model=em.to_dict(), clean_budget=clean_budget,
+                        base_config=base_config, versions=versions(), trials=trials,
+                        seed=seed, seeds=tuple(seeds), selected_on=where, n_select=len(y),
+                        rows=tuple(rows), best=best, beats_ce=beats)
+
+
+def _configs(base_config: TrainConfig, margins: list[float],
+             normalize: str | None) -> list[TrainConfig]:
+    """CE, then MCEL at each distinct margin; everything else as in ``base_config``."""
+    norm = base_config.normalize if normalize is None else normalize
+    return [dataclasses.replace(base_config, loss="ce", margin=None)] + [
+        dataclasses.replace(base_config, loss="mcel", margin=m, normalize=norm)
+        for m in dict.fromkeys(margins)]
+
+
+def _check_seeds(base_config: TrainConfig, seeds: Sequence[int] | None) -> list[int]:
     seeds = [int(base_config.seed)] if seeds is None else [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
         raise MCELError(f"seeds must be distinct training seeds, got {seeds}")
-    x, y, where = _selection_data(base_config, val)
-    rows = [_candidate(cfg, seeds, (x, y), ber=ber, em=em, trials=trials, seed=seed,
-                       progress=progress, log=log) for cfg in candidates]
-    ce = rows[0]
-    best, beats = _choose(rows, clean_budget, paired=len(seeds) > 1)
-    return {"ber": ber, "error_model": em.to_dict(), "clean_budget": clean_budget,
-            # enough to rerun the search: every training setting but loss/margin/seed
-            "base_config": base_config.to_dict(), "versions": versions(),
-            "trials": trials, "seed": seed, "seeds": seeds, "selected_on": where,
-            "n_select": len(y),
-            "rows": rows, "ce": ce, "best": best,
-            "best_margin": None if best is None else best["margin"],
-            "beats_ce": beats,
-            # MCEL with margin 0 is CE exactly, so "no margin helps" has an answer too
-            "recommended_margin": best["margin"] if beats else 0.0}
+    return seeds
 
 
 def _check_search(ber: float, margins: Sequence[float], clean_budget: float,
@@ -149,7 +242,7 @@ def _check_search(ber: float, margins: Sequence[float], clean_budget: float,
 
 def _candidate(cfg: TrainConfig, seeds: list[int], data: tuple[Tensor, Tensor], *, ber: float,
                em, trials: int, seed: int, progress: bool,
-               log: Callable[[str], None] | None) -> dict[str, Any]:
+               log: Callable[[str], None] | None) -> Candidate:
     """One row of the search: ``cfg`` trained at every seed and evaluated at ``ber`` on
     the selection data; accuracies are means over seeds (a t-interval across them when
     there are several, else the one run's interval over trials)."""
@@ -165,46 +258,50 @@ def _candidate(cfg: TrainConfig, seeds: list[int], data: tuple[Tensor, Tensor], 
         model, metrics = train(cfg_s, progress=progress)
         res = evaluate(model, x, y, [ber], em, trials=trials, seed=seed, progress=progress)
         r = res.results[0]
-        per_seed.append({"seed": s, "clean_acc": res.clean_accuracy, "acc": r.mean,
-                         "ci_low": r.ci_low, "ci_high": r.ci_high,
-                         "test_clean_acc": metrics["test_acc"],
-                         "train_seconds": metrics["train_seconds"],
-                         "run_id": cfg_s.digest()})
+        per_seed.append(SeedRun(seed=s, clean_acc=res.clean_accuracy, acc=r.mean,
+                                ci_low=r.ci_low, ci_high=r.ci_high,
+                                test_clean_acc=metrics["test_acc"],
+                                train_seconds=metrics["train_seconds"], run_id=cfg_s.digest()))
         if log:
             log(f"{label} seed {s}: clean {res.clean_accuracy:.4f}, at BER {ber:g} "
                 f"{r.mean:.4f} [{r.ci_low:.4f}, {r.ci_high:.4f}]")
-    acc, lo, hi = (t_interval([p["acc"] for p in per_seed]) if len(seeds) > 1 else
-                   (per_seed[0]["acc"], per_seed[0]["ci_low"], per_seed[0]["ci_high"]))
+    acc, lo, hi = (t_interval([p.acc for p in per_seed]) if len(seeds) > 1 else
+                   (per_seed[0].acc, per_seed[0].ci_low, per_seed[0].ci_high))
 
     def mean(key: str) -> float:
-        return sum(p[key] for p in per_seed) / len(per_seed)
+        return sum(getattr(p, key) for p in per_seed) / len(per_seed)
 
-    return {"method": label, "loss": cfg.loss, "margin": cfg.margin,
-            "normalize": cfg.normalize if cfg.loss == "mcel" else None,
-            "clean_acc": mean("clean_acc"), "acc": acc, "ci_low": lo, "ci_high": hi,
-            "test_clean_acc": mean("test_clean_acc"), "train_seconds": mean("train_seconds"),
-            "run_id": per_seed[0]["run_id"], "per_seed": per_seed}
+    return Candidate(method=label, loss=cfg.loss, margin=cfg.margin,
+                     normalize=cfg.normalize if cfg.loss == "mcel" else None,
+                     clean_acc=mean("clean_acc"), acc=acc, ci_low=lo, ci_high=hi,
+                     test_clean_acc=mean("test_clean_acc"),
+                     train_seconds=mean("train_seconds"), run_id=per_seed[0].run_id,
+                     per_seed=tuple(per_seed))
 
 
-def _choose(rows: list[dict[str, Any]], clean_budget: float,
-            paired: bool) -> tuple[dict[str, Any] | None, bool]:
-    """Mark each row's eligibility and difference to CE (``rows[0]``); the best eligible
-    row, and whether it beats CE (with ``paired`` seeds: a 95% interval above zero)."""
+def _choose(rows: list[Candidate], clean_budget: float,
+            paired: bool) -> tuple[list[Candidate], Candidate | None, bool]:
+    """The rows with their eligibility and difference to CE (``rows[0]``), the best
+    eligible row, and whether it beats CE (with ``paired`` seeds: a 95% interval above
+    zero)."""
     from mcel.evaluate import t_interval
 
     ce = rows[0]
-    floor = ce["clean_acc"] - clean_budget
+    floor = ce.clean_acc - clean_budget
+    judged = []
     for row in rows:
-        # A tiny tolerance: equal accuracies computed on the same samples must pass.
-        row["eligible"] = row["loss"] == "mcel" and row["clean_acc"] >= floor - 1e-12
-        row["delta_vs_ce"] = row["acc"] - ce["acc"]
+        delta: dict[str, Any] = {}
         if paired:  # by training seed
-            diffs = [a["acc"] - b["acc"] for a, b in zip(row["per_seed"], ce["per_seed"])]
-            _, row["delta_ci_low"], row["delta_ci_high"] = t_interval(diffs)
-    eligible = [r for r in rows if r["eligible"]]
+            diffs = [a.acc - b.acc for a, b in zip(row.per_seed, ce.per_seed)]
+            _, delta["delta_ci_low"], delta["delta_ci_high"] = t_interval(diffs)
+        # A tiny tolerance: equal accuracies computed on the same samples must pass.
+        judged.append(dataclasses.replace(
+            row, eligible=row.loss == "mcel" and row.clean_acc >= floor - 1e-12,
+            delta_vs_ce=row.acc - ce.acc, **delta))
+    eligible = [r for r in judged if r.eligible]
     # Best accuracy under errors; ties go to higher clean accuracy, then a smaller margin.
-    best = max(eligible, key=lambda r: (r["acc"], r["clean_acc"], -r["margin"]), default=None)
-    beats = best is not None and best["acc"] > ce["acc"]
+    best = max(eligible, key=lambda r: (r.acc, r.clean_acc, -r.margin), default=None)
+    beats = best is not None and best.acc > judged[0].acc
     if beats and paired:
-        beats = best["delta_ci_low"] > 0
-    return best, beats
+        beats = best.delta_ci_low > 0
+    return judged, best, beats

@@ -7,9 +7,12 @@ import argparse
 import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mcel.cli.common import console, error_model
+
+if TYPE_CHECKING:  # the command line loads torch only when a command runs
+    from mcel.analysis import Survival
 
 QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 
@@ -42,12 +45,12 @@ def cmd_margins(args: argparse.Namespace) -> int:
     s = survival(model, x, y, args.ber, em, trials=args.trials, seed=args.seed,
                  batch_size=args.batch_size, progress=sys.stderr.isatty())
     cert = flip_certificate(model, x, y, max_flips=args.max_flips, batch_size=args.batch_size)
-    margin, cap = s["margin"], args.max_flips
-    result = _result(args, config, y, s, cert)
-    png = plot_margin_survival(margin.tolist(), s["survival"].tolist(), s["bins"],
-                               out / "margin_survival.png", certificate=cert.tolist(), cap=cap,
-                               title=f"{config.dataset}/{config.model}: BER {s['ber']:g}, "
-                                     f"{s['trials']} trials")
+    result = _result(args, config, y, s=s, cert=cert)
+    png = plot_margin_survival(s.margin.tolist(), s.survival.tolist(), result["bins"],
+                               out / "margin_survival.png", certificate=cert.tolist(),
+                               cap=args.max_flips,
+                               title=f"{config.dataset}/{config.model}: BER {s.ber:g}, "
+                                     f"{s.trials} trials")
     write_json(out / "margins.json", result)
     print_margins(result)
     print(f"wrote {png} and {out / 'margins.json'}")
@@ -63,26 +66,26 @@ def _quantiles(t) -> dict[str, float]:
     return {f"q{int(100 * p)}": float(v) for p, v in zip(QUANTILES, q)}
 
 
-def _result(args: argparse.Namespace, config, y, s: dict[str, Any], cert) -> dict[str, Any]:
+def _result(args: argparse.Namespace, config, y, *, s: Survival, cert) -> dict[str, Any]:
     """What margins.json holds: the run, the survival analysis ``s`` and the certificates."""
     from mcel.experiments.store import versions
 
-    margin, correct, cap = s["margin"], s["clean_correct"], args.max_flips
+    margin, correct, cap = s.margin, s.clean_correct, args.max_flips
     counts = {(str(k) if k <= cap else f">{cap}"): int((cert == k).sum()) for k in range(cap + 2)}
     return {
         "run_dir": str(args.run_dir), "dataset": config.dataset, "samples": len(y),
         "config": config.to_dict(), "versions": versions(),
-        "ber": s["ber"], "trials": s["trials"], "seed": s["seed"],
-        "error_model": s["error_model"], "clean_accuracy": s["clean_accuracy"],
-        "accuracy": s["accuracy"], "spearman": _num(s["spearman"]),
-        "spearman_p": _num(s["spearman_p"]), "bins": s["bins"],
+        "ber": s.ber, "trials": s.trials, "seed": s.seed,
+        "error_model": s.error_model, "clean_accuracy": s.clean_accuracy,
+        "accuracy": s.accuracy, "spearman": _num(s.spearman),
+        "spearman_p": _num(s.spearman_p), "bins": [b.to_dict() for b in s.bins],
         "margin_quantiles": {"all": _quantiles(margin),
                              "clean_correct": _quantiles(margin[correct])},
         "certificate": {"max_flips": cap, "counts": counts,
                         "note": "fewest output-layer bit flips that can change the prediction "
                                 "(ties count as a change); 0 = wrong without faults"},
         "per_sample": {"label": y.tolist(), "margin": margin.tolist(),
-                       "survival": [_num(v) for v in s["survival"].tolist()],
+                       "survival": [_num(v) for v in s.survival.tolist()],
                        "certificate": cert.tolist()},
     }
 

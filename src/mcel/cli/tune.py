@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
 from mcel.cli.common import add_train_flags, console, error_model, floats, ints, train_config
 from mcel.console import log
-from mcel.tuning import CANDIDATE_MARGINS, CLEAN_BUDGET, TUNE_TRIALS
+from mcel.tuning import (
+    CANDIDATE_MARGINS,
+    CLEAN_BUDGET,
+    TUNE_TRIALS,
+    Candidate,
+    TuningResult,
+)
 
 
 def cmd_tune_margin(args: argparse.Namespace) -> int:
@@ -23,59 +28,62 @@ def cmd_tune_margin(args: argparse.Namespace) -> int:
                       seeds=args.seeds, progress=sys.stderr.isatty(), log=log)
     print_tuning(res)
     if args.json:
-        write_json(args.json, res)
+        write_json(args.json, res.to_dict())
         print(f"wrote {args.json}")
     return 0
 
 
-def print_tuning(res: dict[str, Any]) -> None:
+def print_tuning(res: TuningResult) -> None:
     """The table of everything ``tune_margin`` tried, and its choice."""
     from rich.table import Table
 
-    seeds = res.get("seeds") or [None]
-    over = f"{len(seeds)} training seeds, " if len(seeds) > 1 else ""
-    t = Table(title=f"margin search at BER {res['ber']:g} ({over}{res['trials']} trials; chosen "
-                    f"on {res['n_select']} samples: {res['selected_on']})")
+    over = f"{len(res.seeds)} training seeds, " if len(res.seeds) > 1 else ""
+    t = Table(title=f"margin search at BER {res.ber:g} ({over}{res.trials} trials; chosen "
+                    f"on {res.n_select} samples: {res.selected_on})")
     t.add_column("method", no_wrap=True)
-    for col in ("clean %", f"BER {res['ber']:g}: acc % [95% CI]", "Δ vs CE", "in budget",
+    for col in ("clean %", f"BER {res.ber:g}: acc % [95% CI]", "Δ vs CE", "in budget",
                 "test clean %", "train s"):
         t.add_column(col, justify="right")
-
-    def delta(r: dict[str, Any]) -> str:
-        if r["loss"] == "ce":
-            return "—"
-        ci = ("" if "delta_ci_low" not in r else
-              f" [{100 * r['delta_ci_low']:+.2f}, {100 * r['delta_ci_high']:+.2f}]")
-        return f"{100 * r['delta_vs_ce']:+.2f}{ci}"
-
-    for r in res["rows"]:
-        mark = " *" if res["best"] is r else ""
-        t.add_row(r["method"] + mark, f"{100 * r['clean_acc']:.2f}",
+    for r in res.rows:
+        mark = " *" if res.best is r else ""
+        t.add_row(r.method + mark, f"{100 * r.clean_acc:.2f}",
                   # an accuracy lives in [0, 100]: a t-interval over few seeds may not
-                  f"{100 * r['acc']:.2f} [{100 * max(0.0, r['ci_low']):.2f}, "
-                  f"{100 * min(1.0, r['ci_high']):.2f}]",
-                  delta(r),
-                  "CE" if r["loss"] == "ce" else ("yes" if r["eligible"] else "no"),
-                  f"{100 * r['test_clean_acc']:.2f}", f"{r['train_seconds']:.1f}")
+                  f"{100 * r.acc:.2f} [{100 * max(0.0, r.ci_low):.2f}, "
+                  f"{100 * min(1.0, r.ci_high):.2f}]",
+                  _delta(r),
+                  "CE" if r.loss == "ce" else ("yes" if r.eligible else "no"),
+                  f"{100 * r.test_clean_acc:.2f}", f"{r.train_seconds:.1f}")
     c = console()
     c.print(t)
-    if res["best"] is None:
-        c.print(f"no margin keeps clean accuracy within {100 * res['clean_budget']:g} points of "
-                "CE; try smaller margins or a larger --clean-budget")
-        c.print("recommended: margin 0 (MCEL at margin 0 is CE)")
+    for line in _verdict(res):
+        c.print(line)
+
+
+def _delta(r: Candidate) -> str:
+    if r.loss == "ce":
+        return "—"
+    ci = ("" if r.delta_ci_low is None else
+          f" [{100 * r.delta_ci_low:+.2f}, {100 * r.delta_ci_high:+.2f}]")
+    return f"{100 * r.delta_vs_ce:+.2f}{ci}"
+
+
+def _verdict(res: TuningResult) -> list[str]:
+    """The choice in words: the best margin against CE, and the recommendation."""
+    b = res.best
+    if b is None:
+        return [f"no margin keeps clean accuracy within {100 * res.clean_budget:g} points of "
+                "CE; try smaller margins or a larger --clean-budget",
+                "recommended: margin 0 (MCEL at margin 0 is CE)"]
+    if b.delta_vs_ce <= 0:
+        verdict = "worse than or equal to"
+    elif res.beats_ce:
+        verdict = "better than"
     else:
-        b = res["best"]
-        if b["delta_vs_ce"] <= 0:
-            verdict = "worse than or equal to"
-        elif res["beats_ce"]:
-            verdict = "better than"
-        else:
-            verdict = "not significantly better than" if len(seeds) > 1 else "not better than"
-        c.print(f"best margin {b['margin']:g} ({b['method']}): {b['acc']:.4f} at BER "
-                f"{res['ber']:g}, {verdict} CE's {res['ce']['acc']:.4f} "
-                f"({100 * b['delta_vs_ce']:+.2f} points)")
-        c.print(f"recommended: margin {res['recommended_margin']:g}"
-                + ("" if res["beats_ce"] else " (MCEL at margin 0 is CE: no margin beat it)"))
+        verdict = "not significantly better than" if len(res.seeds) > 1 else "not better than"
+    return [f"best margin {b.margin:g} ({b.method}): {b.acc:.4f} at BER {res.ber:g}, "
+            f"{verdict} CE's {res.ce.acc:.4f} ({100 * b.delta_vs_ce:+.2f} points)",
+            f"recommended: margin {res.recommended_margin:g}"
+            + ("" if res.beats_ce else " (MCEL at margin 0 is CE: no margin beat it)")]
 
 
 def register(sub) -> None:
