@@ -105,8 +105,9 @@ def test_wide_positions_beyond_2_32(kernel) -> None:
     for top in (1e-7, 3e-7):
         key = FaultKey(1, 2)
         pos = sample_ladder(*key.rngs((0, 1)), n, top)
-        idx, xor, nbits = native.ladder_mask(*key.rngs((0, 1)), n, top, 0, None, 0,
-                                             np.empty(0, np.int64), bits, False)
+        idx, xor, nbits = native.ladder_mask(*key.rngs((0, 1)), n, top, mode=0, table=None,
+                                             prot=0, codes=np.empty(0, np.int64), bits=bits,
+                                             apply=False)
         code, bit = np.divmod(pos, bits)
         assert nbits == pos.size > 100
         assert np.array_equal(idx, np.unique(code))

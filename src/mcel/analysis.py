@@ -317,13 +317,13 @@ def flip_certificate(model: nn.Module, x: Tensor, y: Tensor, *, max_flips: int =
     # Keep the (n, C, 2F, bits) gain tensor near 4M elements.
     step = max(1, (1 << 22) // max(1, n_cls * 2 * n_feat * bits))
     for i in range(0, len(y), step):
-        out[i:i + step] = _certificate_chunk(h_all[i:i + step], y[i:i + step], w, b, dmax, dmin,
-                                             cap)
+        out[i:i + step] = _certificate_chunk(h_all[i:i + step], y[i:i + step], w=w, b=b,
+                                             dmax=dmax, dmin=dmin, cap=cap)
     return out
 
 
-def _certificate_chunk(h: Tensor, y: Tensor, w: Tensor, b: Tensor, dmax: Tensor, dmin: Tensor,
-                       cap: int) -> Tensor:
+def _certificate_chunk(h: Tensor, y: Tensor, *, w: Tensor, b: Tensor, dmax: Tensor,
+                       dmin: Tensor, cap: int) -> Tensor:
     n, n_feat = h.shape
     n_cls, _, bits = dmax.shape
     z = h @ w.T + b  # (n, C)

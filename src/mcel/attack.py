@@ -145,7 +145,8 @@ def bit_flip_attack(model: nn.Module, attack: tuple[Tensor, Tensor], test: tuple
             accs = [accuracy(model, xt, yt, batch_size)]
             losses = [_loss(model, xa, ya)]
             while len(flips) < budget and not (stop_at is not None and accs[-1] <= stop_at):
-                flip, loss = _one_flip(model, image, by_name, allowed, xa, ya, candidates)
+                flip, loss = _one_flip(model, image, (xa, ya), allowed=allowed,
+                                       candidates=candidates)
                 flips.append(flip)
                 by_name[flip.layer].apply(_mask(by_name[flip.layer], flip.index, flip.bit))
                 losses.append(loss)
@@ -160,8 +161,10 @@ def bit_flip_attack(model: nn.Module, attack: tuple[Tensor, Tensor], test: tuple
                               "candidates": candidates, "layers": sorted(allowed)})
 
 
-def _one_flip(model, image, by_name, allowed, xa, ya, candidates) -> tuple[Flip, float]:
-    """The flip, among each allowed layer's best candidates, that raises the loss most."""
+def _one_flip(model, image, data, *, allowed, candidates) -> tuple[Flip, float]:
+    """The flip, among each allowed layer's best candidates, that raises the loss on
+    ``data`` (the attack's samples) most."""
+    xa, ya = data
     _, grads = _grads(model, image, xa, ya)
     best: tuple[float, Flip] | None = None
     for (_, slot), grad in zip(image.weights, grads):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -22,6 +23,9 @@ from mcel.io import check_writable, write_json
 from mcel.losses import DEFAULT_MARGIN
 from mcel.plots import plot_accuracy_vs_ber
 from mcel.train import train
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 DEMO_BERS = (0.0, 0.01, 0.02, 0.05, 0.1)
 TRAIN_BER = 0.01
@@ -41,17 +45,35 @@ def demo_configs(epochs: int, seed: int) -> dict[str, TrainConfig]:
 def run_demo(out: str | Path = "demo-out", *, epochs: int = 30, trials: int = 30,
              seed: int = 0) -> dict:
     from rich.console import Console
-    from rich.table import Table
 
     console = Console(width=max(120, Console().width))
     configs = demo_configs(epochs, seed)  # bad settings fail here, before any folder exists
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise MCELError(f"trials must be a positive integer, got {trials!r}")
     out = check_writable(out)
+    t_start = time.perf_counter()
+    rows = _measure(configs, console=console, epochs=epochs, trials=trials, seed=seed)
+    table, md = _tables(rows, trials)
+    console.print(table)
+    plot = plot_accuracy_vs_ber({name: r["curve"] for name, r in rows.items()},
+                                out / "demo.png",
+                                title="digits, mlp, int4: accuracy under bit errors")
+    write_json(out / "demo.json", {"bers": list(DEMO_BERS), "trials": trials, "seed": seed,
+                                    "methods": rows})
+    from mcel.io import atomic_write_bytes
+
+    atomic_write_bytes(out / "demo.md", ("\n".join(md) + "\n").encode())
+    console.print(f"plot: {plot}   table: {out / 'demo.md'}   "
+                  f"total {time.perf_counter() - t_start:.0f} s")
+    return rows
+
+
+def _measure(configs: dict[str, TrainConfig], *, console, epochs: int, trials: int,
+             seed: int) -> dict[str, dict]:
+    """Each method trained, then evaluated over `DEMO_BERS` on the digits test split."""
     x, y = load_dataset("digits", "test")
     em = BitErrorModel(ber=0.0)
-    rows, curves = {}, {}
-    t_start = time.perf_counter()
+    rows = {}
     # One thread: the same numbers whatever the core count (float sums depend on how work
     # is split between threads) and no stalls when other jobs hold the cores.
     threads = torch.get_num_threads()
@@ -66,9 +88,15 @@ def run_demo(out: str | Path = "demo-out", *, epochs: int = 30, trials: int = 30
             rows[name] = {"clean_acc": res.clean_accuracy, "median_margin": m.median().item(),
                           "train_seconds": metrics["train_seconds"], "curve": res.table(),
                           "config": cfg.to_dict()}
-            curves[name] = res.table()
     finally:
         torch.set_num_threads(threads)
+    return rows
+
+
+def _tables(rows: dict[str, dict], trials: int) -> tuple[Table, list[str]]:
+    """The accuracy table for the terminal (mean ± half-width) and as Markdown lines
+    (mean [interval])."""
+    from rich.table import Table
 
     table = Table(title=f"digits, mlp, int4 weights (two's complement), {trials} trials per BER:"
                         " mean accuracy % ± 95% CI half-width")
@@ -88,14 +116,4 @@ def run_demo(out: str | Path = "demo-out", *, epochs: int = 30, trials: int = 30
         table.add_row(name, f"{r['train_seconds']:.1f}", f"{r['median_margin']:.2f}", *short)
         md.append(f"| {name} | {r['train_seconds']:.1f} | {r['median_margin']:.2f} | "
                   + " | ".join(cells) + " |")
-    console.print(table)
-    plot = plot_accuracy_vs_ber(curves, out / "demo.png",
-                                title="digits, mlp, int4: accuracy under bit errors")
-    write_json(out / "demo.json", {"bers": list(DEMO_BERS), "trials": trials, "seed": seed,
-                                    "methods": rows})
-    from mcel.io import atomic_write_bytes
-
-    atomic_write_bytes(out / "demo.md", ("\n".join(md) + "\n").encode())
-    console.print(f"plot: {plot}   table: {out / 'demo.md'}   "
-                  f"total {time.perf_counter() - t_start:.0f} s")
-    return rows
+    return table, md

@@ -132,7 +132,7 @@ class _Forward:
     the same batches in the same order (checked: labels and a checksum of each batch),
     or the trials would not see the same data."""
 
-    def __init__(self, model: nn.Module, x, y: Tensor | None, batch_size: int,
+    def __init__(self, model: nn.Module, x, y: Tensor | None, *, batch_size: int,
                  precision: str = "fp32") -> None:
         self.dev = next(model.parameters()).device
         self.model, self.batch_size, self.precision = model, batch_size, precision
@@ -268,26 +268,32 @@ def evaluate(
     bers = check_bers(bers)
     _check_trial_counts(trials, min_trials, target_half_width, batch_size)
     em = _error_model(error_model)
-    if y is None:  # an iterable of (x, y) batches, read in every trial
-        if isinstance(x, Tensor) or not hasattr(x, "__iter__"):
-            raise MCELError("y is None: pass the labels, or pass x as an iterable of (x, y) "
-                            "batches such as a DataLoader")
-        if trial_batch > 1:
-            raise MCELError("trial_batch > 1 needs (x, y) tensors, not batches from a loader")
-    else:
-        x, y = check_data(x, y)
+    x, y = _check_source(x, y, trial_batch)
     _check_faults_fit(model, em, trial_batch)
     check_runs_on(precision, next(model.parameters()).device)
     modes = {m: m.training for m in model.modules()}  # each module's own, restored below
     model.eval()
     try:
-        return _evaluate(model, x, y, bers, em, trials=trials, seed=seed,
+        return _evaluate(model, x, y, bers=bers, em=em, trials=trials, seed=seed,
                          batch_size=batch_size, target_half_width=target_half_width,
                          min_trials=min_trials, progress=progress, keep_correct=keep_correct,
                          trial_batch=trial_batch, precision=precision)
     finally:
         for m, mode in modes.items():
             m.training = mode
+
+
+def _check_source(x, y: Tensor | None, trial_batch: int):
+    """``(x, y)`` tensors, checked; or, with ``y`` None, ``x`` an iterable of ``(x, y)``
+    batches (read in every trial)."""
+    if y is not None:
+        return check_data(x, y)
+    if isinstance(x, Tensor) or not hasattr(x, "__iter__"):
+        raise MCELError("y is None: pass the labels, or pass x as an iterable of (x, y) "
+                        "batches such as a DataLoader")
+    if trial_batch > 1:
+        raise MCELError("trial_batch > 1 needs (x, y) tensors, not batches from a loader")
+    return x, y
 
 
 def _check_trial_counts(trials: int, min_trials: int, target_half_width: float | None,
@@ -328,10 +334,10 @@ def _check_faults_fit(model: nn.Module, em: BitErrorModel, trial_batch: int) -> 
     check_targets(model, em)
 
 
-def _evaluate(model, x, y, bers, em, *, trials, seed, batch_size, target_half_width,
+def _evaluate(model, x, y, *, bers, em, trials, seed, batch_size, target_half_width,
               min_trials, progress, keep_correct, trial_batch, precision) -> EvalResult:
     before = state_digest(model)
-    fwd = _Forward(model, x, y, batch_size, precision)
+    fwd = _Forward(model, x, y, batch_size=batch_size, precision=precision)
     t0 = time.perf_counter()
     accs: dict[float, list[float]] = {b: [] for b in bers}
     rates: dict[float, list[float]] = {b: [] for b in bers}
@@ -395,9 +401,9 @@ def _trials(model: nn.Module, fwd: _Forward, image: MemoryImage, em: BitErrorMod
     """Per-sample correctness and empirical rate of each trial of ``block`` (one trial
     unless ``batched``) under ``em``, already at its BER."""
     if batched:
-        return _batched_trials(fwd, image, em, seed, block)
+        return _batched_trials(fwd, image, em, seed=seed, block=block)
     if em.mode == "transient" or "activations" in em.targets:
-        _, rate, corr = _transient_trial(model, fwd, image, em, seed, block[0])
+        _, rate, corr = _transient_trial(model, fwd, image, em, seed=seed, trial=block[0])
         return [corr], [rate]
     st = image.inject(em, seed=seed, trial=block[0])
     corrs = [fwd.correct()]
@@ -410,7 +416,7 @@ def _narrow_at(accs: list[float], ber: float, half_width: float, counts: range) 
     return next((n for n in counts if narrow_enough(accs[:n], ber, half_width)), None)
 
 
-def _batched_trials(fwd: _Forward, image: MemoryImage, em: BitErrorModel, seed: int,
+def _batched_trials(fwd: _Forward, image: MemoryImage, em: BitErrorModel, *, seed: int,
                     block: list[int]) -> tuple[list[Tensor], list[float]]:
     """Trials ``block`` as one vmapped forward over stacked weight sets."""
     ws, bs, stats = image.stacked_values(em, seed=seed, trials=block)
@@ -438,8 +444,8 @@ def _batched_trials(fwd: _Forward, image: MemoryImage, em: BitErrorModel, seed: 
     return list(correct.unbind(0)), [st.empirical_rate for st in stats]
 
 
-def _transient_trial(model, fwd: _Forward, image: MemoryImage, em: BitErrorModel, seed: int,
-                     trial: int):
+def _transient_trial(model, fwd: _Forward, image: MemoryImage, em: BitErrorModel, *,
+                     seed: int, trial: int):
     """Faults redrawn in every forward (compute errors) and/or in activations."""
     # persistent faults in stored weights and biases go into the image; the forward
     # redraws the rest (activations; weights in transient mode)

@@ -145,14 +145,21 @@ def _train(config: TrainConfig, out: Path | None, *, device: torch.device, info,
             if writer is not None:
                 save_checkpoint(writer, config, model, opt=opt, gen=gen, metrics=metrics,
                                 epoch=epoch + 1)
+    _finish(config, model, metrics, test_data=(x_te, y_te), info=info, writer=writer)
+    return model, metrics
+
+
+def _finish(config: TrainConfig, model: nn.Module, metrics: dict[str, Any], *,
+            test_data: tuple[Tensor, Tensor], info, writer: Path | None) -> None:
+    """The trained model in eval mode, its final metrics, and the finished run folder
+    (written by rank 0 only: ``writer`` is None on the others)."""
     model.eval()
-    metrics["test_acc"] = accuracy(model, x_te, y_te)
+    metrics["test_acc"] = accuracy(model, *test_data)
     metrics["train_seconds"] = sum(r["seconds"] for r in metrics["epochs"])
     if info.enabled:
         metrics["world_size"] = info.world
     if writer is not None:
         save_run(writer, config, model, metrics)
-    return model, metrics
 
 
 def _data_parallel(model: nn.Module, device: torch.device, info) -> nn.Module:

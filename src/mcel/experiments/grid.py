@@ -116,7 +116,7 @@ class Grid:
             raise MCELError(f"{source} is empty; it needs at least a 'grid' section")
         if not isinstance(d, Mapping):
             raise MCELError(f"{source} must hold a mapping with keys {', '.join(TOP_KEYS)}")
-        _no_unknown(d, TOP_KEYS, source, "")
+        _no_unknown(d, TOP_KEYS, source, prefix="")
         name = d.get("name", default_name)
         if not isinstance(name, str) or not name.strip():
             raise MCELError(f"{source}: name must be a non-empty string, got {name!r}")
@@ -126,7 +126,7 @@ class Grid:
         base = d.get("base") or {}
         if not isinstance(base, Mapping):
             raise MCELError(f"{source}: base must be a mapping of training settings")
-        _no_unknown(base, _FIELDS, source, "base.", what="training setting")
+        _no_unknown(base, _FIELDS, source, prefix="base.", what="training setting")
         axes = d.get("grid")
         if axes is None:
             raise MCELError(f"{source} has no 'grid' section; give at least one axis, "
@@ -148,7 +148,7 @@ class Grid:
         ev = d.get("eval") or {}
         if not isinstance(ev, Mapping):
             raise MCELError(f"{source}: eval must be a mapping with keys {', '.join(EVAL_KEYS)}")
-        _no_unknown(ev, EVAL_KEYS, source, "eval.")
+        _no_unknown(ev, EVAL_KEYS, source, prefix="eval.")
         return cls(name=name.strip(), base=dict(base), axes=parsed, eval=dict(ev),
                    db=db, source=source)
 
@@ -218,7 +218,7 @@ def expand(grid: Grid | Mapping[str, Any], *, data_dir: str | None = None) -> li
 
 # -- helpers ---------------------------------------------------------------------------
 
-def _no_unknown(d: Mapping, valid, source: str, prefix: str, what: str = "key") -> None:
+def _no_unknown(d: Mapping, valid, source: str, *, prefix: str, what: str = "key") -> None:
     for k in d:
         if k not in valid:
             hint = did_you_mean(k, valid, prefix)
@@ -239,7 +239,7 @@ def _number(v: Any) -> Any:
 def _coerce(d: dict[str, Any], src: str, where: str) -> dict[str, Any]:
     """Fields as TrainConfig expects them; ints in float fields become floats, so that
     ``margin: 1`` and ``margin: 1.0`` are the same run (the run id hashes the JSON)."""
-    _no_unknown(d, _FIELDS, src, f"{where}." if where else "", what="training setting")
+    _no_unknown(d, _FIELDS, src, prefix=f"{where}." if where else "", what="training setting")
     out = {}
     for k, v in d.items():
         if k in _FLOAT_FIELDS:
@@ -277,7 +277,7 @@ def _expand_mapping(m: Mapping[str, Any], src: str, where: str) -> list[dict[str
     for k in m:
         if not isinstance(k, str):
             raise MCELError(f"{src}: {where}: keys must be setting names, got {k!r}")
-    _no_unknown(m, _FIELDS, src, f"{where}.", what="training setting")
+    _no_unknown(m, _FIELDS, src, prefix=f"{where}.", what="training setting")
     keys, choices = [], []
     for k, v in m.items():
         if k in _DICT_FIELDS:
@@ -367,7 +367,7 @@ def _ber_list(raw: Any, src: str, where: str) -> tuple[float, ...]:
     return tuple(sorted(out))
 
 
-def _int(raw: Any, src: str, key: str, lo: int, default: int | None) -> int | None:
+def _int(raw: Any, src: str, key: str, *, lo: int, default: int | None) -> int | None:
     if raw is None:
         return default
     v = _number(raw)
@@ -420,10 +420,10 @@ def _eval_plan(ev: Mapping[str, Any], config: TrainConfig, src: str) -> EvalPlan
         except MCELError as e:
             raise MCELError(f"{src}: eval.error_model '{spec}': {e}") from None
         ems.append(em.describe())
-    trials = _int(ev.get("trials"), src, "trials", 1, 100)
-    min_trials = _int(ev.get("min_trials"), src, "min_trials", 2, 10)
-    seed = _int(ev.get("seed"), src, "seed", 0, 0)
-    limit = _int(ev.get("limit_test"), src, "limit_test", 1, None)
+    trials = _int(ev.get("trials"), src, "trials", lo=1, default=100)
+    min_trials = _int(ev.get("min_trials"), src, "min_trials", lo=2, default=10)
+    seed = _int(ev.get("seed"), src, "seed", lo=0, default=0)
+    limit = _int(ev.get("limit_test"), src, "limit_test", lo=1, default=None)
     hw = _number(ev.get("adaptive"))
     if hw is not None and (isinstance(hw, bool) or not isinstance(hw, numbers.Real)
                            or not math.isfinite(hw) or hw <= 0):

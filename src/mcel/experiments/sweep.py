@@ -174,8 +174,8 @@ def run_sweep(
             log(f"sweep {grid.name}: {len(cells)} cells, {summary.skipped} already done, "
                 f"{len(todo)} to run ({backend}, jobs={jobs}); database {db}")
         if not dry_run and todo:
-            _run_jobs(con, executor(todo, jobs, **options), todo, grid.name, summary,
-                      progress=progress, log=log)
+            _run_jobs(con, executor(todo, jobs, **options), todo, grid_name=grid.name,
+                      summary=summary, progress=progress, log=log)
     finally:
         settle(con)
         con.close()
@@ -205,8 +205,8 @@ def _warn_stale(con: sqlite3.Connection, cells: Sequence[Cell],
             "new --out to recompute them)")
 
 
-def _run_jobs(con: sqlite3.Connection, results: Iterator[CellResult], todo: list[CellJob],
-              grid_name: str, summary: SweepSummary, *, progress: bool,
+def _run_jobs(con: sqlite3.Connection, results: Iterator[CellResult], todo: list[CellJob], *,
+              grid_name: str, summary: SweepSummary, progress: bool,
               log: Callable[[str], None] | None) -> None:
     """Store each result as it comes, counting into ``summary``."""
     from mcel.console import progress as progress_bar

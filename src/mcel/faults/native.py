@@ -227,6 +227,7 @@ def ladder_mask(
     rng_times: np.random.Generator,
     n: int,
     top: float,
+    *,
     mode: int,
     table: np.ndarray | None,
     prot: int,

@@ -297,8 +297,9 @@ def _native_flips(
     if not on_cpu and rates.mode == 2:
         return None
     host = flat.numpy() if on_cpu else np.empty(0, _NP_DTYPE[flat.dtype])
-    out = native.ladder_mask(*key.rngs(_FLIPS), flat.numel() * bits, rates.top, rates.mode,
-                             rates.table, rates.bitmask, host, bits, apply and on_cpu)
+    out = native.ladder_mask(*key.rngs(_FLIPS), flat.numel() * bits, rates.top, mode=rates.mode,
+                             table=rates.table, prot=rates.bitmask, codes=host, bits=bits,
+                             apply=apply and on_cpu)
     if out is None:
         return None
     idx, xor, nbits = out
