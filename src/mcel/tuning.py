@@ -193,12 +193,12 @@ def tune_margin(
     from mcel.faults import BitErrorModel
 
     ber, margins = _check_search(ber, margins, clean_budget, trials)
-    seeds = _check_seeds(base_config, seeds)
     em = error_model or BitErrorModel(ber=0.0)
+    configs = _configs(base_config, margins, normalize)  # a bad setting fails here
+    seeds = _check_seeds(base_config, seeds)
     x, y, where = _selection_data(base_config, val)
     rows = [_candidate(cfg, seeds, (x, y), ber=ber, em=em, trials=trials, seed=seed,
-                       progress=progress, log=log)
-            for cfg in _configs(base_config, margins, normalize)]
+                       progress=progress, log=log) for cfg in configs]
     rows, best, beats = _choose(rows, clean_budget, paired=len(seeds) > 1)
     return TuningResult(ber=ber, error_model=em.to_dict(), clean_budget=clean_budget,
                         base_config=base_config, versions=versions(), trials=trials,
