@@ -101,6 +101,24 @@ def test_bf16_training_runs_in_bf16_and_learns_as_well():
             assert not _same(a, b)  # the forward really ran in bf16
             assert all(p.dtype == torch.float32 for p in b.parameters())  # weights stay fp32
             assert abs(ma["test_acc"] - mb["test_acc"]) < 0.05, (ma["test_acc"], mb["test_acc"])
+            # the channels_last layout of bf16 training does not outlive it, and the
+            # trained model goes straight into the fault engine (a sweep cell does this)
+            assert all(p.is_contiguous() for p in b.parameters())
+            x, y = load_dataset("digits", split="test", limit=200)
+            assert evaluate(b, x, y, [0.01], trials=2, seed=0).results[0].trials == 2
+
+
+def test_fault_engine_reads_channels_last_weights_in_logical_order():
+    torch.manual_seed(0)
+    model = quantize_model(torch.nn.Sequential(
+        torch.nn.Conv2d(2, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 3)), "int4")
+    x, y = torch.randn(64, 2, 8, 8), torch.randint(0, 3, (64,))
+    flat = evaluate(model, x, y, [0.05], trials=4, seed=1)
+    model.to(memory_format=torch.channels_last)
+    assert not model[0].weight.is_contiguous()
+    nhwc = evaluate(model, x, y, [0.05], trials=4, seed=1)
+    # the same codes, the same flips: the layout of the float weights changes nothing
+    assert nhwc.results[0].accuracies == flat.results[0].accuracies
 
 
 def test_channels_last_only_for_conv_models_in_bf16():

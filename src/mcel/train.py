@@ -145,6 +145,7 @@ def _train(config: TrainConfig, out: Path | None, *, device: torch.device, info,
             if writer is not None:
                 save_checkpoint(writer, config, model, opt=opt, gen=gen, metrics=metrics,
                                 epoch=epoch + 1)
+    model = model.to(memory_format=torch.contiguous_format)  # the layout is a training detail
     _finish(config, model, metrics, test_data=(x_te, y_te), info=info, writer=writer)
     return model, metrics
 

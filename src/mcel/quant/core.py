@@ -260,7 +260,9 @@ def _quantize(
     get_format(fmt)
     if granularity not in GRANULARITIES:
         raise MCELError(f"unknown granularity '{granularity}'; valid: {', '.join(GRANULARITIES)}")
-    w = tensor.detach().float()
+    # contiguous: codes are addressed flat, in the parameter's logical order (a
+    # channels_last weight, as bf16 training leaves it, would otherwise scramble them)
+    w = tensor.detach().float().contiguous()
     levels, scale = spec.levels(w, bits, granularity, clip)
     if levels.data_ptr() == w.data_ptr():  # never hand out the caller's buffer to write
         levels = levels.clone()
