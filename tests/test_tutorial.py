@@ -21,7 +21,7 @@ def tutorial(tmp_path_factory):
 
     blocks = python_blocks(TUTORIAL.read_text())
     folder = tmp_path_factory.mktemp("tutorial")
-    here = os.getcwd()
+    here, threads = os.getcwd(), torch.get_num_threads()  # the tutorial sets one thread
     ns: dict = {"__name__": "tutorial"}
     os.chdir(folder)
     try:
@@ -29,6 +29,7 @@ def tutorial(tmp_path_factory):
             exec(compile(code, f"{TUTORIAL.name}, python block {i + 1}", "exec"), ns)
     finally:
         os.chdir(here)
+        torch.set_num_threads(threads)
     ns["_folder"] = folder
     return ns
 
