@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from mcel.cli.common import JSON_UNITS, add_device_flag, floats
+from mcel.cli.common import JSON_UNITS, add_device_flag, floats, listed
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
@@ -49,14 +49,14 @@ def cmd_attack(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
+    from mcel.quant import list_formats
+
     a = sub.add_parser("attack", help="worst-case bit flips: how few break a trained run")
     a.add_argument("run_dir", help="a run folder written by 'mcel train'")
     a.add_argument("--budget", type=int, default=20, help="most bits to flip")
     a.add_argument("--candidates", type=int, default=5,
                    help="gradient-ranked candidate bits tried per layer and flip")
-    from mcel.quant import list_formats
-
-    a.add_argument("--fmt", default=None, metavar="{" + ",".join(list_formats()) + "}",
+    a.add_argument("--fmt", default=None, metavar=listed(list_formats()),
                    help="attack the codes stored in this number format (default: the run's "
                         "own)")
     a.add_argument("--layers", action="append", default=None, metavar="PATTERN",

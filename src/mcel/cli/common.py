@@ -72,6 +72,12 @@ def positive_int(text: str) -> int:
 
 # -- training settings ----------------------------------------------------------------
 
+def listed(names) -> str:
+    """Valid names as a flag's metavar, ``{a,b,c}``: shown like argparse's choices, while
+    the registries check the value (with "did you mean"), for flags and files alike."""
+    return "{" + ",".join(names) + "}"
+
+
 def _names(module: str, attr: str):
     """The valid names of a setting, read from where they are defined (a registry's
     ``list_*`` function or a tuple), when the parser is built."""
@@ -145,9 +151,7 @@ def add_train_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> N
     for key, (typ, help_, names) in TRAIN_FLAGS.items():
         if key in skip:
             continue
-        metavar = None
-        if names is not None:
-            metavar = "{" + ",".join(names()) + "}"
+        metavar = listed(names()) if names is not None else None
         if "default" not in help_:
             help_ += f" (default {_shown(getattr(TrainConfig, key))})"
         p.add_argument("--" + key.replace("_", "-"), dest=key, type=typ, default=None,
@@ -201,5 +205,5 @@ def console():
 
 
 __all__ = ["DEVICE_HELP", "JSON_UNITS", "TRAIN_FLAGS", "add_device_flag", "add_train_flags",
-           "console", "error_model", "floats", "ints", "load_yaml", "positive_int", "split_list",
-           "train_config"]
+           "console", "error_model", "floats", "ints", "listed", "load_yaml", "positive_int",
+           "split_list", "train_config"]

@@ -7,7 +7,7 @@ import dataclasses
 import sys
 from typing import Any
 
-from mcel.cli.common import JSON_UNITS, add_device_flag, floats
+from mcel.cli.common import JSON_UNITS, add_device_flag, floats, listed
 
 
 def error_model_of(args: argparse.Namespace):
@@ -23,6 +23,10 @@ def error_model_of(args: argparse.Namespace):
 
 
 def add_eval_flags(p: argparse.ArgumentParser) -> None:
+    from mcel.faults import TARGETS
+    from mcel.precision import DEFAULT_PRECISION, PRECISIONS
+    from mcel.quant import list_formats
+
     p.add_argument("--ber", type=floats, default=[0.0, 1e-3, 1e-2],
                    help="comma-separated bit error rates, fractions (0.01 = 1%%) "
                         "(default 0,1e-3,1e-2)")
@@ -31,13 +35,11 @@ def add_eval_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--error-model", default=None,
                    help="e.g. 'p01=1e-3,p10=1e-2', 'ber=1e-3,protected=-1', 'stuck_at=1e-3'; "
                         "--ber then sets its largest rate (default: uniform flips)")
-    p.add_argument("--targets", default=None, metavar="{weights,biases,activations}",
+    p.add_argument("--targets", default=None, metavar=listed(TARGETS),
                    help="comma-separated parts that take faults (default: the error "
                         "model's, weights)")
     p.add_argument("--transient", action="store_true", help="redraw faults at every forward")
-    from mcel.quant import list_formats
-
-    p.add_argument("--fmt", default=None, metavar="{" + ",".join(list_formats()) + "}",
+    p.add_argument("--fmt", default=None, metavar=listed(list_formats()),
                    help="evaluate with codes stored in this number format (default: the "
                         "run's own)")
     p.add_argument("--adaptive", type=float, default=None, metavar="HALF_WIDTH",
@@ -53,7 +55,7 @@ def add_eval_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit-test", type=int, default=None,
                    help="evaluate on the first N test images only, a quick look (default: "
                         "the run's own limit, else all)")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+    p.add_argument("--precision", default=DEFAULT_PRECISION, choices=list(PRECISIONS),
                    help="precision of the faulty forward passes; bf16 also reports how "
                         "often its clean predictions agree with fp32")
 

@@ -6,12 +6,14 @@ import argparse
 import sys
 from typing import Any
 
-from mcel.cli.common import positive_int
+from mcel.cli.common import listed, positive_int
 from mcel.console import log
 
 
 def register(sub: Any) -> None:
     """Register ``mcel sweep`` on the subparsers of the ``mcel`` parser."""
+    from mcel.experiments.backends import list_backends
+
     p = sub.add_parser(
         "sweep", help="train and evaluate every cell of a grid file into a results database",
         description="Train and evaluate every cell of a grid YAML file. Rerunning the same "
@@ -21,11 +23,9 @@ def register(sub: Any) -> None:
                    help="folder for runs/ and the database (default: sweep-<grid name>)")
     p.add_argument("--jobs", type=positive_int, default=1, help="cells run at once")
     p.add_argument("--data-dir", default=None, help="dataset folder for every cell "
-                   "(overrides the grid's data_dir; not part of the run id) (default: the grid's)")
-    from mcel.experiments.backends import list_backends
-
-    # listed, not argparse choices: the registry checks the name (with "did you mean")
-    p.add_argument("--backend", default="local", metavar="{" + ",".join(list_backends()) + "}",
+                   "(overrides the grid's data_dir; not part of the run id) (default: the "
+                   "grid's)")
+    p.add_argument("--backend", default="local", metavar=listed(list_backends()),
                    help="where cells run: local (this machine, --jobs processes) or ray "
                         "(Ray tasks; pip install 'mcel[ray]')")
     p.add_argument("--address", default=None,
