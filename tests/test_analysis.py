@@ -3,6 +3,7 @@
 import itertools
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -181,8 +182,11 @@ def test_margins_command(trained, tmp_path, capsys):
                  str(out)]) == 0
     text = capsys.readouterr().out
     assert "Spearman" in text and "flip certificate" in text
+    # accuracies in percent on the terminal, fractions in the JSON (which says so)
+    assert re.search(r"accuracy \d+\.\d\d% \(clean \d+\.\d\d%\)", text), text
     r = json.loads((out / "margins.json").read_text())
     assert r["trials"] == 5 and r["samples"] == 200
+    assert 0 < r["accuracy"] <= r["clean_accuracy"] <= 1 and "fractions" in r["units"]
     assert sum(r["certificate"]["counts"].values()) == 200
     assert len(r["per_sample"]["survival"]) == 200
     assert (out / "margin_survival.png").read_bytes()[:4] == b"\x89PNG"

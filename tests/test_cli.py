@@ -107,7 +107,7 @@ def test_bare_command_prints_help_and_help_shows_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["evaluate", "--help"])
     out = capsys.readouterr().out
-    assert "(default 100)" in out and "(default 0,1e-3,1e-2)" in out and "(default cpu)" in out
+    assert "(default 100)" in out and "(default 0,1e-3,1e-2)" in out and "(default auto)" in out
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
@@ -170,3 +170,116 @@ def test_evaluate_prints_percent_and_the_whole_caption(run_dir, capsys, monkeypa
     out = " ".join(capsys.readouterr().out.split())
     assert re.search(r"clean accuracy \d+\.\d\d%", out) and "accuracy %" in out
     assert "test images" in out and "fault seed 0, 123 s" in out
+
+
+# -- help that explains itself ------------------------------------------------------------
+
+def _subparsers():
+    import argparse
+
+    from mcel.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices
+
+
+def _entry(help_text: str, flag: str) -> str:
+    """The help of one option: its line(s) up to the next option, whitespace joined."""
+    lines = help_text.splitlines()
+    start = next(i for i, ln in enumerate(lines) if re.match(rf"\s+{flag}\b", ln))
+    end = next((i for i in range(start + 1, len(lines))
+                if re.match(r"\s+-", lines[i]) or not lines[i].strip()), len(lines))
+    return " ".join(" ".join(lines[start:end]).split())
+
+
+def test_every_flag_shows_its_default_and_its_choices():
+    import argparse
+
+    from mcel.cli.common import floats
+
+    checked = 0
+    for name, sub in _subparsers().items():
+        text = sub.format_help()
+        for action in sub._actions:
+            if (not action.option_strings or action.nargs == 0 or action.required
+                    or isinstance(action, argparse._HelpAction)):
+                continue  # positionals, on/off switches, required flags, --help
+            flag = action.option_strings[-1]
+            entry = _entry(text, flag)
+            assert "default" in entry, f"mcel {name} {flag}: {entry}"
+            if action.default not in (None, argparse.SUPPRESS):  # the value itself
+                shown = re.search(r"\(default ([^)]*)\)", entry)
+                assert shown, f"mcel {name} {flag}: {entry}"
+                value = (floats(shown.group(1)) if isinstance(action.default, list)
+                         else action.type(shown.group(1)) if action.type else shown.group(1))
+                assert value == action.default, f"mcel {name} {flag}: {entry}"
+            names = action.choices or ()
+            if isinstance(action.metavar, str) and action.metavar.startswith("{"):
+                names = action.metavar.strip("{}").split(",")
+            for choice in names:
+                assert choice in entry, f"mcel {name} {flag}: {choice} not in {entry}"
+            checked += 1
+    assert checked > 80  # every command's flags were walked
+
+
+def test_training_flags_show_the_registries_names_and_the_config_defaults():
+    from mcel.cli.common import TRAIN_FLAGS
+    from mcel.config import OPTIMIZERS, TrainConfig
+    from mcel.data import list_datasets
+    from mcel.losses import list_losses
+    from mcel.models import list_models
+    from mcel.quant import list_formats, parse_scheme
+
+    text = _subparsers()["train"].format_help()
+    expected = {"dataset": list_datasets(), "model": list_models(), "loss": list_losses(),
+                "fmt": list_formats(), "optimizer": list(OPTIMIZERS)}
+    for key, names in expected.items():
+        listed = re.search(rf"--{key} \{{([^}}]*)\}}", text).group(1).split(",")
+        assert listed == names, key
+    quant = re.search(r"--quant \{([^}]*)\}", text).group(1).split(",")
+    assert "int4" in quant and "float" in quant
+    for word in quant:  # every word listed is one the config takes
+        parse_scheme(word)
+    for key in TRAIN_FLAGS:
+        default = getattr(TrainConfig, key)
+        if default is None:
+            continue
+        shown = f"{default:g}" if isinstance(default, float) else str(default)
+        assert f"(default {shown})" in _entry(text, "--" + key.replace("_", "-")), key
+
+
+def test_one_device_default_for_every_command(tmp_path):
+    from mcel.cli import build_parser
+    from mcel.cli.common import train_config
+    from mcel.config import TrainConfig
+
+    assert TrainConfig().device == "auto"
+    parser = build_parser()
+    for argv in (["train", "--out", "x"], ["tune-margin", "--ber", "0.01"]):
+        assert train_config(parser.parse_args(argv)).device == "auto"
+    for argv in (["evaluate", "run"], ["margins", "run"], ["attack", "run"]):
+        assert parser.parse_args(argv).device == "auto", argv
+    for name, sub in _subparsers().items():
+        for action in sub._actions:
+            if "--device" in action.option_strings:
+                assert "(default auto)" in _entry(sub.format_help(), "--device"), name
+
+
+def test_train_prints_its_accuracy_in_percent(tmp_path, capsys):
+    assert main(TRAIN + ["--epochs", "1", "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"clean test accuracy \d+\.\d\d%; run folder", out), out
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert 0 < saved["test_acc"] <= 1  # files keep fractions
+
+
+def test_evaluate_json_says_its_units_and_device(run_dir, tmp_path):
+    js = tmp_path / "eval.json"
+    assert main(["evaluate", str(run_dir), "--ber", "0.01", "--trials", "2", "--json",
+                 str(js)]) == 0
+    meta = json.loads(js.read_text())["meta"]
+    assert meta["units"] == "accuracies and bit error rates are fractions in [0, 1]"
+    import torch
+
+    assert meta["device"] == ("cuda:0" if torch.cuda.is_available() else "cpu")  # auto

@@ -111,15 +111,19 @@ def test_report_numbers_files_and_provenance(db, tmp_path):
         assert (out / p).read_bytes()[:4] == b"\x89PNG"
     assert md.count("\n## ") == 3  # two groups and the appendix
 
+    # BER 0 is the clean column (no flips): the table has no second column for it
+    header = next(ln for ln in md.splitlines() if ln.startswith("| method |"))
+    assert "| clean acc % | BER 0.01: acc % | BER 0.02: acc % |" in header
+    assert "BER 0:" not in header and "@ 0 " not in header
     # Two seeds: mean over seeds of per-run means, 95% t-interval across seeds.
     for mi, label in enumerate(["CE", "MCEL(m=2)"]):
         cells = _row(md, label)
         assert cells[1] == "0, 1"
-        for bi in range(len(BERS)):
+        for bi in range(1, len(BERS)):
             per_seed = [sum(a) / len(a) for a in (_trial_accs(mi, s, bi) for s in SEEDS)]
             m = sum(per_seed) / 2
             lo, hi = _t01(per_seed)
-            assert cells[3 + bi] == f"{100 * m:.2f} [{100 * lo:.2f}, {100 * hi:.2f}]"
+            assert cells[2 + bi] == f"{100 * m:.2f} [{100 * lo:.2f}, {100 * hi:.2f}]"
         cleans = [0.96 + 0.01 * s - 0.005 * mi for s in SEEDS]
         lo, hi = _t01(cleans)
         assert cells[2] == f"{100 * sum(cleans) / 2:.2f} [{100 * lo:.2f}, {100 * hi:.2f}]"
@@ -129,13 +133,13 @@ def test_report_numbers_files_and_provenance(db, tmp_path):
     bi = 2
     diffs = [sum(_trial_accs(1, s, bi)) / 4 - sum(_trial_accs(0, s, bi)) / 4 for s in SEEDS]
     lo, hi = _t(diffs)
-    assert cells[3 + len(BERS) + bi] == (f"{100 * sum(diffs) / 2:+.2f} "
+    assert cells[2 + len(BERS) - 1 + bi] == (f"{100 * sum(diffs) / 2:+.2f} "
                                          f"[{100 * lo:+.2f}, {100 * hi:+.2f}]")
     # One seed: the run's own interval over its trials.
     accs = _trial_accs(3, 0, 1)
     lo, hi = _t01(accs)
     cells = _row(md, "MCEL(m=4)")
-    assert cells[4] == f"{100 * sum(accs) / 4:.2f} [{100 * lo:.2f}, {100 * hi:.2f}]"
+    assert cells[3] == f"{100 * sum(accs) / 4:.2f} [{100 * lo:.2f}, {100 * hi:.2f}]"
 
     assert re.search(r"Best MCEL vs CE: MCEL\(m=\d\)", md)
     for rid in ids:
@@ -243,12 +247,13 @@ def test_report_tolerable_ber_column_and_plot(tmp_path):
     md_path = build_report(path, tmp_path / "rep")
     md = md_path.read_text()
     header = next(ln for ln in md.splitlines() if ln.startswith("| method |"))
-    assert header.rstrip(" |").endswith("| train s | tolerable BER %")
-    # CE: mean 0.875%; t-interval 0.00875 -/+ 12.706 * 0.00375, clipped at 0
-    assert _row(md, "CE")[-1] == "0.875 [0.00, 5.64]"
+    # a BER is a fraction, as in the BER columns and every input
+    assert header.rstrip(" |").endswith("| train s | tolerable BER")
+    # CE: mean 0.00875; t-interval 0.00875 -/+ 12.706 * 0.00375, clipped at 0
+    assert _row(md, "CE")[-1] == "0.00875 [0, 0.0564]"
     # one censored seed marks the whole cell as a lower bound
-    assert _row(md, "MCEL(m=2)")[-1].startswith("≥ 1.67 [")
-    assert _row(md, "MCEL(m=4)")[-1] == "0.500"
+    assert _row(md, "MCEL(m=2)")[-1].startswith("≥ 0.0167 [")
+    assert _row(md, "MCEL(m=4)")[-1] == "0.005"
     assert _row(md, "CE")[2] == "91.00 [78.29, 100.00]"  # the other columns stay as they were
     png = next((md_path.parent).glob("*-tolerable.png"))
     assert f"]({png.name})" in md and png.read_bytes()[:4] == b"\x89PNG"
@@ -269,9 +274,9 @@ def test_report_energy_view_from_a_voltage_curve(tmp_path, capsys):
                  str(curve)]) == 0
     md = (tmp_path / "r" / "report.md").read_text()
     assert "## Energy at the lowest safe voltage" in md
-    row = next(ln for ln in md.splitlines() if ln.startswith("| CE | 0.875"))
+    row = next(ln for ln in md.splitlines() if ln.startswith("| CE | 0.00875"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    # CE's mean tolerable BER 0.875%: between 1e-1 at 0.6 V and 1e-3 at 0.7 V in log10
+    # CE's mean tolerable BER 0.00875: between 1e-1 at 0.6 V and 1e-3 at 0.7 V in log10
     v = 0.6 + 0.1 * (-1 - math.log10(0.00875)) / 2
     assert cells[2] == f"{v:.3f}"
     assert cells[3].startswith(f"{100 * (1 - (v / 0.9) ** 2):.1f} [")
@@ -288,3 +293,32 @@ def test_report_names_the_database_relative_to_itself(db, tmp_path):
     md = build_report(path, tmp_path / "deep" / "rep").read_text()
     rel = os.path.relpath(path.resolve(), (tmp_path / "deep" / "rep").resolve())
     assert f"Database {rel}:" in md and str(tmp_path) not in md
+
+
+@pytest.mark.parametrize("spec,uniform", [
+    ("ber=0.0", True), ("ber=0.01", True), ("ber=0.01,targets=weights", True),
+    ("ber=0.01,mode=transient", False), ("p01=0.001,p10=0.01", False),
+    ("ber=0.01,protected=7", False), ("ber=0.01,targets=weights,biases", False),
+    ("stuck_at=0.001", False), ("not a spec", False),
+])
+def test_uniform_spec(spec, uniform):
+    from mcel.report.stats import uniform_spec
+
+    assert uniform_spec(spec) is uniform
+
+
+def test_section_titles_name_the_error_model_only_when_it_is_not_plain_uniform(tmp_path):
+    path = tmp_path / "study.db"
+    con = connect(path)
+    accs = {0.0: [0.9, 0.92], 0.01: [0.8, 0.82]}
+    _add_run(con, {**BASE, "loss": "ce", "seed": 0}, accs, error_model="ber=0.0", clean=0.91)
+    _add_run(con, {**BASE, "loss": "ce", "seed": 0, "epochs": 6}, accs,
+             error_model="p01=0.001,p10=0.01", clean=0.91)
+    con.commit()
+    con.close()
+    md = build_report(path, tmp_path / "rep").read_text()
+    headings = [ln for ln in md.splitlines() if ln.startswith("## ")]
+    assert headings[:2] == ["## 1. digits / mlp / int4 / twos_complement",
+                            "## 2. digits / mlp / int4 / twos_complement / error model "
+                            "p01=0.001,p10=0.01"]
+    assert "ber=0.0" not in md.replace("ber-0.0", "")  # file names keep their old stem

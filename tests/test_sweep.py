@@ -8,6 +8,7 @@ numbers, row for row.
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import sqlite3
@@ -158,6 +159,9 @@ def test_jobs_2_gives_the_same_rows(reference, tmp_path, capsys):
     assert main(["sweep", str(grid), "--out", str(out2), "--jobs", "2"]) == 0
     captured = capsys.readouterr()
     assert "mean accuracy over runs" in captured.out and "6 run" in captured.out
+    # accuracies in percent (two decimals), never as 0.xxxx fractions
+    assert re.search(r"\b\d{1,3}\.\d\d\b", captured.out)
+    assert not re.search(r"\b0\.\d{4}\b", captured.out)
     assert _snapshot(_db(out2)) == _snapshot(_db(out))
     # a finished sweep leaves one plain file (no WAL), and reading it adds nothing beside it
     assert sorted(p.name for p in out2.iterdir()) == ["grid.db", "runs"]

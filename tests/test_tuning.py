@@ -1,6 +1,7 @@
 """Margin search: CE vs MCEL candidates at one BER, choice within the clean budget."""
 
 import json
+import re
 
 import pytest
 
@@ -109,6 +110,8 @@ def test_tune_margin_command(tmp_path, capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "margin search at BER 0.01" in out and "MCEL(m=2, std, s=8)" in out
+    verdict = re.search(r"(best margin .*)|(no margin keeps .*)", out).group(0)
+    assert "best" not in verdict or re.search(r"\d+\.\d\d% at BER 0.01", verdict), verdict
     res = json.loads(js.read_text())
     assert [r["method"] for r in res["rows"]] == ["CE", "MCEL(m=2, std, s=8)"]
     assert main(argv[:-2] + ["--ber", "1.5"]) == 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from mcel.cli.common import floats
+from mcel.cli.common import JSON_UNITS, add_device_flag, floats, listed
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
@@ -34,7 +34,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
                           stop_at=min(levels) if args.stop else None)
     reached = {f"{lv:g}": res.flips_to(lv) for lv in levels}
     res.meta.update(run_dir=str(args.run_dir), fmt=args.fmt or config.fmt, seed=args.seed,
-                    flips_to=reached)
+                    flips_to=reached, units=JSON_UNITS)
     acc = res.accuracy
     print(f"{len(res.flips)} flips ({res.meta['fmt']}, {len(y_te)} test images, attack batch "
           f"of {len(pick)} training images, seed {args.seed}, {res.seconds:.1f} s): accuracy "
@@ -49,13 +49,16 @@ def cmd_attack(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
+    from mcel.quant import list_formats
+
     a = sub.add_parser("attack", help="worst-case bit flips: how few break a trained run")
     a.add_argument("run_dir", help="a run folder written by 'mcel train'")
     a.add_argument("--budget", type=int, default=20, help="most bits to flip")
     a.add_argument("--candidates", type=int, default=5,
                    help="gradient-ranked candidate bits tried per layer and flip")
-    a.add_argument("--fmt", default=None, help="attack the codes stored in this number format "
-                   "(default: the run's own)")
+    a.add_argument("--fmt", default=None, metavar=listed(list_formats()),
+                   help="attack the codes stored in this number format (default: the run's "
+                        "own)")
     a.add_argument("--layers", action="append", default=None, metavar="PATTERN",
                    help="only flip bits in layers matching this name pattern (repeatable; "
                         "default: every quantized layer)")
@@ -64,12 +67,14 @@ def register(sub) -> None:
     a.add_argument("--test-samples", type=int, default=1000,
                    help="first N test images on which accuracy is measured after each flip")
     a.add_argument("--levels", type=floats, default=None,
-                   help="accuracies to report the flip count for (default 0.5 and 1.1x chance)")
+                   help="accuracies to report the flip count for, fractions (default 0.5 and "
+                        "1.1x chance)")
     a.add_argument("--stop", action="store_true",
                    help="stop once accuracy reaches the lowest level")
     a.add_argument("--seed", type=int, default=0, help="seed of the attack batch draw")
-    a.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    add_device_flag(a)
     a.add_argument("--data-dir", default=None,
                    help="folder with the dataset files (default: the run's own)")
-    a.add_argument("--json", default=None, help="write every flip and accuracy here")
+    a.add_argument("--json", default=None, help="write every flip and accuracy (fractions) "
+                   "here (default: none)")
     a.set_defaults(func=cmd_attack)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from mcel.errors import MCELError
-from mcel.losses import DEFAULT_MARGIN, DEFAULT_SCALE, MHL_MARGIN
+from mcel.losses import DEFAULT_MARGIN, MHL_MARGIN
 
 
 def split_list(text: str, cast, what: str) -> list:
@@ -72,50 +72,104 @@ def positive_int(text: str) -> int:
 
 # -- training settings ----------------------------------------------------------------
 
+def listed(names) -> str:
+    """Valid names as a flag's metavar, ``{a,b,c}``: shown like argparse's choices, while
+    the registries check the value (with "did you mean"), for flags and files alike."""
+    return "{" + ",".join(names) + "}"
+
+
+def _names(module: str, attr: str):
+    """The valid names of a setting, read from where they are defined (a registry's
+    ``list_*`` function or a tuple), when the parser is built."""
+    def names() -> list[str]:
+        import importlib
+
+        found = getattr(importlib.import_module(module), attr)
+        return list(found() if callable(found) else found)
+
+    return names
+
+
+# what the JSON files of the commands say of their numbers (the terminal shows percent)
+JSON_UNITS = "accuracies and bit error rates are fractions in [0, 1]"
+
+DEVICE_HELP = ("auto (a CUDA GPU when there is one, else cpu), cpu, cuda or cuda:N; results "
+               "on a GPU may differ from the CPU's in the last float bits")
+
+
 TRAIN_FLAGS = {
-    # flag: (config key, type, help)
-    "dataset": (str, "dataset name (digits, mnist, fashion-mnist, cifar10, cifar100, svhn)"),
-    "data_dir": (str, "folder with the dataset files (else $MCEL_DATA, then "
-                      "~/.cache/mcel/datasets)"),
-    "model": (str, "model name (mlp, lenet5, vgg3, vgg7, resnet20)"),
-    "quant": (str, "weight scheme: binary, ternary, int2..int8, int16, float"),
-    "fmt": (str, "number format: twos_complement, sign_magnitude, offset_binary"),
-    "granularity": (str, "scale per 'tensor' or per output 'channel'"),
-    "act_bits": (int, "quantize layer inputs to K-bit integers"),
-    "loss": (str, "ce, mcel or mhl"),
+    # flag: (type, help, its valid names or None); the default shown is TrainConfig's,
+    # and a help that says "default" itself explains what an unset value means
+    "dataset": (str, "dataset name", _names("mcel.data", "list_datasets")),
+    "data_dir": (str, "folder with the dataset files (default: $MCEL_DATA, then "
+                      "~/.cache/mcel/datasets)", None),
+    "model": (str, "model name", _names("mcel.models", "list_models")),
+    "quant": (str, "weight quantization ('float': none)", _names("mcel.quant", "scheme_words")),
+    "fmt": (str, "number format of the stored codes", _names("mcel.quant", "list_formats")),
+    "granularity": (str, "scale per 'tensor' or per output 'channel'",
+                    _names("mcel.quant.core", "GRANULARITIES")),
+    "act_bits": (int, "quantize layer inputs to K-bit integers (default: float inputs)", None),
+    "loss": (str, "training loss", _names("mcel.losses", "list_losses")),
     "margin": (float, f"margin of mcel (default {DEFAULT_MARGIN:g}) or mhl (default "
-                      f"{MHL_MARGIN:g}), in logit units of the chosen scale"),
-    "normalize": (str, "logit scale of the MCEL margin: none, l2, std"),
-    "scale": (float, f"logit scale s for normalize l2/std (default {DEFAULT_SCALE:g})"),
-    "optimizer": (str, "adam or sgd"),
-    "lr": (float, "learning rate"),
-    "momentum": (float, "SGD momentum"),
-    "weight_decay": (float, "weight decay"),
-    "schedule": (str, "cosine, step or none"),
-    "epochs": (int, "training epochs"),
-    "batch_size": (int, "batch size"),
-    "seed": (int, "random seed"),
-    "device": (str, "auto, cpu, cuda, cuda:N"),
-    "train_ber": (float, "error-injection training: transient bit error rate in the weights"),
-    "train_error_model": (str, "error-injection training with a full error-model spec"),
-    "limit_train": (int, "use only the first N training samples"),
-    "limit_test": (int, "use only the first N test samples"),
-    "clip": (float, "weight clipping: keep weights in [-W, W] and fix the k-bit range to W"),
-    "precision": (str, "forward-pass precision: fp32 or bf16 (autocast; pays on CPUs with "
-                       "AMX/avx512_bf16 and on GPUs; weights, loss, optimizer stay fp32)"),
+                      f"{MHL_MARGIN:g}), in logit units of the chosen scale", None),
+    "normalize": (str, "logit scale of the MCEL margin",
+                  _names("mcel.losses", "NORMALIZATIONS")),
+    "scale": (float, "logit scale s for normalize l2/std", None),
+    "optimizer": (str, "optimizer", _names("mcel.config", "OPTIMIZERS")),
+    "lr": (float, "learning rate", None),
+    "momentum": (float, "SGD momentum", None),
+    "weight_decay": (float, "weight decay", None),
+    "schedule": (str, "learning-rate schedule", _names("mcel.config", "SCHEDULES")),
+    "epochs": (int, "training epochs", None),
+    "batch_size": (int, "batch size", None),
+    "seed": (int, "random seed", None),
+    "device": (str, DEVICE_HELP, None),
+    "train_ber": (float, "error-injection training: transient bit error rate in the weights, "
+                         "a fraction (0.01 = 1%%; 0: off)", None),
+    "train_error_model": (str, "error-injection training with a full error-model spec "
+                               "(default: none)", None),
+    "limit_train": (int, "use only the first N training samples (default: all)", None),
+    "limit_test": (int, "use only the first N test samples (default: all)", None),
+    "clip": (float, "weight clipping: keep weights in [-W, W] and fix the k-bit range to W "
+                    "(default: no clipping)", None),
+    "precision": (str, "forward-pass precision (autocast; bf16 pays on CPUs with "
+                       "AMX/avx512_bf16 and on GPUs; weights, loss, optimizer stay fp32)",
+                  _names("mcel.precision", "PRECISIONS")),
 }
 
 
 def add_train_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
-    """The training settings as flags (all default to the config file / `TrainConfig`);
-    ``skip``: settings the command chooses itself."""
-    p.add_argument("--config", help="YAML file of training settings; flags override it")
-    for key, (typ, help_) in TRAIN_FLAGS.items():
+    """The training settings as flags; ``skip``: settings the command chooses itself.
+
+    The flags default to None (unset), so a ``--config`` file's values stand unless a
+    flag overrides them; their help shows `TrainConfig`'s default and the valid names,
+    which the registries check (with "did you mean"), for flags and files alike."""
+    from mcel.config import TrainConfig
+
+    p.add_argument("--config", help="YAML file of training settings; flags override it "
+                                    "(default: none)")
+    for key, (typ, help_, names) in TRAIN_FLAGS.items():
         if key in skip:
             continue
-        p.add_argument("--" + key.replace("_", "-"), dest=key, type=typ, default=None, help=help_)
+        metavar = listed(names()) if names is not None else None
+        if "default" not in help_:
+            help_ += f" (default {_shown(getattr(TrainConfig, key))})"
+        p.add_argument("--" + key.replace("_", "-"), dest=key, type=typ, default=None,
+                       metavar=metavar, help=help_)
     p.add_argument("--quant-exclude", action="append", default=None,
-                   help="keep layers matching this name pattern in float (repeatable)")
+                   help="keep layers matching this name pattern in float (repeatable; "
+                        "default: none)")
+
+
+def _shown(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def add_device_flag(p: argparse.ArgumentParser) -> None:
+    """``--device`` with the one default every command shares: `TrainConfig`'s."""
+    from mcel.config import TrainConfig
+
+    p.add_argument("--device", default=TrainConfig.device, help=DEVICE_HELP)
 
 
 def train_config(args: argparse.Namespace, base: dict[str, Any] | None = None):
@@ -150,5 +204,6 @@ def console():
     return Console() if sys.stdout.isatty() else Console(width=140)
 
 
-__all__ = ["TRAIN_FLAGS", "add_train_flags", "console", "error_model", "floats", "ints",
-           "load_yaml", "positive_int", "split_list", "train_config"]
+__all__ = ["DEVICE_HELP", "JSON_UNITS", "TRAIN_FLAGS", "add_device_flag", "add_train_flags",
+           "console", "error_model", "floats", "ints", "listed", "load_yaml", "positive_int",
+           "split_list", "train_config"]

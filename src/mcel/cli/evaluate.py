@@ -7,7 +7,7 @@ import dataclasses
 import sys
 from typing import Any
 
-from mcel.cli.common import floats
+from mcel.cli.common import JSON_UNITS, add_device_flag, floats, listed
 
 
 def error_model_of(args: argparse.Namespace):
@@ -23,28 +23,39 @@ def error_model_of(args: argparse.Namespace):
 
 
 def add_eval_flags(p: argparse.ArgumentParser) -> None:
+    from mcel.faults import TARGETS
+    from mcel.precision import DEFAULT_PRECISION, PRECISIONS
+    from mcel.quant import list_formats
+
     p.add_argument("--ber", type=floats, default=[0.0, 1e-3, 1e-2],
-                   help="comma-separated bit error rates (default 0,1e-3,1e-2)")
+                   help="comma-separated bit error rates, fractions (0.01 = 1%%) "
+                        "(default 0,1e-3,1e-2)")
     p.add_argument("--trials", type=int, default=100, help="Monte-Carlo trials per BER (max)")
     p.add_argument("--seed", type=int, default=0, help="fault seed")
     p.add_argument("--error-model", default=None,
                    help="e.g. 'p01=1e-3,p10=1e-2', 'ber=1e-3,protected=-1', 'stuck_at=1e-3'; "
-                        "--ber then sets its largest rate")
-    p.add_argument("--targets", default=None, help="weights,biases,activations")
+                        "--ber then sets its largest rate (default: uniform flips)")
+    p.add_argument("--targets", default=None, metavar=listed(TARGETS),
+                   help="comma-separated parts that take faults (default: the error "
+                        "model's, weights)")
     p.add_argument("--transient", action="store_true", help="redraw faults at every forward")
-    p.add_argument("--fmt", default=None, help="evaluate with codes stored in this number format")
+    p.add_argument("--fmt", default=None, metavar=listed(list_formats()),
+                   help="evaluate with codes stored in this number format (default: the "
+                        "run's own)")
     p.add_argument("--adaptive", type=float, default=None, metavar="HALF_WIDTH",
-                   help="stop each BER once its 95%% interval is within +-HALF_WIDTH (e.g. 0.005)")
+                   help="stop each BER once its 95%% interval is within +-HALF_WIDTH (e.g. "
+                        "0.005) (default: off, --trials at every BER)")
     p.add_argument("--batch-size", type=int, default=1024, help="images per forward")
     p.add_argument("--trial-batch", type=int, default=1, metavar="K",
                    help="run K trials as one batched forward (K weight copies; for small "
                         "models on a GPU; persistent weight/bias faults only)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    add_device_flag(p)
     p.add_argument("--data-dir", default=None,
                    help="folder with the dataset files (default: the run's own)")
     p.add_argument("--limit-test", type=int, default=None,
-                   help="evaluate on the first N test images only (a quick look)")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                   help="evaluate on the first N test images only, a quick look (default: "
+                        "the run's own limit, else all)")
+    p.add_argument("--precision", default=DEFAULT_PRECISION, choices=list(PRECISIONS),
                    help="precision of the faulty forward passes; bf16 also reports how "
                         "often its clean predictions agree with fp32")
 
@@ -66,7 +77,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                    batch_size=args.batch_size, target_half_width=args.adaptive,
                    progress=sys.stderr.isatty(), trial_batch=args.trial_batch,
                    precision=args.precision)
-    res.meta.update(run_dir=str(args.run_dir), fmt=args.fmt or config.fmt, samples=len(y))
+    res.meta.update(run_dir=str(args.run_dir), fmt=args.fmt or config.fmt, samples=len(y),
+                    device=str(next(model.parameters()).device), units=JSON_UNITS)
     print_eval(res)
     if args.json:
         write_json(args.json, res.to_dict())
@@ -105,5 +117,6 @@ def register(sub) -> None:
     e = sub.add_parser("evaluate", help="Monte-Carlo accuracy under bit errors")
     e.add_argument("run_dir", help="a run folder written by 'mcel train'")
     add_eval_flags(e)
-    e.add_argument("--json", default=None, help="write the full result as JSON here")
+    e.add_argument("--json", default=None, help="write the full result as JSON here; its "
+                   "accuracies and rates are fractions in [0, 1] (default: none)")
     e.set_defaults(func=cmd_evaluate)

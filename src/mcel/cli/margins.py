@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mcel.cli.common import console, error_model
+from mcel.cli.common import JSON_UNITS, add_device_flag, console, error_model
 
 if TYPE_CHECKING:  # the command line loads torch only when a command runs
     from mcel.analysis import Survival
@@ -73,6 +73,7 @@ def _result(args: argparse.Namespace, config, y, *, s: Survival, cert) -> dict[s
     margin, correct, cap = s.margin, s.clean_correct, args.max_flips
     counts = {(str(k) if k <= cap else f">{cap}"): int((cert == k).sum()) for k in range(cap + 2)}
     return {
+        "units": JSON_UNITS,
         "run_dir": str(args.run_dir), "dataset": config.dataset, "samples": len(y),
         "config": config.to_dict(), "versions": versions(),
         "ber": s.ber, "trials": s.trials, "seed": s.seed,
@@ -108,15 +109,15 @@ def print_margins(r: dict[str, Any]) -> None:
             t.add_row(name.replace("_", "-"), *[f"{v:.3f}" for v in q.values()])
     c.print(t)
     rho = "undefined" if r["spearman"] is None else f"{r['spearman']:.3f}"
-    c.print(f"BER {r['ber']:g}, {r['trials']} trials: accuracy {r['accuracy']:.4f} "
-            f"(clean {r['clean_accuracy']:.4f}); Spearman rho(margin, survival) = {rho} "
+    c.print(f"BER {r['ber']:g}, {r['trials']} trials: accuracy {100 * r['accuracy']:.2f}% "
+            f"(clean {100 * r['clean_accuracy']:.2f}%); Spearman rho(margin, survival) = {rho} "
             "over clean-correct samples")
     b = Table(title="survival by margin decile")
-    for col in ("margins", "samples", "survival"):
+    for col in ("margins", "samples", "survival %"):
         b.add_column(col, justify="right")
     for row in r["bins"]:
         b.add_row(f"[{row['margin_low']:.2f}, {row['margin_high']:.2f}]", str(row["count"]),
-                  f"{row['survival_mean']:.3f}")
+                  f"{100 * row['survival_mean']:.1f}")
     c.print(b)
     ct = Table(title="flip certificate: fewest output-layer bit flips that change the "
                      "prediction (0 = already wrong)")
@@ -134,20 +135,23 @@ def register(sub) -> None:
     m = sub.add_parser("margins", help="margins vs survival under bit errors, and flip "
                                        "certificates of the output layer")
     m.add_argument("run_dir", help="a run folder written by 'mcel train'")
-    m.add_argument("--ber", type=float, default=0.01, help="bit error rate (default 0.01)")
-    m.add_argument("--trials", type=int, default=50, help="Monte-Carlo trials (default 50)")
+    m.add_argument("--ber", type=float, default=0.01,
+                   help="bit error rate, a fraction (0.01 = 1%%)")
+    m.add_argument("--trials", type=int, default=50, help="Monte-Carlo trials")
     m.add_argument("--seed", type=int, default=0, help="fault seed")
     m.add_argument("--error-model", default=None,
-                   help="e.g. 'p01=1e-3,p10=1e-2'; --ber then sets its largest rate")
+                   help="e.g. 'p01=1e-3,p10=1e-2'; --ber then sets its largest rate "
+                        "(default: uniform flips in the weights)")
     m.add_argument("--max-flips", type=int, default=16,
-                   help="certificates above this are reported as '>N' (default 16)")
+                   help="certificates above this are reported as '>N'")
     m.add_argument("--out", default=None, help="folder for the PNG and JSON "
                                                "(default RUN_DIR/margins)")
     m.add_argument("--data-dir", default=None,
                    help="folder with the dataset files (default: the run's own)")
     m.add_argument("--limit-test", type=int, default=None,
-                   help="use the first N test images only")
+                   help="use the first N test images only (default: the run's own limit, "
+                        "else all)")
     m.add_argument("--batch-size", type=int, default=1024, help="images per forward")
-    m.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    add_device_flag(m)
     m.set_defaults(func=cmd_margins)
 

@@ -16,8 +16,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     r = sub.add_parser("report", help="Markdown + HTML report from a results database")
     r.add_argument("db", help="results database (SQLite) written by a sweep")
-    r.add_argument("--out", default="report", help="output folder (default ./report)")
+    r.add_argument("--out", default="report", help="output folder")
     r.add_argument("--voltage-curve", default=None, metavar="CSV",
                    help="a memory's 'voltage,ber' curve: adds each method's lowest safe "
-                        "voltage and dynamic energy saving")
+                        "voltage and dynamic energy saving (default: none)")
     r.set_defaults(func=cmd_report)

@@ -6,12 +6,14 @@ import argparse
 import sys
 from typing import Any
 
-from mcel.cli.common import positive_int
+from mcel.cli.common import listed, positive_int
 from mcel.console import log
 
 
 def register(sub: Any) -> None:
     """Register ``mcel sweep`` on the subparsers of the ``mcel`` parser."""
+    from mcel.experiments.backends import list_backends
+
     p = sub.add_parser(
         "sweep", help="train and evaluate every cell of a grid file into a results database",
         description="Train and evaluate every cell of a grid YAML file. Rerunning the same "
@@ -21,10 +23,11 @@ def register(sub: Any) -> None:
                    help="folder for runs/ and the database (default: sweep-<grid name>)")
     p.add_argument("--jobs", type=positive_int, default=1, help="cells run at once")
     p.add_argument("--data-dir", default=None, help="dataset folder for every cell "
-                   "(overrides the grid's data_dir; not part of the run id)")
-    p.add_argument("--backend", default="local",
+                   "(overrides the grid's data_dir; not part of the run id) (default: the "
+                   "grid's)")
+    p.add_argument("--backend", default="local", metavar=listed(list_backends()),
                    help="where cells run: local (this machine, --jobs processes) or ray "
-                        "(Ray tasks; pip install 'mcel[ray]') (default: local)")
+                        "(Ray tasks; pip install 'mcel[ray]')")
     p.add_argument("--address", default=None,
                    help="Ray cluster to join, e.g. 'auto' or 'HOST:6379' (--backend ray; "
                         "default: $RAY_ADDRESS, else a private Ray instance on this machine)")
@@ -83,7 +86,8 @@ def print_table(s) -> None:
     varying = [k for k in names if len({r[k] for r in rows}) > 1] or ["method"]
     fixed = ", ".join(f"{rows[0][k]}" for k in names if k not in varying)
     # "runs": seeds, and any other grid axis not shown as a column, pooled
-    table = Table(title=f"{s.grid}: mean accuracy over runs" + (f" ({fixed})" if fixed else ""))
+    table = Table(title=f"{s.grid}: mean accuracy over runs, %"
+                  + (f" ({fixed})" if fixed else ""))
     for k in varying:
         table.add_column(names[k])
     table.add_column("runs", justify="right")
@@ -94,6 +98,6 @@ def print_table(s) -> None:
         groups.setdefault(tuple(r[k] for k in varying), {})[r["ber"]] = r
     for key, by_ber in groups.items():
         n = max(r["n"] for r in by_ber.values())
-        cells = [f"{by_ber[b]['acc']:.4f}" if b in by_ber else "" for b in bers]
+        cells = [f"{100 * by_ber[b]['acc']:.2f}" if b in by_ber else "" for b in bers]
         table.add_row(*map(str, key), str(n), *cells)
     Console().print(table)

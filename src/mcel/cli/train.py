@@ -17,7 +17,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = train_config(args)
     _, metrics = train(config, args.out, progress=sys.stderr.isatty(), log=log)
     if is_main_process():  # under torchrun every rank gets here; one line is enough
-        print(f"clean test accuracy {metrics['test_acc']:.4f}; run folder {args.out}")
+        print(f"clean test accuracy {100 * metrics['test_acc']:.2f}%; run folder {args.out}")
     return 0
 
 

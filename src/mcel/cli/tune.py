@@ -6,7 +6,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mcel.cli.common import add_train_flags, console, error_model, floats, ints, train_config
+from mcel.cli.common import (
+    JSON_UNITS,
+    add_train_flags,
+    console,
+    error_model,
+    floats,
+    ints,
+    train_config,
+)
 from mcel.console import log
 from mcel.tuning import (
     CANDIDATE_MARGINS,
@@ -28,7 +36,7 @@ def cmd_tune_margin(args: argparse.Namespace) -> int:
                       seeds=args.seeds, progress=sys.stderr.isatty(), log=log)
     print_tuning(res)
     if args.json:
-        write_json(args.json, res.to_dict())
+        write_json(args.json, {"units": JSON_UNITS, **res.to_dict()})
         print(f"wrote {args.json}")
     return 0
 
@@ -80,8 +88,8 @@ def _verdict(res: TuningResult) -> list[str]:
         verdict = "better than"
     else:
         verdict = "not significantly better than" if len(res.seeds) > 1 else "not better than"
-    return [f"best margin {b.margin:g} ({b.method}): {b.acc:.4f} at BER {res.ber:g}, "
-            f"{verdict} CE's {res.ce.acc:.4f} ({100 * b.delta_vs_ce:+.2f} points)",
+    return [f"best margin {b.margin:g} ({b.method}): {100 * b.acc:.2f}% at BER {res.ber:g}, "
+            f"{verdict} CE's {100 * res.ce.acc:.2f}% ({100 * b.delta_vs_ce:+.2f} points)",
             f"recommended: margin {res.recommended_margin:g}"
             + ("" if res.beats_ce else " (MCEL at margin 0 is CE: no margin beat it)")]
 
@@ -90,11 +98,13 @@ def register(sub) -> None:
     t = sub.add_parser("tune-margin", help="pick the MCEL margin: CE vs MCEL at candidate "
                                            "margins, evaluated at one BER")
     add_train_flags(t, skip=("loss", "margin"))  # the tuner sets both per candidate
-    t.add_argument("--ber", type=float, required=True, help="bit error rate to tune for")
+    t.add_argument("--ber", type=float, required=True,
+                   help="bit error rate to tune for, a fraction (0.01 = 1%%)")
     t.add_argument("--margins", type=floats, default=list(CANDIDATE_MARGINS),
                    help="comma-separated candidate margins")
     t.add_argument("--clean-budget", type=float, default=CLEAN_BUDGET,
-                   help="largest clean-accuracy loss vs CE allowed")
+                   help="largest clean-accuracy loss vs CE allowed, a fraction (0.005 = "
+                        "half a point)")
     t.add_argument("--trials", type=int, default=TUNE_TRIALS, help="Monte-Carlo trials")
     t.add_argument("--eval-seed", type=int, default=0, help="fault seed")
     t.add_argument("--seeds", type=ints, default=None,
@@ -103,6 +113,8 @@ def register(sub) -> None:
                         "faults varies much by seed, three seeds are rarely enough "
                         "(default: --seed only)")
     t.add_argument("--error-model", default=None,
-                   help="e.g. 'p01=1e-3,p10=1e-2'; --ber then sets its largest rate")
-    t.add_argument("--json", default=None, help="write everything tried as JSON here")
+                   help="e.g. 'p01=1e-3,p10=1e-2'; --ber then sets its largest rate "
+                        "(default: uniform flips in the weights)")
+    t.add_argument("--json", default=None, help="write everything tried as JSON here, "
+                   "accuracies as fractions (default: none)")
     t.set_defaults(func=cmd_tune_margin)

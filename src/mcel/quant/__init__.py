@@ -8,6 +8,7 @@ from mcel.quant.core import (
     parse_scheme,
     quantize,
     quantize_values,
+    scheme_words,
     value_table,
 )
 from mcel.quant.formats import decode, encode, list_formats
@@ -23,7 +24,7 @@ from mcel.quant.layers import (
 
 __all__ = [
     "INT_BITS", "QuantizedTensor", "code_dtype", "fake_quantize", "parse_scheme", "quantize",
-    "quantize_values",
+    "quantize_values", "scheme_words",
     "value_table", "decode", "encode", "list_formats", "QuantConv2d", "QuantLinear",
     "QuantSpec", "quant_layers", "quantize_model", "set_format", "clip_weights",
 ]

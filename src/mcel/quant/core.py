@@ -103,6 +103,15 @@ SCHEMES.add("binary", Scheme("binary", _levels_binary, (1,)))
 SCHEMES.add("ternary", Scheme("ternary", _levels_ternary, (2,)))
 
 
+def scheme_words() -> list[str]:
+    """Every scheme word `parse_scheme` takes (the names a ``--quant`` flag lists).
+
+    >>> scheme_words()[:4]
+    ['float', 'binary', 'ternary', 'int2']
+    """
+    return ["float", "binary", "ternary"] + [f"int{b}" for b in INT_BITS]
+
+
 def parse_scheme(word: str) -> tuple[str, int | None]:
     """A command-line scheme word -> (scheme, bits); ``float`` means no quantization.
 
@@ -116,7 +125,7 @@ def parse_scheme(word: str) -> tuple[str, int | None]:
         return word, SCHEMES.get(word).allowed_bits[0]
     if word.startswith("int") and word[3:].isdigit() and int(word[3:]) in INT_BITS:
         return "int", int(word[3:])
-    valid = ["float", "binary", "ternary"] + [f"int{b}" for b in INT_BITS]
+    valid = scheme_words()
     hint = did_you_mean(word, valid)
     raise MCELError(f"unknown quantization '{word}'{hint}; valid: {', '.join(valid)}")
 

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from mcel.report.stats import CE_LABEL, Cell, Group, Line, delta
+from mcel.report.stats import CE_LABEL, Cell, Group, Line, delta, uniform_spec
 
 
 def best_mcel(group: Group) -> str:
@@ -62,20 +62,22 @@ def fmt_cell(c: Cell | None) -> str:
     return f"{pct(c.mean)} [{pct(c.low)}, {pct(c.high)}]"
 
 
-def ber_pct(v: float) -> str:
-    # three significant digits: tolerable BERs often lie below the first grid step
-    return f"{100 * v:#.3g}".rstrip(".")
+def ber_text(v: float) -> str:
+    """A BER as the fraction the inputs use, to three significant digits: tolerable
+    BERs often lie below the first grid step."""
+    return f"{v:.3g}"
 
 
 def fmt_tolerable(c: Cell | None, censored: bool) -> str:
-    """A tolerable BER in percent, as :func:`fmt_cell` writes accuracies; ``≥`` when a
-    seed never lost a point on its grid (its value, the grid's top, is a lower bound)."""
+    """A tolerable BER (a fraction, as the BER columns), ``mean [low, high]``; ``≥``
+    when a seed never lost a point on its grid (its value, the grid's top, is a lower
+    bound)."""
     if c is None:
         return "—"
     mark = "≥ " if censored else ""
     if c.low == c.high == c.mean:
-        return mark + ber_pct(c.mean)
-    return f"{mark}{ber_pct(c.mean)} [{ber_pct(c.low)}, {ber_pct(c.high)}]"
+        return mark + ber_text(c.mean)
+    return f"{mark}{ber_text(c.mean)} [{ber_text(c.low)}, {ber_text(c.high)}]"
 
 
 def fmt_delta(c: Cell | None) -> str:
@@ -191,19 +193,29 @@ def group_figures(i: int, g: Group, out_dir: Path, images: dict[str, bytes]) -> 
     return blocks
 
 
+def faults_text(g: Group) -> str:
+    """What the BER columns of group ``g`` flip: said once here, as the title names the
+    error model only when it is not plain uniform."""
+    if uniform_spec(g.error_model):
+        return ("Faults: every stored weight bit flips independently at the column's BER "
+                "(uniform, persistent within a trial).")
+    return f"Faults: error model {g.error_model}; each BER sets its largest rate."
+
+
 def group_blocks(i: int, g: Group, out_dir: Path, images: dict[str, bytes]) -> list[Block]:
     """Group ``i``'s section: heading, figures, table, the best MCEL against CE, and where
     every number came from."""
     blocks: list[Block] = [("h2", f"{i}. {g.title}"), *group_figures(i, g, out_dir, images)]
     ce = g.line(CE_LABEL)
-    bers = g.bers
-    header = (["method", "seeds", "clean acc %"] + [f"BER {b:g} %" for b in bers]
-              + [f"Δ vs CE @ {b:g} (points)" for b in bers] + ["train s", "tolerable BER %"])
+    # BER 0 is the clean accuracy again (no flips): one column for both
+    bers = [b for b in g.bers if b > 0]
+    header = (["method", "seeds", "clean acc %"] + [f"BER {b:g}: acc %" for b in bers]
+              + [f"Δ vs CE @ {b:g} (points)" for b in bers] + ["train s", "tolerable BER"])
     rows = []
     for ln in g.lines:
         deltas = [fmt_delta(delta(ln, ce, b)) if ce is not None and ln is not ce else "—"
                   for b in bers]
-        rows.append([ln.label, seeds_text(ln), fmt_cell(ln.clean)]
+        rows.append([ln.label, seeds_text(ln), fmt_cell(ln.clean or ln.curve.get(0.0))]
                     + [fmt_cell(ln.curve.get(b)) for b in bers] + deltas
                     + ["—" if ln.train_seconds is None else f"{ln.train_seconds:.1f}",
                        fmt_tolerable(ln.tolerable, bool(ln.censored_seeds))])
@@ -220,10 +232,11 @@ def group_blocks(i: int, g: Group, out_dir: Path, images: dict[str, bytes]) -> l
                         "[95% t-interval across seeds], or the run's own interval over trials "
                         "when there is one seed, clipped to [0, 100]. Δ: paired by seed "
                         "(interval across seeds) when at least two seeds are shared with CE, "
-                        "else difference of means. The error model is the stored spec; each BER "
-                        "sets its largest rate. Tolerable BER: per run, the largest BER "
-                        "whose accuracy stays within 1 point of the run's clean accuracy, "
-                        "linear between grid points (from BER 0 at the clean accuracy); "
+                        "else difference of means. Clean: the accuracy without faults (BER "
+                        "0). " + faults_text(g) + " Tolerable BER (a fraction, as the BERs): "
+                        "per run, the largest BER whose accuracy stays within 1 point of the "
+                        "run's clean accuracy, linear between grid points (from BER 0 at the "
+                        "clean accuracy); "
                         "mean and interval across seeds (none for one seed); ≥ when a seed "
                         "never lost the point on its grid, whose largest BER then counts "
                         "(a lower bound). "
@@ -269,7 +282,7 @@ def energy_blocks(groups: list[Group], curve, out_dir: Path,
         plot_energy_saving(points, out_dir / png, title=f"energy saving, {g.title}")
         images[png] = (out_dir / png).read_bytes()
         blocks += [("h3", f"{i}. {g.title}"), ("img", png, f"energy saving, {g.title}"),
-                   ("table", ["method", "tolerable BER %", "lowest safe V",
+                   ("table", ["method", "tolerable BER", "lowest safe V",
                               "energy saving %"], rows)]
     return blocks
 

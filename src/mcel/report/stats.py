@@ -59,8 +59,13 @@ class Group:
 
     @property
     def title(self) -> str:
-        return (f"{self.dataset} / {self.model} / {self.quant} / {self.fmt} / "
-                f"error model {self.error_model}")
+        """Dataset / model / quantization / format, and the error model where it is not
+        plain uniform flips in the weights (its ``ber`` is no title: each BER column
+        sets it)."""
+        head = f"{self.dataset} / {self.model} / {self.quant} / {self.fmt}"
+        if uniform_spec(self.error_model):
+            return head
+        return f"{head} / error model {self.error_model}"
 
     @property
     def bers(self) -> list[float]:
@@ -68,6 +73,19 @@ class Group:
 
     def line(self, label: str) -> Line | None:
         return next((ln for ln in self.lines if ln.label == label), None)
+
+
+def uniform_spec(spec: str) -> bool:
+    """Whether a stored error-model spec is plain uniform, persistent flips in the
+    weights at some BER (every field but ``ber`` at its default)."""
+    from mcel.errors import MCELError
+    from mcel.faults import BitErrorModel, parse_error_model
+
+    try:
+        em = parse_error_model(spec)
+    except MCELError:  # a spec this version cannot read: name it
+        return False
+    return em.ber is not None and em == BitErrorModel(ber=em.ber)
 
 
 def _cell(per_seed: dict[Any, float], fallback: tuple[float, float] | None) -> Cell:
@@ -202,4 +220,4 @@ def delta(line: Line, ce: Line, ber: float) -> Cell | None:
     return Cell(d, d, d, {}, False)
 
 
-__all__ = ["CE_LABEL", "Cell", "Group", "Line", "aggregate", "delta"]
+__all__ = ["CE_LABEL", "Cell", "Group", "Line", "aggregate", "delta", "uniform_spec"]
