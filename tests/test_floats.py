@@ -210,3 +210,21 @@ def test_importing_mcel_never_imports_brevitas():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_cli_evaluates_a_float_run_in_an_ieee_format(tmp_path, capsys):
+    import json
+
+    from mcel.cli import main
+
+    run, js = tmp_path / "run", tmp_path / "eval.json"
+    assert main(["train", "--dataset", "digits", "--model", "mlp", "--quant", "float",
+                 "--epochs", "1", "--limit-train", "400", "--limit-test", "200",
+                 "--out", str(run)]) == 0
+    assert main(["evaluate", str(run), "--ber", "0.01", "--trials", "2"]) == 2
+    assert "no quantized layers" in capsys.readouterr().err
+    assert main(["evaluate", str(run), "--ber", "0,0.01", "--trials", "2", "--weights",
+                 "float16", "--json", str(js)]) == 0
+    res = json.loads(js.read_text())
+    assert res["meta"]["fmt"].endswith("float layers float16")
+    assert 0.005 < res["results"][1]["empirical_rates"][0] < 0.015

@@ -33,6 +33,10 @@ def add_eval_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--targets", default=None, help="weights,biases,activations")
     p.add_argument("--transient", action="store_true", help="redraw faults at every forward")
     p.add_argument("--fmt", default=None, help="evaluate with codes stored in this number format")
+    p.add_argument("--weights", default=None, choices=("float32", "bfloat16", "float16"),
+                   help="store the float (unquantized) layers in this IEEE format and flip "
+                        "its bits, e.g. a run trained with --quant float (default: only "
+                        "quantized layers are stored)")
     p.add_argument("--adaptive", type=float, default=None, metavar="HALF_WIDTH",
                    help="stop each BER once its 95%% interval is within +-HALF_WIDTH (e.g. 0.005)")
     p.add_argument("--batch-size", type=int, default=1024, help="images per forward")
@@ -65,8 +69,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     res = evaluate(model, x, y, args.ber, em, trials=args.trials, seed=args.seed,
                    batch_size=args.batch_size, target_half_width=args.adaptive,
                    progress=sys.stderr.isatty(), trial_batch=args.trial_batch,
-                   precision=args.precision)
-    res.meta.update(run_dir=str(args.run_dir), fmt=args.fmt or config.fmt, samples=len(y))
+                   precision=args.precision, weights=args.weights)
+    fmt = args.fmt or config.fmt
+    res.meta.update(run_dir=str(args.run_dir), samples=len(y),
+                    fmt=fmt if not args.weights else f"{fmt}, float layers {args.weights}")
     print_eval(res)
     if args.json:
         write_json(args.json, res.to_dict())

@@ -95,18 +95,22 @@ def stored_bias(layer: nn.Module, weights: str | None = None) -> tuple[Quantized
     return quantize_values(layer.bias, 8 if bits == 1 else bits, fmt=fmt_of(layer))
 
 
+def _swap(quantized, override: Tensor | None):
+    """``override`` in the form Brevitas computed: a QuantTensor keeps its scale, zero
+    point and bit width (faulty weights are levels of the same grid), so a layer that
+    returns QuantTensors still can."""
+    if override is None or quantized is None:
+        return quantized if override is None else override
+    from brevitas.quant_tensor import QuantTensor
+
+    return quantized.set(value=override) if isinstance(quantized, QuantTensor) else override
+
+
 def _inner_forward(layer: nn.Module, inner, x, quant_weight, quant_bias):
     """Brevitas' own inner forward with the engine's values in place of the quantized
-    weight (and bias) when it has set them."""
-    if layer.weight_override is None and layer.bias_override is None:
-        return inner(layer, x, quant_weight, quant_bias)
-    w = quant_weight if layer.weight_override is None else layer.weight_override
-    b = quant_bias if layer.bias_override is None else layer.bias_override
-    # plain tensors in: a QuantTensor input would ask for a QuantTensor weight
-    x = getattr(x, "value", x)
-    w = getattr(w, "value", w)
-    b = getattr(b, "value", b)
-    return inner(layer, x, w, b)
+    weight (and bias) where it has set them."""
+    return inner(layer, x, _swap(quant_weight, layer.weight_override),
+                 _swap(quant_bias, layer.bias_override))
 
 
 def attach(layer: nn.Module) -> None:

@@ -62,10 +62,16 @@ class StoredLayer:
     weights: str | None = None  # the float format asked for, passed on to the source
 
     def weight(self) -> Stored:
-        return self.source.weight(self.layer, self.weights)
+        return self._read(self.source.weight)
 
     def bias(self) -> Stored:
-        return self.source.bias(self.layer, self.weights)
+        return self._read(self.source.bias)
+
+    def _read(self, read: Callable[[nn.Module, str | None], Stored]) -> Stored:
+        try:
+            return read(self.layer, self.weights)
+        except MCELError as e:  # a source says what is wrong; the name says where
+            raise MCELError(f"{self.source.name} layer '{self.name}': {e}") from None
 
 
 def bias_bits(layer) -> int:
@@ -158,7 +164,8 @@ def stored_layers(model: nn.Module, weights: str | None = None) -> list[StoredLa
 def no_stored_layers_error() -> MCELError:
     return MCELError("the model has no quantized layers; quantize it first "
                      "(mcel.quantize_model, or mcel train --quant int4), or store its float "
-                     "weights as they are: weights='float32' (or 'bfloat16', 'float16')")
+                     "weights as they are: weights='float32' (or 'bfloat16', 'float16'; "
+                     "mcel evaluate --weights)")
 
 
 __all__ = ["WeightSource", "StoredLayer", "SOURCES", "stored_layers", "bias_bits",
