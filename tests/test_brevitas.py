@@ -113,6 +113,10 @@ def test_brevitas_mistakes_are_one_line_each():
     evaluate(full, x, y, [0.01], trials=1)  # two's complement holds it
     with pytest.raises(MCELError, match="transient and activation faults.*brevitas layer"):
         evaluate(_net(), x, y, [0.01], "ber=0.01,targets=activations", trials=1)
+    for quant, needle in [(bq.ShiftedUint8WeightPerTensorFloat, "unsigned or have a zero point"),
+                          (None, "not integers")]:
+        with pytest.raises(MCELError, match=f"brevitas layer '4': its weights are {needle}"):
+            evaluate(_net(weight_quant=quant), x, y, [0.01], trials=1)
 
 
 def test_mcel_loss_trains_a_brevitas_model_unchanged():

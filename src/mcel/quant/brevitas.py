@@ -49,10 +49,13 @@ def fmt_of(layer: nn.Module) -> str:
 
 def _int_weight(layer: nn.Module):
     """(levels as float, scale, bits) of the layer's quantized weight, or one MCELError."""
+    from brevitas.quant_tensor import IntQuantTensor
+
     q = layer.quant_weight()
-    if not hasattr(q, "int"):
-        raise MCELError("its weights are not quantized (weight_quant=None): give it an integer "
-                        "weight quantizer, or store float layers with weights='float32'")
+    if not isinstance(q, IntQuantTensor):  # weight_quant=None, or a minifloat quantizer
+        raise MCELError("its weights are not integers (weight_quant=None or a float "
+                        "quantizer); mcel injects into integer weights (e.g. "
+                        "Int8WeightPerTensorFloat)")
     bits = int(q.bit_width.item())
     if not 1 <= bits <= MAX_BITS:
         raise MCELError(f"its weights are {bits}-bit; mcel injects into Brevitas weights of "
