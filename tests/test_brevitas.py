@@ -113,6 +113,8 @@ def test_brevitas_mistakes_are_one_line_each():
     evaluate(full, x, y, [0.01], trials=1)  # two's complement holds it
     with pytest.raises(MCELError, match="transient and activation faults.*brevitas layer"):
         evaluate(_net(), x, y, [0.01], "ber=0.01,targets=activations", trials=1)
+    with pytest.raises(MCELError, match="Brevitas layers \\(here '1'\\) do not support"):
+        evaluate(_net(), x, y, [0.01], trials=2, trial_batch=2)
     for quant, needle in [(bq.ShiftedUint8WeightPerTensorFloat, "unsigned or have a zero point"),
                           (None, "not integers")]:
         with pytest.raises(MCELError, match=f"brevitas layer '4': its weights are {needle}"):

@@ -168,6 +168,16 @@ def test_exponent_flips_are_catastrophic_and_protecting_the_exponent_keeps_accur
     assert safe.results[0].mean > plain.clean_accuracy - 0.01
 
 
+def test_batched_trials_equal_sequential_trials_on_a_float_model():
+    net, x = _net(), torch.randn(64, 1, 8, 8)
+    y = net(x).argmax(1)
+    em = BitErrorModel(ber=0.01, targets=("weights", "biases"))
+    one = evaluate(net, x, y, [0.01], em, trials=4, weights="bfloat16")
+    four = evaluate(net, x, y, [0.01], em, trials=4, weights="bfloat16", trial_batch=4)
+    assert one.results[0].accuracies == four.results[0].accuracies
+    assert one.results[0].empirical_rates == four.results[0].empirical_rates
+
+
 def test_nan_logits_count_as_wrong():
     logits = torch.tensor([[float("nan"), 0.0], [0.0, 1.0], [float("inf"), 0.0]])
     assert predicted(logits).tolist() == [-1, 1, 0]

@@ -352,6 +352,11 @@ def _check_faults_fit(model: nn.Module, em: BitErrorModel, trial_batch: int,
         raise MCELError(f"transient and activation faults are drawn inside mcel's quantized "
                         f"layers, and layer '{foreign.name}' is a {foreign.source.name} layer; "
                         "use persistent faults in weights/biases")
+    brevitas = next((s for s in layers if s.source.name == "brevitas"), None)
+    if brevitas is not None and trial_batch > 1:  # its quantizers are autograd Functions
+        raise MCELError(f"trial_batch > 1 runs the forward under torch.func.vmap, which "
+                        f"Brevitas layers (here '{brevitas.name}') do not support; use "
+                        "trial_batch=1")
     check_targets(model, em, weights)
 
 
