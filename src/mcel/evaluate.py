@@ -344,6 +344,14 @@ def _check_faults_fit(model: nn.Module, em: BitErrorModel, trial_batch: int,
     if em.mode == "transient" and "biases" in em.targets:
         raise MCELError("transient faults hit weights and activations (compute errors); "
                         "bias faults are persistent only: drop 'biases' or the transient mode")
+    _check_stored_layers(model, em, trial_batch, weights)
+    check_targets(model, em, weights)
+
+
+def _check_stored_layers(model: nn.Module, em: BitErrorModel, trial_batch: int,
+                         weights: str | None) -> None:
+    """Layers other than mcel's (float, Brevitas) take persistent faults, one trial at a
+    time for Brevitas."""
     layers = stored_layers(model, weights)
     if not layers:
         raise no_stored_layers_error()
@@ -357,7 +365,6 @@ def _check_faults_fit(model: nn.Module, em: BitErrorModel, trial_batch: int,
         raise MCELError(f"trial_batch > 1 runs the forward under torch.func.vmap, which "
                         f"Brevitas layers (here '{brevitas.name}') do not support; use "
                         "trial_batch=1")
-    check_targets(model, em, weights)
 
 
 def _evaluate(model, x, y, bers, em, *, trials, seed, batch_size, target_half_width,

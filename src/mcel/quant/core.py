@@ -34,9 +34,8 @@ _TINY = 1e-12
 
 
 def code_dtype(bits: int) -> torch.dtype:
-    """Smallest dtype that holds ``bits``-wide codes and supports XOR everywhere (the
-    samplers keep off a signed type's sign bit: 32-bit float patterns need int64)."""
-    return torch.uint8 if bits <= 8 else torch.int32 if bits <= 16 else torch.int64
+    """Smallest dtype that holds ``bits``-wide codes and supports XOR everywhere."""
+    return torch.uint8 if bits <= 8 else torch.int32
 
 
 def _reduce_dims(x: Tensor, granularity: str) -> tuple[int, ...]:

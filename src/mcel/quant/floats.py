@@ -81,9 +81,9 @@ def float_codes(w: Tensor, fmt: str) -> Tensor:
     [16256, 49152]
     """
     f = FLOAT_FORMATS.get(fmt)
-    raw = w.detach().to(f.dtype).view(f.raw)
-    # widening sign-extends the pattern: mask it back to its own bits
-    return raw.to(float_code_dtype(f.bits)) & ((1 << f.bits) - 1)
+    codes = w.detach().to(f.dtype).view(f.raw).to(float_code_dtype(f.bits))
+    # widening sign-extends the pattern: mask it back to its own bits (in place)
+    return codes.bitwise_and_((1 << f.bits) - 1)
 
 
 def decode_float(codes: Tensor, fmt: str) -> Tensor:

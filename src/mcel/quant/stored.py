@@ -19,7 +19,6 @@ dict never sees, so the engine never writes a parameter or buffer of any of them
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -142,17 +141,15 @@ def check_float_format(weights: str | None) -> None:
 
 def stored_layers(model: nn.Module, weights: str | None = None) -> list[StoredLayer]:
     """Every layer of ``model`` whose weights a memory holds, in module order, each with
-    the first source that takes it (mcel's layers, then Brevitas', then plain float
-    layers when ``weights`` names a float format).
+    the source that takes it (mcel's layers, Brevitas' and, when ``weights`` names a float
+    format, plain float layers: their types do not overlap).
 
     >>> net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
     >>> stored_layers(net), [s.name for s in stored_layers(net, "bfloat16")]
     ([], ['0', '2'])
     """
     check_float_format(weights)
-    sources = [s for s in map(SOURCES.get, SOURCES)
-               if (weights is not None or not s.needs_weights)
-               and (s.name != "brevitas" or "brevitas" in sys.modules)]
+    sources = [s for s in map(SOURCES.get, SOURCES) if weights is not None or not s.needs_weights]
     found = []
     for name, module in model.named_modules():
         source = next((s for s in sources if s.accepts(module)), None)
