@@ -32,7 +32,7 @@ DEFAULT_FORMAT = "twos_complement"
 
 def is_layer(module: nn.Module) -> bool:
     """A Brevitas QuantLinear/QuantConv2d (False whenever Brevitas is not imported)."""
-    if "brevitas" not in sys.modules:
+    if sys.modules.get("brevitas") is None:  # not imported (or blocked)
         return False
     from brevitas.nn import QuantConv2d, QuantLinear
 
