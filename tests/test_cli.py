@@ -189,7 +189,8 @@ def _entry(help_text: str, flag: str) -> str:
     lines = help_text.splitlines()
     start = next(i for i, ln in enumerate(lines) if re.match(rf"\s+{flag}\b", ln))
     end = next((i for i in range(start + 1, len(lines))
-                if re.match(r"\s+-", lines[i]) or not lines[i].strip()), len(lines))
+                # an option starts 2 columns in; its wrapped help lines further in
+                if re.match(r" {2}-", lines[i]) or not lines[i].strip()), len(lines))
     return " ".join(" ".join(lines[start:end]).split())
 
 

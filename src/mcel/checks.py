@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from mcel.errors import MCELError
-from mcel.quant import quant_layers
+from mcel.quant.stored import stored_layers
 from mcel.registry import names_shown
 
 if TYPE_CHECKING:
@@ -71,11 +71,12 @@ def check_labels_fit(max_label: int, logits: Tensor) -> None:
                         f"{logits.shape[1]} outputs")
 
 
-def check_targets(model: nn.Module, error_model: BitErrorModel) -> None:
+def check_targets(model: nn.Module, error_model: BitErrorModel,
+                  weights: str | None = None) -> None:
     """One MCELError line when ``error_model`` would flip nothing in ``model``: its
-    include/exclude patterns match none of the quantized layers its targets name (an
-    evaluation would report 'BER 1%' with not one fault)."""
-    names = [name for name, _ in quant_layers(model)]
+    include/exclude patterns match none of the stored layers its targets name (an
+    evaluation would report 'BER 1%' with not one fault); ``weights``: as `evaluate`'s."""
+    names = [s.name for s in stored_layers(model, weights)]
     if names and not any(error_model.applies_to(n, t) for n in names
                          for t in error_model.targets):
         raise MCELError(f"the error model (include={list(error_model.include)}, "

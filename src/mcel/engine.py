@@ -28,8 +28,9 @@ from torch import Tensor, nn
 from mcel.errors import MCELError
 from mcel.faults import BitErrorModel, FaultKey, FlipMask, apply_mask_, inject, sample_mask
 from mcel.faults.sampler import reads_codes
-from mcel.quant import QuantizedTensor, quant_layers, quantize_values
+from mcel.quant import QuantizedTensor, quant_layers
 from mcel.quant.core import SCHEMES, code_dtype, levels_to_codes
+from mcel.quant.stored import bias_bits, no_stored_layers_error, stored_layers
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,9 @@ class _Slot:
 def _numpy_ok(qt: QuantizedTensor, values: Tensor) -> bool:
     # CPU float32 (the usual case): numpy's fancy indexing is ~5x faster than torch's
     # index_put on CPU and gives the same IEEE products (one float32 multiply each).
+    # (IEEE codes are decoded, not looked up in a table: the torch path)
     return (values.device.type == "cpu" and values.dtype == torch.float32
+            and qt.scheme != "float"
             and qt.scale.dtype == torch.float32 and not qt.scale.requires_grad)
 
 
@@ -107,17 +110,15 @@ class InjectionStats:
         return self.flipped_bits / self.total_bits if self.total_bits else 0.0
 
 
-def bias_bits(layer) -> int:
-    """Biases are stored as integers of the weights' width (8 bits for binary/ternary)."""
-    return layer.bits if layer.scheme == "int" else 8
-
-
 class MemoryImage:
     """The stored codes of a quantized model, wired into its forward.
 
     Use as a context manager; inside it the model computes with the image's values.
     ``error_model`` is needed here only when it targets biases (their codes are then kept
-    too); leaving the block undoes every flip.
+    too); leaving the block undoes every flip. The stored layers are mcel's quantized
+    layers, Brevitas layers, and, when ``weights`` names an IEEE format (``"float32"``,
+    ``"bfloat16"``, ``"float16"``), plain ``nn.Linear``/``nn.Conv2d`` layers, whose
+    codes are their weights' bit patterns (`mcel.quant.stored`).
 
     >>> import torch
     >>> from mcel.faults import BitErrorModel
@@ -134,32 +135,33 @@ class MemoryImage:
     (True, False, True)
     """
 
-    def __init__(self, model: nn.Module, error_model: BitErrorModel | None = None) -> None:
-        layers = quant_layers(model)
+    def __init__(self, model: nn.Module, error_model: BitErrorModel | None = None, *,
+                 weights: str | None = None) -> None:
+        layers = stored_layers(model, weights)
         if not layers:
-            raise MCELError("the model has no quantized layers; quantize it first "
-                            "(mcel.quant.quantize_model, or mcel train --quant int4)")
-        odd = next(((n, la.weight.dtype) for n, la in layers if la.weight.dtype != torch.float32),
-                   None)
+            raise no_stored_layers_error()
+        odd = next((s for s in layers if s.layer.weight.dtype != torch.float32), None)
         if odd is not None:  # the image keeps float32 values; a mixed forward would fail late
-            raise MCELError(f"layer '{odd[0]}' holds {odd[1]} weights; the fault engine "
-                            "computes in float32: evaluate model.float()")
+            raise MCELError(f"layer '{odd.name}' holds {odd.layer.weight.dtype} weights; the "
+                            "fault engine computes in float32: evaluate model.float()"
+                            + (f" (weights='{weights}' still stores them as {weights})"
+                               if weights else ""))
         self.model = model
+        self.layers = layers
         self.weights: list[tuple[object, _Slot]] = []
         self.biases: list[tuple[object, _Slot]] = []
         want_bias = error_model is not None and "biases" in error_model.targets
         with torch.no_grad():
-            for name, layer in layers:
-                # codes + values from one float buffer: no weight-sized temporaries
-                qt, values = quantize_values(layer.weight, layer.bits, scheme=layer.scheme,
-                                             fmt=layer.fmt, granularity=layer.granularity,
-                                             clip=layer.clip)
-                self.weights.append((layer, _Slot(f"{name}.weight", qt, values)))
-                if want_bias and layer.bias is not None:
-                    qb, bvalues = quantize_values(layer.bias, bias_bits(layer), fmt=layer.fmt)
-                    self.biases.append((layer, _Slot(f"{name}.bias", qb, bvalues)))
+            for s in layers:
+                qt, values = s.weight()
+                self.weights.append((s.layer, _Slot(f"{s.name}.weight", qt, values)))
+                if want_bias and s.layer.bias is not None:
+                    qb, bvalues = s.bias()
+                    self.biases.append((s.layer, _Slot(f"{s.name}.bias", qb, bvalues)))
 
     def __enter__(self) -> MemoryImage:
+        for s in self.layers:  # e.g. plain float layers learn to read the overrides
+            s.source.attach(s.layer)
         for layer, slot in self.weights:
             layer.weight_override = slot.values
         for layer, slot in self.biases:
@@ -172,6 +174,8 @@ class MemoryImage:
             layer.weight_override = None
         for layer, _ in self.biases:
             layer.bias_override = None
+        for s in self.layers:
+            s.source.detach(s.layer)
 
     def slots(self, error_model: BitErrorModel) -> Iterator[_Slot]:
         for _, slot in self.weights:

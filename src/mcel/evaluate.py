@@ -30,6 +30,7 @@ from mcel.engine import MemoryImage, state_digest, transient_weight_faults
 from mcel.errors import MCELError
 from mcel.faults import BitErrorModel
 from mcel.precision import autocast, check_runs_on
+from mcel.quant.stored import no_stored_layers_error, stored_layers
 
 
 def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
@@ -177,7 +178,7 @@ class _Forward:
         with autocast(precision or self.precision, self.dev):
             for xb in self.batches():
                 logits = self.model(xb)
-                outs.append(logits.argmax(1))
+                outs.append(predicted(logits))
         check_labels_fit(self.max_label, logits)  # known once the first pass is over
         return torch.cat(outs)
 
@@ -186,6 +187,16 @@ class _Forward:
 
     def accuracy(self) -> float:
         return self.correct().float().mean().item()
+
+
+def predicted(logits: Tensor) -> Tensor:
+    """The predicted class of each sample; -1 (never a label: always wrong) where the
+    logits hold a NaN, whose argmax would be a hardware accident (torch picks the NaN).
+
+    >>> predicted(torch.tensor([[0.1, 0.9], [float("nan"), 0.9]])).tolist()
+    [1, -1]
+    """
+    return torch.where(logits.isnan().any(1), -1, logits.argmax(1))
 
 
 _RESHUFFLED = ("the data gave other batches on a later pass (a DataLoader with shuffle=True, "
@@ -243,6 +254,7 @@ def evaluate(
     keep_correct: bool = False,
     trial_batch: int = 1,
     precision: str = "fp32",
+    weights: str | None = None,
 ) -> EvalResult:
     """Accuracy of ``model`` on ``(x, y)`` under bit errors at each rate in ``bers``.
 
@@ -264,12 +276,17 @@ def evaluate(
     forward under bf16 autocast (the codes and faults are the same; activations and
     dequantized weights are rounded inside the forward) and reports in ``agreement`` the
     fraction of samples whose clean prediction matches fp32.
+
+    ``weights`` stores the plain ``nn.Linear``/``nn.Conv2d`` layers of a float model in
+    an IEEE format (``"float32"``, ``"bfloat16"``, ``"float16"``) and flips those bits;
+    mcel's and Brevitas' quantized layers carry their own stored form
+    (`mcel.quant.stored`). A sample whose logits hold a NaN counts as wrong.
     """
     bers = check_bers(bers)
     _check_trial_counts(trials, min_trials, target_half_width, batch_size)
     em = _error_model(error_model)
     x, y = _check_source(x, y, trial_batch)
-    _check_faults_fit(model, em, trial_batch)
+    _check_faults_fit(model, em, trial_batch, weights)
     check_runs_on(precision, next(model.parameters()).device)
     modes = {m: m.training for m in model.modules()}  # each module's own, restored below
     model.eval()
@@ -277,7 +294,7 @@ def evaluate(
         return _evaluate(model, x, y, bers=bers, em=em, trials=trials, seed=seed,
                          batch_size=batch_size, target_half_width=target_half_width,
                          min_trials=min_trials, progress=progress, keep_correct=keep_correct,
-                         trial_batch=trial_batch, precision=precision)
+                         trial_batch=trial_batch, precision=precision, weights=weights)
     finally:
         for m, mode in modes.items():
             m.training = mode
@@ -319,7 +336,8 @@ def _error_model(error_model: BitErrorModel | str | None) -> BitErrorModel:
     return error_model or BitErrorModel(ber=0.0)
 
 
-def _check_faults_fit(model: nn.Module, em: BitErrorModel, trial_batch: int) -> None:
+def _check_faults_fit(model: nn.Module, em: BitErrorModel, trial_batch: int,
+                      weights: str | None = None) -> None:
     """The model stores something the error model can flip, in a way the trials can run."""
     if next(model.parameters(), None) is None:
         raise MCELError("the model has no parameters: nothing is stored, nothing can flip")
@@ -331,11 +349,32 @@ def _check_faults_fit(model: nn.Module, em: BitErrorModel, trial_batch: int) -> 
     if em.mode == "transient" and "biases" in em.targets:
         raise MCELError("transient faults hit weights and activations (compute errors); "
                         "bias faults are persistent only: drop 'biases' or the transient mode")
-    check_targets(model, em)
+    _check_stored_layers(model, em, trial_batch, weights)
+    check_targets(model, em, weights)
+
+
+def _check_stored_layers(model: nn.Module, em: BitErrorModel, trial_batch: int,
+                         weights: str | None) -> None:
+    """Layers other than mcel's (float, Brevitas) take persistent faults, one trial at a
+    time for Brevitas."""
+    layers = stored_layers(model, weights)
+    if not layers:
+        raise no_stored_layers_error()
+    foreign = next((s for s in layers if s.source.name != "mcel"), None)
+    if foreign is not None and (em.mode == "transient" or "activations" in em.targets):
+        raise MCELError(f"transient and activation faults are drawn inside mcel's quantized "
+                        f"layers, and layer '{foreign.name}' is a {foreign.source.name} layer; "
+                        "use persistent faults in weights/biases")
+    brevitas = next((s for s in layers if s.source.name == "brevitas"), None)
+    if brevitas is not None and trial_batch > 1:  # its quantizers are autograd Functions
+        raise MCELError(f"trial_batch > 1 runs the forward under torch.func.vmap, which "
+                        f"Brevitas layers (here '{brevitas.name}') do not support; use "
+                        "trial_batch=1")
 
 
 def _evaluate(model, x, y, *, bers, em, trials, seed, batch_size, target_half_width,
-              min_trials, progress, keep_correct, trial_batch, precision) -> EvalResult:
+              min_trials, progress, keep_correct, trial_batch, precision,
+              weights) -> EvalResult:
     before = state_digest(model)
     fwd = _Forward(model, x, y, batch_size=batch_size, precision=precision)
     t0 = time.perf_counter()
@@ -345,7 +384,7 @@ def _evaluate(model, x, y, *, bers, em, trials, seed, batch_size, target_half_wi
     correct_log: dict[float, list[Tensor]] = {b: [] for b in bers}
 
     batched = trial_batch > 1
-    with MemoryImage(model, em) as image, progress_bar(progress) as bar:
+    with MemoryImage(model, em, weights=weights) as image, progress_bar(progress) as bar:
         tc = time.perf_counter()
         pred = fwd.predict()
         clean = (pred == fwd.y).float().mean().item()
@@ -371,18 +410,9 @@ def _evaluate(model, x, y, *, bers, em, trials, seed, batch_size, target_half_wi
                 bar.update(task, advance=len(block), info=f"ber {b:g} acc {accs_b[-1]:.3f}")
             t += len(block)
             if target_half_width is not None:
-                # Each BER stops on its own, at the first trial count at which its interval
-                # is narrow enough, so its row does not depend on which other BERs were
-                # evaluated with it (a sweep that adds a BER later gets the same rows). A
-                # batch may have run past that count: its extra trials are dropped, so the
-                # result does not depend on trial_batch either.
-                for b in list(active):
-                    done = _narrow_at(accs[b], b, target_half_width,
-                                      range(max(min_trials, t - len(block) + 1), t + 1))
-                    if done is not None:
-                        for d in (accs, rates, secs, correct_log):
-                            del d[b][done:]
-                        active.remove(b)
+                counts = range(max(min_trials, t - len(block) + 1), t + 1)
+                _stop_narrow(active, (accs, rates, secs, correct_log),
+                             half_width=target_half_width, counts=counts)
     if state_digest(model) != before:  # the engine's core promise; never expected to fire
         raise RuntimeError("evaluation changed the model's state")
     result = EvalResult(
@@ -394,6 +424,23 @@ def _evaluate(model, x, y, *, bers, em, trials, seed, batch_size, target_half_wi
     if keep_correct:
         result.meta["correct"] = {b: torch.stack(v) for b, v in correct_log.items()}
     return result
+
+
+def _stop_narrow(active: list[float], logs: tuple[dict, ...], *, half_width: float,
+                 counts: range) -> None:
+    """Take the BERs whose interval is narrow enough off ``active``.
+
+    Each BER stops on its own, at the first trial count at which its interval is narrow
+    enough, so its row does not depend on which other BERs were evaluated with it (a
+    sweep that adds a BER later gets the same rows). A batch may have run past that
+    count: its extra trials are dropped from every log (accuracies first), so the result
+    does not depend on trial_batch either."""
+    for b in list(active):
+        done = _narrow_at(logs[0][b], b, half_width, counts)
+        if done is not None:
+            for d in logs:
+                del d[b][done:]
+            active.remove(b)
 
 
 def _trials(model: nn.Module, fwd: _Forward, image: MemoryImage, em: BitErrorModel, *,
@@ -428,7 +475,7 @@ def _batched_trials(fwd: _Forward, image: MemoryImage, em: BitErrorModel, *, see
             layer.weight_override = v
         for layer, v in zip(layers_b, b):
             layer.bias_override = v
-        return fwd.model(xb).argmax(1)
+        return predicted(fwd.model(xb))
 
     batched = torch.func.vmap(predict, in_dims=(0, 0, None))
     try:

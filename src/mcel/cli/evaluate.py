@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from mcel.cli.common import JSON_UNITS, add_device_flag, floats, listed
+from mcel.quant.floats import FLOAT_FORMATS
 
 
 def error_model_of(args: argparse.Namespace):
@@ -42,6 +43,10 @@ def add_eval_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fmt", default=None, metavar=listed(list_formats()),
                    help="evaluate with codes stored in this number format (default: the "
                         "run's own)")
+    p.add_argument("--weights", default=None, choices=FLOAT_FORMATS.names(),
+                   help="store the float (unquantized) layers in this IEEE format and flip "
+                        "its bits, e.g. a run trained with --quant float (default: only "
+                        "quantized layers are stored)")
     p.add_argument("--adaptive", type=float, default=None, metavar="HALF_WIDTH",
                    help="stop each BER once its 95%% interval is within +-HALF_WIDTH (e.g. "
                         "0.005) (default: off, --trials at every BER)")
@@ -76,8 +81,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     res = evaluate(model, x, y, args.ber, em, trials=args.trials, seed=args.seed,
                    batch_size=args.batch_size, target_half_width=args.adaptive,
                    progress=sys.stderr.isatty(), trial_batch=args.trial_batch,
-                   precision=args.precision)
-    res.meta.update(run_dir=str(args.run_dir), fmt=args.fmt or config.fmt, samples=len(y),
+                   precision=args.precision, weights=args.weights)
+    fmt = args.fmt or config.fmt
+    res.meta.update(run_dir=str(args.run_dir), samples=len(y),
+                    fmt=fmt if not args.weights else f"{fmt}, float layers {args.weights}",
                     device=str(next(model.parameters()).device), units=JSON_UNITS)
     print_eval(res)
     if args.json:

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from mcel.errors import MCELError
+from mcel.quant.floats import FLOAT_FORMATS, decode_float, float_codes
 from mcel.quant.formats import encode, get_format, level_table
 from mcel.registry import Registry, did_you_mean
 
@@ -171,7 +172,9 @@ class QuantizedTensor:
     """Stored form of a quantized tensor: ``value = table[codes] * scale``.
 
     ``codes`` are unsigned integers in ``[0, 2**bits)`` (uint8, or int32 for 16 bits),
-    shaped like the original tensor; ``scale`` broadcasts against it.
+    shaped like the original tensor; ``scale`` broadcasts against it. Scheme ``float``
+    holds IEEE-754 patterns (``fmt`` a `mcel.quant.floats` format, scale 1): a code is
+    decoded, not looked up.
 
     >>> qt = quantize(torch.tensor([1.5, -3.5, 0.5]), 4, fmt="sign_magnitude")
     >>> qt.codes.tolist(), qt.bits, qt.scale.item()
@@ -189,15 +192,21 @@ class QuantizedTensor:
     def table(self) -> Tensor:
         return value_table(self.scheme, self.bits, self.fmt, self.codes.device)
 
+    def decode(self, codes: Tensor) -> Tensor:
+        """The unscaled values of ``codes`` (some of this tensor's, or all)."""
+        if self.scheme == "float":
+            return decode_float(codes, self.fmt)
+        return self.table()[codes.long()]
+
     def levels(self) -> Tensor:
-        return self.table()[self.codes.long()]
+        return self.decode(self.codes)
 
     def dequantize(self) -> Tensor:
         return self.levels() * self.scale
 
     def dequantize_at(self, index: Tensor) -> Tensor:
         """Values of the elements at flat positions ``index`` only (for sparse updates)."""
-        vals = self.table()[self.codes.reshape(-1)[index].long()]
+        vals = self.decode(self.codes.reshape(-1)[index])
         if self.scale.numel() == 1:
             return vals * self.scale.reshape(())
         per_channel = self.codes[0].numel()  # channel scales run along dim 0
@@ -277,6 +286,20 @@ def _quantize(
         levels = levels.clone()
     qt = QuantizedTensor(levels_to_codes(levels, scheme, bits, fmt), scale, bits, fmt, scheme)
     return qt, levels
+
+
+def float_values(tensor: Tensor, fmt: str) -> tuple[QuantizedTensor, Tensor]:
+    """The stored form of float weights in IEEE format ``fmt`` (codes: their bit
+    patterns, scale 1) and the float32 values they hold (``tensor`` rounded to ``fmt``).
+
+    >>> qt, values = float_values(torch.tensor([0.1, -3.0]), "float16")
+    >>> qt.codes.tolist(), values.tolist()
+    ([11878, 49664], [0.0999755859375, -3.0])
+    """
+    codes = float_codes(tensor, fmt)
+    bits = FLOAT_FORMATS.get(fmt).bits
+    qt = QuantizedTensor(codes, torch.ones((), device=codes.device), bits, fmt, "float")
+    return qt, qt.dequantize()
 
 
 def fake_quantize(w: Tensor, scheme: str, bits: int, granularity: str = "tensor",

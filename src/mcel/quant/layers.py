@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mcel.errors import MCELError
+from mcel.quant import brevitas
 from mcel.quant.core import (
     GRANULARITIES,
     QuantizedTensor,
@@ -296,9 +297,10 @@ def clip_weights(model: nn.Module) -> None:
 
 def set_format(model: nn.Module, fmt: str) -> None:
     """Store every quantized layer's codes in another number format (no retraining: the
-    levels are the same, only their bit patterns change)."""
+    levels are the same, only their bit patterns change). Brevitas layers take it too,
+    as a plain attribute their stored form is read with (`mcel.quant.brevitas`)."""
     get_format(fmt)
-    for _, layer in quant_layers(model):
+    for _, layer in quant_layers(model) + brevitas.layers(model):
         layer.fmt = fmt
 
 
