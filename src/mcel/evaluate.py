@@ -28,7 +28,7 @@ from mcel.checks import check_bers, check_data, check_labels_fit, check_targets
 from mcel.console import progress as progress_bar
 from mcel.engine import MemoryImage, state_digest, transient_weight_faults
 from mcel.errors import MCELError
-from mcel.faults import BitErrorModel
+from mcel.faults import ERROR_MODELS, BitErrorModel
 from mcel.precision import autocast, check_runs_on
 
 
@@ -307,9 +307,10 @@ def _error_model(error_model: BitErrorModel | str | None) -> BitErrorModel:
         from mcel.faults import parse_error_model
 
         error_model = parse_error_model(error_model)
-    if error_model is not None and not isinstance(error_model, BitErrorModel):
-        raise MCELError(f"error_model must be a BitErrorModel or a spec string like "
-                        f"'ber=1e-3', got {type(error_model).__name__}")
+    kinds = tuple(ERROR_MODELS.get(k) for k in ERROR_MODELS)
+    if error_model is not None and not isinstance(error_model, kinds):
+        raise MCELError(f"error_model must be a BitErrorModel (or another registered kind) "
+                        f"or a spec string like 'ber=1e-3', got {type(error_model).__name__}")
     return error_model or BitErrorModel(ber=0.0)
 
 
