@@ -215,10 +215,16 @@ def write_map(path: str, arrays: dict[str, np.ndarray]) -> None:
 # -- drawing ---------------------------------------------------------------------
 
 
+# Cells are drawn in groups whose p lie within a factor GROUP of each other: a group's
+# ladder then draws at most GROUP times its hits, and a map takes few groups (each
+# costs two random streams and a ladder pass, ~0.2 ms).
+GROUP = 16
+
+
 @dataclass(frozen=True, eq=False)
 class _Strata:
-    """Cells with p > 0 grouped by powers of two of p, each group with its time table at
-    one scale: the ladder then draws at most about twice the hits of each group."""
+    """Cells with p > 0 grouped by powers of GROUP of p, each group with its time table at
+    one scale."""
 
     cells: tuple[np.ndarray, ...]
     times: tuple[np.ndarray, ...]
@@ -229,9 +235,9 @@ class _Strata:
 def _strata(arrays: MapArrays, scale: float) -> _Strata:
     p = arrays.p.reshape(-1)
     live = np.flatnonzero(p > 0)
-    group = np.minimum(np.floor(-np.log2(p[live])), 62).astype(np.int64)
+    group = np.minimum(np.floor(-np.log(p[live]) / np.log(GROUP)), 31).astype(np.int64)
     cells, times, tops = [], [], []
-    for g in range(63):
+    for g in range(32):
         c = live[group == g]
         q = np.minimum(p[c] * scale, 1.0)
         cells.append(c)
@@ -274,16 +280,22 @@ def _line_cells(arrays: MapArrays, key: FaultKey) -> tuple[np.ndarray, np.ndarra
     return np.concatenate(parts), np.concatenate(values)
 
 
+@functools.lru_cache(maxsize=4)
+def _own_stuck(arrays: MapArrays) -> tuple[np.ndarray, np.ndarray]:
+    flat = arrays.stuck.reshape(-1)
+    own = np.flatnonzero(flat >= 0)
+    return own, flat[own]
+
+
 def _stuck_cells(arrays: MapArrays, key: FaultKey) -> tuple[np.ndarray, np.ndarray]:
     """Sorted unique stuck cells (the map's and failed lines') and their values; a
     failed line's value wins over the map's."""
-    flat = arrays.stuck.reshape(-1)
-    own = np.flatnonzero(flat >= 0)
+    own, own_value = _own_stuck(arrays)
+    if arrays.row_rate == 0 and arrays.col_rate == 0:
+        return own, own_value
     line, line_value = _line_cells(arrays, key)
-    cells = np.concatenate([line, own])
-    values = np.concatenate([line_value, flat[own]])
-    cells, first = np.unique(cells, return_index=True)
-    return cells, values[first]
+    cells, first = np.unique(np.concatenate([line, own]), return_index=True)
+    return cells, np.concatenate([line_value, own_value])[first]
 
 
 @dataclass(frozen=True, eq=False)
@@ -498,12 +510,19 @@ def _in_range(addr: np.ndarray, capacity: int, first: int, n: int,
 
 
 @functools.lru_cache(maxsize=8)
+def _cells(arrays: MapArrays, scale: float, key: FaultKey) -> tuple[np.ndarray, ...]:
+    """The failing cells of one draw: flips with their keep draws, stuck cells with their
+    values (cached: a persistent map draws them once per seed)."""
+    flips = _flip_cells(arrays, scale, key)
+    return (flips, _uniform_of(flips, key), *_stuck_cells(arrays, key))
+
+
+@functools.lru_cache(maxsize=8)
 def _draw(em: ErrorMap, stamp: tuple[int, int], seed: int, trial: int, step: int) -> _Draw:
     """The faults of one trial (cached: every tensor of the trial reads them)."""
     arrays, layout = em.arrays, em.layout
     key = FaultKey(seed=seed, trial=0 if em.persistent else trial, name="error-map", step=step)
-    cells = _flip_cells(arrays, em.scale, key)
-    stuck, value = _stuck_cells(arrays, key)
+    cells, keep, stuck, value = _cells(arrays, em.scale, key)
     shift = 0
     if em.shift:  # a word-aligned offset per trial, from a stream of its own
         words = layout.capacity // layout.word_bits
@@ -515,7 +534,7 @@ def _draw(em: ErrorMap, stamp: tuple[int, int], seed: int, trial: int, step: int
         order = np.argsort(a, kind="stable")
         return a[order], extra[order]
 
-    flips, keep = addresses(cells, _uniform_of(cells, key))
+    flips, keep = addresses(cells, keep)
     stuck_a, value_a = addresses(stuck, value)
     return _Draw(flips, keep, stuck_a, value_a, layout.capacity)
 
