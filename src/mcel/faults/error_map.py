@@ -60,7 +60,7 @@ import numpy as np
 
 from mcel.errors import MCELError
 from mcel.faults.error_model import ERROR_MODELS, BitErrorModel, spec_items
-from mcel.faults.ladder import rate_time, sample_ladder
+from mcel.faults.ladder import sample_ladder
 from mcel.faults.layout import MemoryLayout, slot_addresses
 from mcel.faults.sampler import FaultKey
 from mcel.io import atomic_write_bytes
@@ -216,18 +216,18 @@ def write_map(path: str, arrays: dict[str, np.ndarray]) -> None:
 
 
 # Cells are drawn in groups whose p lie within a factor GROUP of each other: a group's
-# ladder then draws at most GROUP times its hits, and a map takes few groups (each
-# costs two random streams and a ladder pass, ~0.2 ms).
+# candidates come from the ladder at its top rate (its fast path: no time per mark) and
+# each is kept with probability q / top, so a group draws at most GROUP times its hits.
 GROUP = 16
 
 
 @dataclass(frozen=True, eq=False)
 class _Strata:
-    """Cells with p > 0 grouped by powers of GROUP of p, each group with its time table at
-    one scale."""
+    """Cells with p > 0 grouped by powers of GROUP of p; per group at one scale its top
+    rate and each cell's keep ratio ``q / top``."""
 
     cells: tuple[np.ndarray, ...]
-    times: tuple[np.ndarray, ...]
+    ratios: tuple[np.ndarray, ...]
     tops: tuple[float, ...]
 
 
@@ -236,26 +236,31 @@ def _strata(arrays: MapArrays, scale: float) -> _Strata:
     p = arrays.p.reshape(-1)
     live = np.flatnonzero(p > 0)
     group = np.minimum(np.floor(-np.log(p[live]) / np.log(GROUP)), 31).astype(np.int64)
-    cells, times, tops = [], [], []
+    cells, ratios, tops = [], [], []
     for g in range(32):
         c = live[group == g]
         q = np.minimum(p[c] * scale, 1.0)
+        top = float(q.max()) if c.size else 0.0
         cells.append(c)
-        times.append(rate_time(q))
-        tops.append(float(q.max()) if c.size else 0.0)
-    return _Strata(tuple(cells), tuple(times), tuple(tops))
+        ratios.append(q / top if top > 0 else q)
+        tops.append(top)
+    return _Strata(tuple(cells), tuple(ratios), tuple(tops))
 
 
 def _flip_cells(arrays: MapArrays, scale: float, key: FaultKey) -> np.ndarray:
-    """Sorted cells that fail in the draw ``key``: each with probability ``p * scale``,
-    nested in ``scale`` (every group's ladder has its own two streams)."""
+    """Sorted cells that fail in the draw ``key``: each with probability ``p * scale``
+    (a candidate at rate ``top`` kept with probability ``q / top``: exact). Nested in
+    ``scale``: the candidates are (the ladder), and a cell's keep draw and ratio
+    ``p / max p`` of its group do not change with it (nor when q is clipped at 1, where
+    the ratio only grows)."""
     st = _strata(arrays, scale)
     out = [np.empty(0, np.int64)]
-    for g, (cells, times, top) in enumerate(zip(st.cells, st.times, st.tops)):
+    for g, (cells, ratio, top) in enumerate(zip(st.cells, st.ratios, st.tops)):
         if top > 0:
-            hit = sample_ladder(key.rng(16 + 2 * g), key.rng(17 + 2 * g), cells.size, top,
-                                lambda i, t=times: t[i])
-            out.append(cells[hit])
+            hit = sample_ladder(key.rng(16 + 2 * g), key.rng(17 + 2 * g), cells.size, top)
+            hit = hit.astype(np.int64)
+            c = cells[hit]
+            out.append(c[_uniform_of(c, key, 100 + g) < ratio[hit]])
     return np.sort(np.concatenate(out))
 
 
@@ -310,10 +315,10 @@ class _Draw:
     capacity: int
 
 
-def _uniform_of(cells: np.ndarray, key: FaultKey) -> np.ndarray:
-    """A uniform in [0, 1) per cell fixed by (key, cell): SplitMix64 of the salted index,
-    so a cell keeps its draw whatever else fails (nesting)."""
-    x = cells.astype(np.uint64) ^ np.uint64(key.rng(40).bit_generator.random_raw())
+def _uniform_of(cells: np.ndarray, key: FaultKey, stream: int) -> np.ndarray:
+    """A uniform in [0, 1) per cell fixed by (key, stream, cell): SplitMix64 of the
+    salted index, so a cell keeps its draw whatever else fails (nesting)."""
+    x = cells.astype(np.uint64) ^ np.uint64(key.rng(stream).bit_generator.random_raw())
     x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     return ((x ^ (x >> np.uint64(31))) >> np.uint64(11)).astype(np.float64) * 2.0**-53
@@ -426,7 +431,7 @@ class ErrorMap:
             stored = (flat[flips // bits] >> (flips % bits).astype(flat.dtype)) & 1
             scale = np.where(stored == 1, arrays.scale10, arrays.scale01)
             flips = flips[keep < scale]
-        flips = flips[~np.isin(flips, stuck)]  # a stuck cell reads its value
+        flips = flips[~_member(flips, stuck)]  # a stuck cell reads its value
         stored = (flat[stuck // bits] >> (stuck % bits).astype(flat.dtype)) & 1
         differs = stuck[stored != value]
         return np.sort(np.concatenate([flips, differs]))
@@ -496,6 +501,14 @@ def _float(key: str, s: str) -> float:
         raise MCELError(f"{key}={s!r} is not a number") from None
 
 
+def _member(a: np.ndarray, sorted_b: np.ndarray) -> np.ndarray:
+    """``np.isin(a, sorted_b)`` by binary search (isin may build a table over the range)."""
+    if sorted_b.size == 0:
+        return np.zeros(a.shape, bool)
+    i = np.minimum(np.searchsorted(sorted_b, a), sorted_b.size - 1)
+    return sorted_b[i] == a
+
+
 def _in_range(addr: np.ndarray, capacity: int, first: int, n: int,
               extra: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Positions ``a - first`` of the sorted addresses (repeated every ``capacity``: the
@@ -514,7 +527,7 @@ def _cells(arrays: MapArrays, scale: float, key: FaultKey) -> tuple[np.ndarray, 
     """The failing cells of one draw: flips with their keep draws, stuck cells with their
     values (cached: a persistent map draws them once per seed)."""
     flips = _flip_cells(arrays, scale, key)
-    return (flips, _uniform_of(flips, key), *_stuck_cells(arrays, key))
+    return (flips, _uniform_of(flips, key, 40), *_stuck_cells(arrays, key))
 
 
 @functools.lru_cache(maxsize=8)
