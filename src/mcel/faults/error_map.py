@@ -422,7 +422,8 @@ class ErrorMap:
         was not placed with (one tensor on its own) starts at address 0."""
         first = dict(self.placement).get(key.name, 0)
         arrays = self.arrays
-        d = _draw(self, _stamp(self.path), key.seed, key.trial, key.step)
+        trial = key.trial if self.shift or not self.persistent else 0  # else all alike
+        d = _draw(self, _stamp(self.path), key.seed, trial, key.step)
         n = codes.numel() * bits
         flips, keep = _in_range(d.flips, d.capacity, first, n, d.keep)
         stuck, value = _in_range(d.stuck, d.capacity, first, n, d.value)
@@ -531,25 +532,43 @@ def _cells(arrays: MapArrays, scale: float, key: FaultKey) -> tuple[np.ndarray, 
 
 
 @functools.lru_cache(maxsize=8)
-def _draw(em: ErrorMap, stamp: tuple[int, int], seed: int, trial: int, step: int) -> _Draw:
-    """The faults of one trial (cached: every tensor of the trial reads them)."""
-    arrays, layout = em.arrays, em.layout
-    key = FaultKey(seed=seed, trial=0 if em.persistent else trial, name="error-map", step=step)
-    cells, keep, stuck, value = _cells(arrays, em.scale, key)
-    shift = 0
-    if em.shift:  # a word-aligned offset per trial, from a stream of its own
-        words = layout.capacity // layout.word_bits
-        shift_key = FaultKey(seed=seed, trial=trial, name="error-map-shift", step=step)
-        shift = int(shift_key.rng(0).integers(0, words)) * layout.word_bits
+def _unshifted(em: ErrorMap, stamp: tuple[int, int], seed: int, trial: int,
+               step: int) -> _Draw:
+    """The failing cells of a draw as sorted model addresses at shift 0 (cached: a
+    persistent map computes them once per seed)."""
+    layout = em.layout
+    key = FaultKey(seed=seed, trial=trial, name="error-map", step=step)
+    cells, keep, stuck, value = _cells(em.arrays, em.scale, key)
 
     def addresses(c: np.ndarray, extra: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        a = (layout.address_of(c) - shift) % layout.capacity  # where the model stored it
+        a = layout.address_of(c)
         order = np.argsort(a, kind="stable")
         return a[order], extra[order]
 
-    flips, keep = addresses(cells, keep)
-    stuck_a, value_a = addresses(stuck, value)
-    return _Draw(flips, keep, stuck_a, value_a, layout.capacity)
+    return _Draw(*addresses(cells, keep), *addresses(stuck, value), layout.capacity)
+
+
+def _rotate(addr: np.ndarray, extra: np.ndarray, shift: int,
+            capacity: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted ``(addr - shift) mod capacity`` of sorted ``addr``: a rotation, no sort."""
+    i = int(np.searchsorted(addr, shift))
+    return (np.concatenate([addr[i:] - shift, addr[:i] + (capacity - shift)]),
+            np.concatenate([extra[i:], extra[:i]]))
+
+
+@functools.lru_cache(maxsize=8)
+def _draw(em: ErrorMap, stamp: tuple[int, int], seed: int, trial: int, step: int) -> _Draw:
+    """The faults of one trial (cached: every tensor of the trial reads them): the
+    failing cells of the trial's draw (trial 0's when persistent), the model placed at
+    the trial's word offset when ``em.shift``."""
+    d = _unshifted(em, stamp, seed, 0 if em.persistent else trial, step)
+    if not em.shift:
+        return d
+    words = d.capacity // em.word_bits  # a word-aligned offset, from a stream of its own
+    shift_key = FaultKey(seed=seed, trial=trial, name="error-map-shift", step=step)
+    shift = int(shift_key.rng(0).integers(0, words)) * em.word_bits
+    return _Draw(*_rotate(d.flips, d.keep, shift, d.capacity),
+                 *_rotate(d.stuck, d.value, shift, d.capacity), d.capacity)
 
 
 ERROR_MODELS.add("map", ErrorMap)
