@@ -252,7 +252,8 @@ def evaluate(
     pass is refused.
 
     ``error_model`` gives the kind of faults (default: uniform, persistent, weights);
-    each BER in ``bers`` sets its largest rate (see :func:`at_rate`). With
+    each BER in ``bers`` sets its largest rate (an error map: its mean rate; see
+    :func:`at_rate`). With
     ``target_half_width`` (e.g. 0.005 for +-0.5 points) each BER stops adding trials
     once its 95% interval is that narrow (`narrow_enough`), between ``min_trials`` and
     ``trials``; a BER's result does not depend on the other BERs evaluated with it.

@@ -82,9 +82,10 @@ def print_eval(res) -> None:
 
     from mcel.faults import error_model_from_dict
 
-    shape = error_model_from_dict(res.error_model).describe()
+    em = error_model_from_dict(res.error_model)
+    shape = em.describe()
     shape = ("uniform flips in the weights" if shape.startswith("ber=") and "," not in shape
-             else f"error model {shape} (each BER sets its largest rate)")
+             else f"error model {shape} (each BER sets its {em.ber_sets})")
     took = f"{res.seconds:.2f} s" if res.seconds < 100 else f"{res.seconds:.0f} s"
     t = Table(title=f"clean accuracy {100 * res.clean_accuracy:.2f}%",
               caption=f"{res.meta.get('samples', '?')} test images, {res.meta.get('fmt', '?')}, "

@@ -363,6 +363,7 @@ class ErrorMap:
     placement: tuple[tuple[str, int], ...] = field(default=(), compare=False, repr=False)
 
     kind: ClassVar[str] = "map"
+    ber_sets: ClassVar[str] = "mean rate"
 
     def __post_init__(self) -> None:
         # the field checks of BitErrorModel (targets, patterns), on a stand-in

@@ -85,6 +85,7 @@ class ErrorModel(Protocol):
     """
 
     kind: ClassVar[str]  # its spec key and registry name; "bits" for BitErrorModel
+    ber_sets: ClassVar[str]  # what `at_rate` sets to the BER, in words ("largest rate")
     targets: tuple[str, ...]
     include: tuple[str, ...]
     exclude: tuple[str, ...]
@@ -183,6 +184,7 @@ class BitErrorModel:
             raise MCELError(f"mode={self.mode!r}; allowed: {', '.join(MODES)}")
 
     kind: ClassVar[str] = "bits"
+    ber_sets: ClassVar[str] = "largest rate"
 
     # -- derived views -------------------------------------------------------------
 
