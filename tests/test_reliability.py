@@ -220,9 +220,10 @@ CASES = [
      "error map {b}/none.npz cannot be read (No such file or directory); write one with "
      "'mcel make-map'"),
     ("evaluate-map-not-npz", ["evaluate", "{b}/run", "--error-model", "map={b}/bad.yaml"],
-     "error map {b}/bad.yaml cannot be read"),
+     "error map {b}/bad.yaml is not a .npz file of arrays (numpy.savez)"),
     ("evaluate-map-shape", ["evaluate", "{b}/run", "--error-model", "map={b}/map-1d.npz"],
-     "error map {b}/map-1d.npz: 'p' has shape (1, 64)"),
+     "error map {b}/map-1d.npz: 'p' has shape (64,); allowed: (rows, cols) or (banks, "
+     "rows, cols)"),
     ("evaluate-map-range", ["evaluate", "{b}/run", "--error-model", "map={b}/map-range.npz"],
      "'p' must hold probabilities in [0, 1], found 1.5 at cell (0, 0, 0); clip it"),
     ("evaluate-map-no-cells", ["evaluate", "{b}/run", "--error-model",

@@ -106,12 +106,12 @@ def _check_values(path: str, p: np.ndarray | None, stuck: np.ndarray | None) -> 
         if bad.any():
             where = tuple(int(i) for i in np.argwhere(bad)[0])
             raise MCELError(f"error map {path}: 'p' must hold probabilities in [0, 1], "
-                            f"found {p[where]!r} at cell {where}; clip it to [0, 1]")
+                            f"found {p[where].item()!r} at cell {where}; clip it to [0, 1]")
     if stuck is not None:
         bad = ~np.isin(stuck, (-1, 0, 1))
         if bad.any():
             where = tuple(int(i) for i in np.argwhere(bad)[0])
-            raise MCELError(f"error map {path}: 'stuck' holds {stuck[where]!r} at cell "
+            raise MCELError(f"error map {path}: 'stuck' holds {stuck[where].item()!r} at cell "
                             f"{where}; allowed: -1 (working), 0 or 1 (stuck at that value)")
 
 
@@ -155,11 +155,20 @@ def check_map(data: dict[str, np.ndarray], path: str = "<map>") -> MapArrays:
 
 @functools.lru_cache(maxsize=4)
 def _load(path: str, stamp: tuple[int, int]) -> MapArrays:
+    not_npz = MCELError(f"error map {path} is not a .npz file of arrays (numpy.savez); {_FIX}")
     try:
-        with np.load(path, allow_pickle=False) as f:
+        loaded = np.load(path, allow_pickle=False)  # never runs pickled code
+    except OSError as e:
+        raise MCELError(f"error map {path} cannot be read ({e.strerror or e}); {_FIX}") from None
+    except (ValueError, zipfile.BadZipFile):
+        raise not_npz from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bare .npy array
+        raise not_npz
+    try:
+        with loaded as f:
             data = {k: f[k] for k in f.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise MCELError(f"error map {path} cannot be read ({e}); {_FIX}") from None
+    except (OSError, ValueError, zipfile.BadZipFile):
+        raise not_npz from None
     return check_map(data, path)
 
 
