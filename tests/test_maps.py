@@ -394,3 +394,25 @@ def test_flat_map_at_a_ber_matches_uniform_flips(tmp_path) -> None:
     assert clean > 0.8 and b.mean < clean - 0.02  # the faults matter: a drop to compare
     assert stats.ttest_ind(a.accuracies, b.accuracies, equal_var=False).pvalue > 1e-3
     assert abs(np.mean(a.empirical_rates) - ber) < 4 * np.std(b.empirical_rates) + 1e-4
+
+
+def test_batched_trials_and_grids_take_maps(tmp_path) -> None:
+    """trial_batch > 1 draws each trial's map faults exactly as single trials do, and a
+    sweep grid accepts a map spec (validated, kept in canonical form)."""
+    from mcel.evaluate import evaluate
+    from mcel.experiments.grid import expand
+
+    path = str(tmp_path / "chip.npz")
+    write_map(path, make_map(rows=64, cols=512, cell_ber=0.01, stuck_rate=1e-3, row_rate=0.02,
+                             seed=2))
+    torch.manual_seed(0)
+    model = quantize_model(create_model("mlp", 10, (1, 8, 8)), "int4").eval()
+    x, y = torch.randn(64, 1, 8, 8), torch.randint(0, 10, (64,))
+    spec = f"map={path},shift=1,word_bits=16"
+    one, four = (evaluate(model, x, y, [0.02], spec, trials=4, seed=3, trial_batch=k,
+                          keep_correct=True) for k in (1, 4))
+    assert one.results[0].empirical_rates == four.results[0].empirical_rates
+    assert torch.equal(one.meta["correct"][0.02], four.meta["correct"][0.02])
+    cells = expand({"base": {"dataset": "digits", "model": "mlp", "quant": "int4", "epochs": 1},
+                    "grid": {"seed": [0]}, "eval": {"bers": [0, 0.01], "error_model": spec}})
+    assert cells[0].plan.error_models == (parse_error_model(spec).describe(),)
