@@ -146,7 +146,7 @@ def check_map(data: dict[str, np.ndarray], path: str = "<map>") -> MapArrays:
         raise MCELError(f"error map {path}: 'p' has shape {p.shape} but 'stuck' {stuck.shape}; "
                         f"give both the same shape")
     _check_values(path, p, stuck)
-    shape = (p if p is not None else stuck).shape
+    shape = p.shape if p is not None else stuck.shape  # type: ignore[union-attr]
     scalars = {k: _scalar(path, k, np.asarray(data[k])) for k in SCALARS if k in data}
     return MapArrays(p=p if p is not None else np.zeros(shape),
                      stuck=(stuck if stuck is not None else np.full(shape, -1)).astype(np.int8),
@@ -206,9 +206,11 @@ def make_map(*, rows: int, cols: int, banks: int = 1, cell_ber: float = 0.0,
     # exp(s z - s^2 / 2) has mean 1, so the cells' mean probability is cell_ber
     p = cell_ber * np.exp(spread * rng.standard_normal(shape) - spread**2 / 2)
     stuck = np.where(rng.random(shape) < stuck_rate, rng.integers(0, 2, shape), -1)
-    out = {"p": np.clip(p, 0.0, 1.0).astype(np.float32), "stuck": stuck.astype(np.int8),
-           "scale01": np.float64(scale01), "scale10": np.float64(scale10),
-           "row_rate": np.float64(row_rate), "col_rate": np.float64(col_rate)}
+    out: dict[str, np.ndarray] = {
+        "p": np.clip(p, 0.0, 1.0).astype(np.float32), "stuck": stuck.astype(np.int8),
+        **{k: np.asarray(v, dtype=np.float64) for k, v in (
+            ("scale01", scale01), ("scale10", scale10), ("row_rate", row_rate),
+            ("col_rate", col_rate))}}
     check_map(out, "<make_map>")  # rates in [0, 1]
     return out
 
