@@ -231,6 +231,11 @@ def write_map(path: str, arrays: dict[str, np.ndarray]) -> None:
 # each is kept with probability q / top, so a group draws at most GROUP times its hits.
 GROUP = 16
 
+# Streams of a draw's FaultKey: failed rows 2, 3 (value coins 12), columns 4, 5 (coins
+# 14); group g's ladder _GROUPS + 2g, + 1 and its thinning _THIN + g (32 groups at most);
+# the keep draws of asymmetric rates _KEEP. All distinct, so no two uses share a stream.
+_GROUPS, _THIN, _KEEP = 16, 100, 200
+
 
 @dataclass(frozen=True, eq=False)
 class _Strata:
@@ -268,10 +273,11 @@ def _flip_cells(arrays: MapArrays, scale: float, key: FaultKey) -> np.ndarray:
     out = [np.empty(0, np.int64)]
     for g, (cells, ratio, top) in enumerate(zip(st.cells, st.ratios, st.tops)):
         if top > 0:
-            hit = sample_ladder(key.rng(16 + 2 * g), key.rng(17 + 2 * g), cells.size, top)
+            hit = sample_ladder(key.rng(_GROUPS + 2 * g), key.rng(_GROUPS + 1 + 2 * g),
+                                cells.size, top)
             hit = hit.astype(np.int64)
             c = cells[hit]
-            out.append(c[_uniform_of(c, key, 100 + g) < ratio[hit]])
+            out.append(c[_uniform_of(c, key, _THIN + g) < ratio[hit]])
     return np.sort(np.concatenate(out))
 
 
@@ -540,7 +546,7 @@ def _cells(arrays: MapArrays, scale: float, key: FaultKey) -> tuple[np.ndarray, 
     """The failing cells of one draw: flips with their keep draws, stuck cells with their
     values (cached: a persistent map draws them once per seed)."""
     flips = _flip_cells(arrays, scale, key)
-    return (flips, _uniform_of(flips, key, 40), *_stuck_cells(arrays, key))
+    return (flips, _uniform_of(flips, key, _KEEP), *_stuck_cells(arrays, key))
 
 
 @functools.lru_cache(maxsize=8)
