@@ -416,3 +416,14 @@ def test_batched_trials_and_grids_take_maps(tmp_path) -> None:
     cells = expand({"base": {"dataset": "digits", "model": "mlp", "quant": "int4", "epochs": 1},
                     "grid": {"seed": [0]}, "eval": {"bers": [0, 0.01], "error_model": spec}})
     assert cells[0].plan.error_models == (parse_error_model(spec).describe(),)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_same_map_mask_on_cuda(tmp_path) -> None:
+    path = save(tmp_path, p=np.full((ROWS, COLS), 0.05), scale10=0.5,
+                stuck=np.where(np.arange(ROWS * COLS) % 11 == 0, 1, -1).reshape(ROWS, COLS))
+    em = parse_error_model(f"map={path},word_bits=8,shift=1")
+    codes = torch.randint(0, 256, (ROWS * COLS // BITS,), dtype=torch.uint8)
+    a = sample_mask(codes, BITS, em, seed=0, trial=3)
+    b = sample_mask(codes.cuda(), BITS, em, seed=0, trial=3)
+    assert torch.equal(a.index, b.index.cpu()) and torch.equal(a.xor, b.xor.cpu())

@@ -57,6 +57,7 @@ from dataclasses import KW_ONLY, dataclass, field, fields, replace
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
 
 from mcel.errors import MCELError
 from mcel.faults.error_model import ERROR_MODELS, BitErrorModel, spec_items
@@ -435,7 +436,7 @@ class ErrorMap:
     def reads_codes(self, bits: int) -> bool:
         return True  # stuck cells and asymmetric rates read the stored bits
 
-    def fault_positions(self, codes: Any, bits: int, key: FaultKey) -> np.ndarray:
+    def fault_positions(self, codes: torch.Tensor, bits: int, key: FaultKey) -> np.ndarray:
         """Bit positions of ``codes`` that change in ``key``'s trial. A tensor the map
         was not placed with (one tensor on its own) starts at address 0."""
         first = dict(self.placement).get(key.name, 0)
@@ -445,14 +446,11 @@ class ErrorMap:
         n = codes.numel() * bits
         flips, keep = _in_range(d.flips, d.capacity, first, n, d.keep)
         stuck, value = _in_range(d.stuck, d.capacity, first, n, d.value)
-        flat = codes.view(-1).cpu().numpy()
         if arrays.scale01 < 1 or arrays.scale10 < 1:  # thin by the stored value's scale
-            stored = (flat[flips // bits] >> (flips % bits).astype(flat.dtype)) & 1
-            scale = np.where(stored == 1, arrays.scale10, arrays.scale01)
+            scale = np.where(_stored(codes, flips, bits) == 1, arrays.scale10, arrays.scale01)
             flips = flips[keep < scale]
         flips = flips[~_member(flips, stuck)]  # a stuck cell reads its value
-        stored = (flat[stuck // bits] >> (stuck % bits).astype(flat.dtype)) & 1
-        differs = stuck[stored != value]
+        differs = stuck[_stored(codes, stuck, bits) != value]
         return np.sort(np.concatenate([flips, differs]))
 
     # -- serialisation -------------------------------------------------------------
@@ -518,6 +516,18 @@ def _float(key: str, s: str) -> float:
         return float(s)
     except ValueError:
         raise MCELError(f"{key}={s!r} is not a number") from None
+
+
+def _stored(codes: torch.Tensor, pos: np.ndarray, bits: int) -> np.ndarray:
+    """The stored bit (0/1) at each flat bit position; on a GPU only the codes needed
+    come to the host."""
+    idx, bit = np.divmod(pos, bits)
+    flat = codes.view(-1)
+    if flat.device.type == "cpu":
+        vals = flat.numpy()[idx]
+    else:
+        vals = flat[torch.from_numpy(idx).to(flat.device)].cpu().numpy()
+    return (vals >> bit.astype(vals.dtype)) & 1
 
 
 def _member(a: np.ndarray, sorted_b: np.ndarray) -> np.ndarray:
