@@ -8,7 +8,7 @@
 True
 """
 
-from mcel.faults.error_map import ErrorMap  # registers the "map" kind
+from mcel.faults.error_map import ErrorMap
 from mcel.faults.error_model import (
     ERROR_MODELS,
     MODES,
@@ -27,6 +27,9 @@ from mcel.faults.sampler import (
     inject_,
     sample_mask,
 )
+
+# error-model kinds besides BitErrorModel ("bits"), by the spec key that starts their spec
+ERROR_MODELS.add("map", ErrorMap)
 
 __all__ = [
     "MODES",

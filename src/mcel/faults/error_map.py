@@ -60,7 +60,7 @@ import numpy as np
 import torch
 
 from mcel.errors import MCELError
-from mcel.faults.error_model import ERROR_MODELS, BitErrorModel, spec_items
+from mcel.faults.error_model import BitErrorModel, spec_items
 from mcel.faults.ladder import sample_ladder
 from mcel.faults.layout import MemoryLayout, slot_addresses
 from mcel.faults.sampler import FaultKey
@@ -598,8 +598,6 @@ def _draw(em: ErrorMap, stamp: tuple[int, int], seed: int, trial: int, step: int
     return _Draw(*_rotate(d.flips, d.keep, shift, d.capacity),
                  *_rotate(d.stuck, d.value, shift, d.capacity), d.capacity)
 
-
-ERROR_MODELS.add("map", ErrorMap)
 
 __all__ = ["ErrorMap", "MapArrays", "check_map", "load_map", "make_map", "write_map",
            "ARRAYS", "SCALARS"]

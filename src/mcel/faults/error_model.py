@@ -113,8 +113,9 @@ class DrawnModel(ErrorModel, Protocol):
 
 
 # Kinds of error model by spec key: a spec whose first key names a kind is that kind's
-# (``"map=chip.npz,..."``); any other spec is a BitErrorModel's. A new kind registers
-# its class here from its own module (imported by mcel.faults).
+# (``"map=chip.npz,..."``); any other spec is a BitErrorModel's. A new kind is
+# registered in mcel/faults/__init__.py (so that importing its module twice, as
+# doctest collection may, cannot register it twice).
 ERROR_MODELS: Registry[Any] = Registry("error-model kind")
 
 
