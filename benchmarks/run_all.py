@@ -27,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from _harness import REPO, command_line, machine_info, real_data_found, write_json  # noqa: E402
 
-BENCHMARKS = ("eval", "train", "adaptive", "inject", "memory", "batch", "precision")
+BENCHMARKS = ("eval", "train", "adaptive", "inject", "memory", "batch", "precision", "maps")
 FORMATTERS = {"eval": "format_result", "train": "format_result", "adaptive": "format_result",
               "inject": "format_table", "memory": "format_result", "batch": "format_result",
-              "precision": "format_result"}
+              "precision": "format_result", "maps": "format_table"}
 BENCH_DIR = REPO / "docs" / "bench"
 DOC = REPO / "docs" / "performance.md"
 DEFAULT_CMD = ".venv/bin/python benchmarks/run_all.py"
@@ -587,6 +587,23 @@ def _sec_precision(r: dict, goals: list) -> list[str]:
     return L
 
 
+def _sec_maps(r: dict, goals: list) -> list[str]:
+    L = [f"## {list(SECTIONS).index('maps') + 1}. {r['title']}", "",
+         f"`sample_mask` for {r['n_codes']:,} uint8 codes x {r['bits']} bits filling a "
+         f"synthetic map of {r['map_cells']:,} cells (`make_map`, log-normal cell "
+         f"probabilities, sigma {r['spread']:g}), each map at the same mean rate as the "
+         f"uniform model (`ErrorMap.at_rate`). Median of {r['repeats']} interleaved rounds; "
+         f"'/ uniform' is the median of per-round ratios. 'persistent': the failing cells "
+         f"are drawn once per seed (the default); 'shift': placed at a random word offset "
+         f"per trial; 'fresh': drawn again in every trial.", ""]
+    rows = [[f"{x['p']:g}", f"{x['flips_uniform']:,}", x["uniform_ms"]]
+            + [f"{x[f'{k}_ms']} ({x[f'{k}_over_uniform']:.2f}x)"
+               for k in ("map", "map_shift", "map_fresh")] for x in r["rows"]]
+    L += _md_table(["mean rate", "flips", "uniform ms", "map, persistent ms (/ uniform)",
+                    "map, shift ms", "map, fresh ms"], rows)
+    return L
+
+
 def _sec_load(r: dict, goals: list) -> list[str]:
     ok = r["complete_and_consistent"]
     goals.append([f"load: {r['cells']} cells, --jobs {r['jobs']}, complete and consistent",
@@ -603,7 +620,7 @@ def _sec_load(r: dict, goals: list) -> list[str]:
 
 SECTIONS = {"eval": _sec_eval, "train": _sec_train, "adaptive": _sec_adaptive,
             "inject": _sec_inject, "memory": _sec_memory, "batch": _sec_batch,
-            "precision": _sec_precision, "load": _sec_load}
+            "precision": _sec_precision, "maps": _sec_maps, "load": _sec_load}
 
 
 def _headline(res: dict[str, dict]) -> list[str]:
@@ -634,6 +651,11 @@ def _headline(res: dict[str, dict]) -> list[str]:
         for x in res["inject"]["rows"]:
             rows.append([f"inject p={x['p']:g}: sparse/copy, dense/sparse",
                          f"{x['sparse_over_clone']:.2f}, {x['dense_over_sparse']:.1f}x"])
+    if "maps" in res:
+        for x in res["maps"]["rows"]:
+            rows.append([f"error map p={x['p']:g}: persistent / shift / fresh over uniform",
+                         f"{x['map_over_uniform']:.2f} / {x['map_shift_over_uniform']:.2f} / "
+                         f"{x['map_fresh_over_uniform']:.2f}"])
     if "batch" in res:
         for x in res["batch"]["rows"]:
             rows.append([f"batched trials {x['model']}: K={x['trial_batch']} / K=1 per trial",

@@ -108,6 +108,12 @@ def build_base(b: Path) -> Path:
              "typo.yaml": "epoch: 3\n", "type.yaml": "epochs: three\n"}
     for name, text in yamls.items():
         (b / name).write_text(text)
+    maps = {"map-1d": {"p": np.zeros(64)}, "map-range": {"p": np.full((4, 32), 1.5)},
+            "map-no-cells": {"row_rate": np.float64(0.1)},
+            "map-stuck": {"stuck": np.full((4, 32), 2, np.int8)},
+            "map-cols": {"p": np.zeros((4, 30))}}
+    for name, arrays in maps.items():
+        np.savez(b / f"{name}.npz", **arrays)
     grids = {
         "good": _grid(),
         "ber-negative": _grid(bers="[0, -0.1]"),
@@ -210,6 +216,31 @@ CASES = [
      "p01=nan is not a valid rate; allowed: a number in [0, 1]"),
     ("evaluate-error-model-syntax", ["evaluate", "{b}/run", "--error-model", "flip everything"],
      "cannot parse error model 'flip everything'"),
+    ("evaluate-map-missing", ["evaluate", "{b}/run", "--error-model", "map={b}/none.npz"],
+     "error map {b}/none.npz cannot be read (No such file or directory); write one with "
+     "'mcel make-map'"),
+    ("evaluate-map-not-npz", ["evaluate", "{b}/run", "--error-model", "map={b}/bad.yaml"],
+     "error map {b}/bad.yaml is not a .npz file of arrays (numpy.savez)"),
+    ("evaluate-map-shape", ["evaluate", "{b}/run", "--error-model", "map={b}/map-1d.npz"],
+     "error map {b}/map-1d.npz: 'p' has shape (64,); allowed: (rows, cols) or (banks, "
+     "rows, cols)"),
+    ("evaluate-map-range", ["evaluate", "{b}/run", "--error-model", "map={b}/map-range.npz"],
+     "'p' must hold probabilities in [0, 1], found 1.5 at cell (0, 0, 0); clip it"),
+    ("evaluate-map-no-cells", ["evaluate", "{b}/run", "--error-model",
+                               "map={b}/map-no-cells.npz"],
+     "has neither 'p' (flip probabilities) nor 'stuck' (stuck values)"),
+    ("evaluate-map-stuck", ["evaluate", "{b}/run", "--error-model", "map={b}/map-stuck.npz"],
+     "'stuck' holds 2 at cell (0, 0, 0); allowed: -1 (working), 0 or 1"),
+    ("evaluate-map-word-bits", ["evaluate", "{b}/run", "--error-model",
+                                "map={b}/map-cols.npz,word_bits=8"],
+     "has 30 columns (bits per row), not a multiple of word_bits=8"),
+    ("evaluate-map-transient", ["evaluate", "{b}/run", "--transient", "--error-model",
+                                "map={b}/map-cols.npz,word_bits=2"],
+     "an error map holds persistent faults of stored weights and biases"),
+    ("make-map-rate", ["make-map", "--rows", "4", "--cols", "32", "--cell-ber", "2", "--out",
+                       "{tmp}/m.npz"], "cell_ber=2.0 and stuck_rate=0.0 must be in [0, 1]"),
+    ("make-map-rows-zero", ["make-map", "--rows", "0", "--cols", "32", "--out", "{tmp}/m.npz"],
+     "banks, rows, cols must be >= 1"),
     ("evaluate-fmt", ["evaluate", "{b}/run", "--fmt", "ones_complement"],
      "unknown number format 'ones_complement'"),
     ("evaluate-not-a-run", ["evaluate", "{b}", "--ber", "0.1"],

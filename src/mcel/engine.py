@@ -185,6 +185,11 @@ class MemoryImage:
             if error_model.applies_to(slot.name.rsplit(".", 1)[0], "biases"):
                 yield slot
 
+    def stored(self) -> tuple[tuple[str, int], ...]:
+        """Every stored tensor as ``(name, stored bits)``, in slot order: what an error
+        model that knows addresses (an error map) is placed on (`ErrorModel.place`)."""
+        return tuple((s.name, s.qt.numel_bits) for _, s in self.weights + self.biases)
+
     @property
     def total_bits(self) -> int:
         return sum(s.qt.numel_bits for _, s in self.weights + self.biases)
@@ -193,6 +198,7 @@ class MemoryImage:
     def inject(self, error_model: BitErrorModel, *, seed: int, trial: int) -> InjectionStats:
         """Flip the bits of trial ``trial`` (persistent faults) into the stored codes."""
         stats = InjectionStats()
+        error_model = error_model.place(self.stored())
         for slot in self.slots(error_model):
             mask = sample_mask(slot.qt.codes, slot.qt.bits, error_model, seed=seed, trial=trial,
                                name=slot.name)
@@ -214,6 +220,7 @@ class MemoryImage:
         one batched forward. Each trial's faults are exactly those of `inject` with the
         same key; the image itself is left unchanged."""
         stats = [InjectionStats() for _ in trials]
+        error_model = error_model.place(self.stored())
         targeted = {id(s) for s in self.slots(error_model)}
         out: list[list[Tensor]] = [[], []]
         for kind, pairs in enumerate((self.weights, self.biases)):

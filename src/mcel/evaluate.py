@@ -28,7 +28,7 @@ from mcel.checks import check_bers, check_data, check_labels_fit, check_targets
 from mcel.console import progress as progress_bar
 from mcel.engine import MemoryImage, state_digest, transient_weight_faults
 from mcel.errors import MCELError
-from mcel.faults import BitErrorModel
+from mcel.faults import ERROR_MODELS, BitErrorModel
 from mcel.precision import autocast, check_runs_on
 from mcel.quant.stored import no_stored_layers_error, stored_layers
 
@@ -264,10 +264,10 @@ def evaluate(
     pass is refused.
 
     ``error_model`` gives the kind of faults (default: uniform, persistent, weights);
-    each BER in ``bers`` sets its largest rate (see :func:`at_rate`). With
-    ``target_half_width`` (e.g. 0.005 for +-0.5 points) each BER stops adding trials
-    once its 95% interval is that narrow (`narrow_enough`), between ``min_trials`` and
-    ``trials``; a BER's result does not depend on the other BERs evaluated with it.
+    each BER in ``bers`` sets its largest rate (an error map: its mean rate; see
+    :func:`at_rate`). With ``target_half_width`` (e.g. 0.005 for +-0.5 points) each BER
+    stops adding trials once its 95% interval is that narrow (`narrow_enough`), between
+    ``min_trials`` and ``trials``; its result does not depend on the other BERs.
     ``keep_correct`` stores per-trial, per-sample correctness in ``meta`` (for margin
     analysis). ``trial_batch`` runs that many trials as one batched forward
     (``torch.func.vmap`` over stacked weight sets, one weight copy per trial): for small
@@ -330,9 +330,10 @@ def _error_model(error_model: BitErrorModel | str | None) -> BitErrorModel:
         from mcel.faults import parse_error_model
 
         error_model = parse_error_model(error_model)
-    if error_model is not None and not isinstance(error_model, BitErrorModel):
-        raise MCELError(f"error_model must be a BitErrorModel or a spec string like "
-                        f"'ber=1e-3', got {type(error_model).__name__}")
+    kinds = tuple(ERROR_MODELS.get(k) for k in ERROR_MODELS)
+    if error_model is not None and not isinstance(error_model, kinds):
+        raise MCELError(f"error_model must be a BitErrorModel (or another registered kind) "
+                        f"or a spec string like 'ber=1e-3', got {type(error_model).__name__}")
     return error_model or BitErrorModel(ber=0.0)
 
 

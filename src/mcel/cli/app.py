@@ -1,6 +1,6 @@
 """The ``mcel`` command: the parser, its error style and exit codes, over one module per
 command (`mcel.cli.train`, ``evaluate``, ``demo``, ``sweep``, ``margins``, ``tune``,
-``report``, ``attack``), each thin over the library.
+``report``, ``attack``, ``maps``), each thin over the library.
 
 User mistakes (``MCELError``, unreadable files, bad YAML) print one line and exit 2;
 nothing else is caught, so real bugs keep their traceback. Command modules import the
@@ -12,11 +12,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mcel.cli import attack, demo, evaluate, margins, report, sweep, train, tune
+from mcel.cli import attack, demo, evaluate, maps, margins, report, sweep, train, tune
 from mcel.errors import MCELError
 
 EXIT_USAGE = 2
-COMMANDS = (train, evaluate, demo, sweep, margins, tune, report, attack)  # in the order of --help
+COMMANDS = (train, evaluate, demo, sweep, margins, tune, report, attack,
+            maps)  # in the order of --help
 
 
 class _Parser(argparse.ArgumentParser):

@@ -35,7 +35,9 @@ def add_eval_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="fault seed")
     p.add_argument("--error-model", default=None,
                    help="e.g. 'p01=1e-3,p10=1e-2', 'ber=1e-3,protected=-1', 'stuck_at=1e-3'; "
-                        "--ber then sets its largest rate (default: uniform flips)")
+                        "--ber then sets its largest rate (default: uniform flips); or an "
+                        "error map 'map=chip.npz[,shift=1,persistent=0,word_bits=32]' (mcel "
+                        "make-map): --ber then sets its mean rate")
     p.add_argument("--targets", default=None, metavar=listed(TARGETS),
                    help="comma-separated parts that take faults (default: the error "
                         "model's, weights)")
@@ -97,12 +99,12 @@ def print_eval(res) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from mcel.faults import BitErrorModel
+    from mcel.faults import error_model_from_dict
 
-    shape = BitErrorModel(**{k: tuple(v) if isinstance(v, list) else v
-                             for k, v in res.error_model.items()}).describe()
+    em = error_model_from_dict(res.error_model)
+    shape = em.describe()
     shape = ("uniform flips in the weights" if shape.startswith("ber=") and "," not in shape
-             else f"error model {shape} (each BER sets its largest rate)")
+             else f"error model {shape} (each BER sets its {em.ber_sets})")
     took = f"{res.seconds:.2f} s" if res.seconds < 100 else f"{res.seconds:.0f} s"
     t = Table(title=f"clean accuracy {100 * res.clean_accuracy:.2f}%",
               caption=f"{res.meta.get('samples', '?')} test images, {res.meta.get('fmt', '?')}, "

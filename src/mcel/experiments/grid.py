@@ -379,7 +379,7 @@ def _int(raw: Any, src: str, key: str, *, lo: int, default: int | None) -> int |
 
 
 def _eval_plan(ev: Mapping[str, Any], config: TrainConfig, src: str) -> EvalPlan:
-    from mcel.faults import parse_error_model
+    from mcel.faults import BitErrorModel, parse_error_model
     from mcel.quant import list_formats, parse_scheme
 
     bers = _bers_for(ev.get("bers"), config, src)
@@ -406,10 +406,10 @@ def _eval_plan(ev: Mapping[str, Any], config: TrainConfig, src: str) -> EvalPlan
                             f"'p01=1e-3,p10=1e-2', got {spec!r}")
         try:
             em = parse_error_model(spec)
-            if not em.is_uniform and em.max_rate() == 0:
+            if isinstance(em, BitErrorModel) and not em.is_uniform and em.max_rate() == 0:
                 raise MCELError("it has no nonzero rate for the BER axis to scale")
             if bits is not None:
-                em.rate_tables(bits)  # bit_rates length, protected bits vs code width
+                em.check_bits(bits)  # bit_rates length, protected bits vs code width
             if "activations" in em.targets and config.act_bits is None:
                 raise MCELError("it targets activations, but the model's activations are "
                                 "not quantized; set act_bits")

@@ -8,7 +8,17 @@
 True
 """
 
-from mcel.faults.error_model import MODES, TARGETS, BitErrorModel, parse_error_model
+from mcel.faults.error_map import ErrorMap
+from mcel.faults.error_model import (
+    ERROR_MODELS,
+    MODES,
+    TARGETS,
+    BitErrorModel,
+    ErrorModel,
+    error_model_from_dict,
+    parse_error_model,
+)
+from mcel.faults.layout import MemoryLayout
 from mcel.faults.sampler import (
     FaultKey,
     FlipMask,
@@ -18,10 +28,18 @@ from mcel.faults.sampler import (
     sample_mask,
 )
 
+# error-model kinds besides BitErrorModel ("bits"), by the spec key that starts their spec
+ERROR_MODELS.add("map", ErrorMap)
+
 __all__ = [
     "MODES",
     "TARGETS",
     "BitErrorModel",
+    "ERROR_MODELS",
+    "ErrorMap",
+    "ErrorModel",
+    "MemoryLayout",
+    "error_model_from_dict",
     "FaultKey",
     "FlipMask",
     "apply_mask_",

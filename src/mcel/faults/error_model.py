@@ -28,6 +28,11 @@ Rates are per stored bit (DESIGN.md: "BER means per stored bit"):
 True
 >>> BitErrorModel(ber=1e-3).with_ber(1e-2).ber
 0.01
+
+Other kinds of error model (an error map read from a file, `mcel.faults.error_map`)
+follow the `ErrorModel` protocol and are registered in `ERROR_MODELS` under the spec key
+that starts their spec (``"map=chip.npz,..."``); the sampler and the engine only use
+the protocol, so a new kind is one new file plus its registration.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ import fnmatch
 import numbers
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import KW_ONLY, dataclass, fields, replace
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -66,6 +71,52 @@ def _items(name: str, value: Any, kind: type, what: str) -> tuple[Any, ...]:
     if not all(isinstance(x, kind) and not isinstance(x, bool) for x in items):
         raise MCELError(f"{name}={value!r}; allowed: {what}")
     return items
+
+
+class ErrorModel(Protocol):
+    """What the sampler, the engine and `mcel.evaluate` use of an error model.
+
+    ``targets``, ``include``, ``exclude`` and ``mode`` mean what they mean for
+    `BitErrorModel`. `place` hands the model where every stored tensor lives (the
+    `MemoryImage`'s slots in order, as ``(name, stored bits)``); a model that does not
+    care returns itself. The sampler draws a `BitErrorModel` with its own ladder (from
+    `BitErrorModel.rate_tables`); any other kind gives the bit positions of one draw in
+    `fault_positions` and the sampler builds, applies and undoes the XOR mask from them.
+    """
+
+    kind: ClassVar[str]  # its spec key and registry name; "bits" for BitErrorModel
+    ber_sets: ClassVar[str]  # what `at_rate` sets to the BER, in words ("largest rate")
+    targets: tuple[str, ...]
+    include: tuple[str, ...]
+    exclude: tuple[str, ...]
+    mode: str
+
+    def applies_to(self, name: str, target: str = "weights") -> bool: ...
+    def at_rate(self, ber: float) -> ErrorModel: ...
+    def check_bits(self, bits: int) -> None: ...
+    def place(self, stored: tuple[tuple[str, int], ...]) -> ErrorModel: ...
+    def to_dict(self) -> dict[str, Any]: ...
+    def describe(self) -> str: ...
+
+
+class DrawnModel(ErrorModel, Protocol):
+    """An error model other than `BitErrorModel`: it draws its own fault positions."""
+
+    def reads_codes(self, bits: int) -> bool:
+        """Whether a draw reads the stored bits (then its masks are kept, not redrawn)."""
+        ...
+
+    def fault_positions(self, codes: Any, bits: int, key: Any) -> np.ndarray:
+        """Sorted unique flat bit positions (``code_index * bits + bit``) of ``codes``
+        whose stored bit changes in the draw named by ``key`` (a `FaultKey`)."""
+        ...
+
+
+# Kinds of error model by spec key: a spec whose first key names a kind is that kind's
+# (``"map=chip.npz,..."``); any other spec is a BitErrorModel's. A new kind is
+# registered in mcel/faults/__init__.py (so that importing its module twice, as
+# doctest collection may, cannot register it twice).
+ERROR_MODELS: Registry[Any] = Registry("error-model kind")
 
 
 @dataclass(frozen=True)
@@ -132,6 +183,9 @@ class BitErrorModel:
         put("exclude", _items("exclude", self.exclude, str, "fnmatch patterns"))
         if self.mode not in MODES:
             raise MCELError(f"mode={self.mode!r}; allowed: {', '.join(MODES)}")
+
+    kind: ClassVar[str] = "bits"
+    ber_sets: ClassVar[str] = "largest rate"
 
     # -- derived views -------------------------------------------------------------
 
@@ -205,6 +259,15 @@ class BitErrorModel:
         r1[prot] = 0.0
         return r0, r1
 
+    def check_bits(self, bits: int) -> None:
+        """One MCELError line when the model cannot be drawn for ``bits``-wide codes
+        (``bit_rates`` of another length, a protected bit outside the code)."""
+        self.rate_tables(bits)
+
+    def place(self, stored: tuple[tuple[str, int], ...]) -> BitErrorModel:
+        """Itself: per-bit rates do not depend on where a tensor is stored."""
+        return self
+
     def applies_to(self, name: str, target: str = "weights") -> bool:
         """Whether tensor ``name`` of kind ``target`` is exposed to this model."""
         if target not in self.targets:
@@ -222,6 +285,11 @@ class BitErrorModel:
             v = getattr(self, f.name)
             out[f.name] = list(v) if isinstance(v, tuple) else v
         return out
+
+    @classmethod
+    def parse(cls, spec: str) -> BitErrorModel:
+        """A model from a spec in `parse_error_model` syntax."""
+        return _parse_bits(spec)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> BitErrorModel:
@@ -297,19 +365,33 @@ _KEYS.add("exclude", ("exclude", tuple))
 _KEYS.add("mode", ("mode", _one("mode", str)))
 
 
-def parse_error_model(spec: str) -> BitErrorModel:
+def parse_error_model(spec: str) -> ErrorModel:
     """Parse ``"key=value,..."``; a comma-separated item without ``=`` continues the
-    previous key's list (``"ber=1e-2,protected=7,6"``, ``"bit_rates=0,0,1e-3"``).
+    previous key's list (``"ber=1e-2,protected=7,6"``, ``"bit_rates=0,0,1e-3"``). A spec
+    whose first key names a registered kind (``"map=chip.npz,..."``) is that kind's;
+    any other is a `BitErrorModel`'s.
 
     >>> parse_error_model("stuck_at=1e-3,stuck_value=1").stuck_value
     1
     """
+    first = spec.split(",", 1)[0].partition("=")[0].strip()
+    return ERROR_MODELS.get(first if first in ERROR_MODELS else "bits").parse(spec)
+
+
+def error_model_from_dict(d: Mapping[str, Any]) -> ErrorModel:
+    """The model that ``to_dict`` gave ``d``: its ``"kind"`` names the kind (none: a
+    `BitErrorModel`, whose dict has no kind, so stored results read as before)."""
+    kind = d.get("kind", "bits")
+    return ERROR_MODELS.get(kind).from_dict({k: v for k, v in d.items() if k != "kind"})
+
+
+def spec_items(spec: str) -> dict[str, list[str]]:
+    """``"k=v,w,k2=v2"`` -> ``{"k": ["v", "w"], "k2": ["v2"]}`` (keys not checked)."""
     raw: dict[str, list[str]] = {}
     key: str | None = None
     for item in (s.strip() for s in spec.split(",")):
         if "=" in item:
             key, _, val = (x.strip() for x in item.partition("="))
-            _KEYS.get(key)  # unknown key -> MCELError listing the valid ones
             if key in raw:
                 raise MCELError(f"'{key}' is given twice in error model '{spec}'")
             raw[key] = [val]
@@ -317,8 +399,15 @@ def parse_error_model(spec: str) -> BitErrorModel:
             raw[key].append(item)
         elif item or not spec.strip():
             raise MCELError(f"cannot parse error model '{spec}'; expected e.g. 'ber=1e-3'")
+    return raw
+
+
+def _parse_bits(spec: str) -> BitErrorModel:
     kw = {}
-    for k, vals in raw.items():
-        name, conv = _KEYS.get(k)
+    for k, vals in spec_items(spec).items():
+        name, conv = _KEYS.get(k)  # unknown key -> MCELError listing the valid ones
         kw[name] = conv(vals)
     return BitErrorModel(**kw)
+
+
+ERROR_MODELS.add("bits", BitErrorModel)

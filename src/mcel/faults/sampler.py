@@ -33,7 +33,7 @@ import torch
 
 from mcel.errors import MCELError
 from mcel.faults import native
-from mcel.faults.error_model import BitErrorModel
+from mcel.faults.error_model import BitErrorModel, DrawnModel
 from mcel.faults.ladder import TimeFn, rate_time, sample_ladder
 
 # Independent random streams per key: (marks, heights) of flips, then of stuck cells.
@@ -194,7 +194,7 @@ def _mask_from_positions(pos: np.ndarray, bits: int, codes: torch.Tensor) -> Fli
 def sample_mask(
     codes: torch.Tensor,
     bits: int,
-    error_model: BitErrorModel,
+    error_model: BitErrorModel | DrawnModel,
     *,
     seed: int,
     trial: int,
@@ -215,10 +215,16 @@ def sample_mask(
 
 
 def _sample(
-    codes: torch.Tensor, bits: int, error_model: BitErrorModel, key: FaultKey, apply: bool
+    codes: torch.Tensor, bits: int, error_model: BitErrorModel | DrawnModel, key: FaultKey,
+    apply: bool
 ) -> FlipMask:
     """`sample_mask`; with ``apply`` the mask is also XORed into ``codes``."""
     bits = _check_codes(codes, bits)
+    if not isinstance(error_model, BitErrorModel):  # a kind that draws its own positions
+        mask = _mask_from_positions(error_model.fault_positions(codes, bits, key), bits, codes)
+        if apply:
+            apply_mask_(codes, mask)
+        return mask
     n = codes.numel() * bits
     flat = codes.view(-1)
     rates = _rates(error_model, bits)
@@ -282,9 +288,11 @@ def _rates(error_model: BitErrorModel, bits: int) -> _Rates:
     return _Rates(prot, r0, r1, top, mode, table, bitmask)
 
 
-def reads_codes(error_model: BitErrorModel, bits: int) -> bool:
+def reads_codes(error_model: BitErrorModel | DrawnModel, bits: int) -> bool:
     """Whether a draw for ``bits``-wide codes reads the stored bits (asymmetric rates,
     stuck cells): only then can a mask not be drawn again after it changed them."""
+    if not isinstance(error_model, BitErrorModel):
+        return error_model.reads_codes(bits)
     return bool(error_model.stuck_at) or _rates(error_model, bits).mode == 2
 
 
@@ -328,14 +336,16 @@ def apply_mask_(codes: torch.Tensor, mask: FlipMask) -> torch.Tensor:
 
 
 def inject_(
-    codes: torch.Tensor, bits: int, error_model: BitErrorModel, generator: FaultKey | int
+    codes: torch.Tensor, bits: int, error_model: BitErrorModel | DrawnModel,
+    generator: FaultKey | int,
 ) -> FlipMask:
     """Sample the faults for key ``generator`` and XOR them into ``codes`` in place."""
     return _sample(codes, bits, error_model, FaultKey.coerce(generator), apply=True)
 
 
 def inject(
-    codes: torch.Tensor, bits: int, error_model: BitErrorModel, generator: FaultKey | int
+    codes: torch.Tensor, bits: int, error_model: BitErrorModel | DrawnModel,
+    generator: FaultKey | int,
 ) -> torch.Tensor:
     """Out-of-place `inject_`: a faulty copy of ``codes``."""
     out = codes.clone()
