@@ -163,17 +163,6 @@ POSITIONAL_ALLOWED = frozenset({
     "mcel.analysis.survival",  # survival(model, x, y, ber, error_model), like evaluate
     "mcel.losses.MCELoss.__init__",  # nn.CrossEntropyLoss's signature, plus the margin
 })
-# Still to be made keyword-only: these files were being edited by a concurrent change
-# when the check came in (issue 15). The list may only shrink (checked below).
-POSITIONAL_PENDING = frozenset({
-    "mcel.engine._Transient.__init__",
-    "mcel.faults.ladder.sample_ladder",
-    "mcel.faults.sampler._sample",
-    "mcel.faults.sampler._native_flips",
-    "mcel.quant.core._quantize",
-    "mcel.quant.core.fake_quantize",
-    "mcel.quant.layers._QuantMixin._init_quant",
-})
 
 
 def functions(modules: dict[str, Path]):
@@ -217,16 +206,15 @@ def test_no_function_is_over_sixty_lines():
 
 
 def test_calls_of_more_than_four_arguments_name_them():
-    allowed = POSITIONAL_ALLOWED | POSITIONAL_PENDING
     assert [f for f in positional_heavy(package_modules())
-            if f.split(" ")[0] not in allowed] == []
+            if f.split(" ")[0] not in POSITIONAL_ALLOWED] == []
 
 
 def test_the_allow_lists_hold_only_what_needs_them():
     # an entry for a function that is gone or now fits would hide the next offender
     long = {f.split(" ")[0] for f in long_functions(package_modules())}
     heavy = {f.split(" ")[0] for f in positional_heavy(package_modules())}
-    assert LONG_ALLOWED <= long and POSITIONAL_ALLOWED | POSITIONAL_PENDING <= heavy
+    assert LONG_ALLOWED <= long and POSITIONAL_ALLOWED <= heavy
 
 
 def test_the_size_checks_can_fail(tmp_path):

@@ -261,7 +261,7 @@ class _Transient:
     """The faults of one tensor, redrawn at every forward (trial = the forward counter)."""
 
     def __init__(self, error_model: BitErrorModel, seed: int, name: str,
-                 counter: _CallCounter, step: int = 0) -> None:
+                 counter: _CallCounter, *, step: int = 0) -> None:
         self.error_model, self.seed, self.name, self.counter = error_model, seed, name, counter
         self.step = step
 
@@ -329,13 +329,14 @@ def transient_weight_faults(model: nn.Module, error_model: BitErrorModel | None,
         for name, layer in layers:
             if "weights" in targets and error_model.applies_to(name, "weights"):
                 layer.weight_fault = _Transient(error_model, seed, f"{name}.weight", counter,
-                                                step)
+                                                step=step)
                 hooked.append(layer)
             if "activations" in targets and error_model.applies_to(name, "activations"):
                 if layer.act_bits is None:
                     raise MCELError(f"activation faults need quantized activations, but layer "
                                     f"'{name}' has none; train with --act-bits K")
-                layer.act_fault = _Transient(error_model, seed, f"{name}.act", counter, step)
+                layer.act_fault = _Transient(error_model, seed, f"{name}.act", counter,
+                                             step=step)
                 hooked.append(layer)
         yield
     finally:

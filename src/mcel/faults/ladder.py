@@ -77,6 +77,7 @@ def sample_ladder(
     rng_times: np.random.Generator,
     n: int,
     top: float,
+    *,
     time_of: TimeFn | None = None,
 ) -> np.ndarray:
     """Sorted unique int64 cells of ``range(n)`` hit at rate ``top``, or, with

@@ -216,7 +216,7 @@ def sample_mask(
 
 def _sample(
     codes: torch.Tensor, bits: int, error_model: BitErrorModel | DrawnModel, key: FaultKey,
-    apply: bool
+    *, apply: bool
 ) -> FlipMask:
     """`sample_mask`; with ``apply`` the mask is also XORed into ``codes``."""
     bits = _check_codes(codes, bits)
@@ -230,13 +230,13 @@ def _sample(
     rates = _rates(error_model, bits)
     prot, top = rates.prot, rates.top
     if top > 0.0 and not error_model.stuck_at:
-        mask = _native_flips(flat, bits, key, rates, apply)
+        mask = _native_flips(flat, bits, key, rates, apply=apply)
         if mask is not None:
             return mask
     pos = np.empty(0, np.int64)
     if top > 0.0:
         time_of = _time_fn(rates, flat, bits)
-        pos = sample_ladder(*key.rngs(_FLIPS), n, top, time_of)
+        pos = sample_ladder(*key.rngs(_FLIPS), n, top, time_of=time_of)
         if time_of is None and prot.any():  # uniform: drop protected positions after
             pos = np.compress(~prot[pos % bits], pos)
     if error_model.stuck_at:
@@ -297,7 +297,7 @@ def reads_codes(error_model: BitErrorModel | DrawnModel, bits: int) -> bool:
 
 
 def _native_flips(
-    flat: torch.Tensor, bits: int, key: FaultKey, rates: _Rates, apply: bool
+    flat: torch.Tensor, bits: int, key: FaultKey, rates: _Rates, *, apply: bool
 ) -> FlipMask | None:
     """The flips by the native kernel (`mcel.faults.native`), bit-identical to the numpy
     path; None where it does not apply (then the caller samples in numpy)."""

@@ -244,7 +244,8 @@ def quantize(
     >>> torch.equal(quantize(qt.dequantize(), 8, granularity="channel").codes, qt.codes)
     True
     """
-    return _quantize(tensor, bits, scheme, fmt, granularity, clip)[0]
+    return _quantize(tensor, bits, scheme=scheme, fmt=fmt, granularity=granularity,
+                     clip=clip)[0]
 
 
 def quantize_values(
@@ -263,15 +264,16 @@ def quantize_values(
     >>> torch.equal(values, qt.dequantize())
     True
     """
-    qt, levels = _quantize(tensor, bits, scheme, fmt, granularity, clip)
+    qt, levels = _quantize(tensor, bits, scheme=scheme, fmt=fmt, granularity=granularity,
+                           clip=clip)
     # the value table holds exactly these levels; "+ 0" turns a rounded -0.0 into the
     # table's +0.0, so the values match dequantize() bit for bit
     return qt, levels.mul_(qt.scale).add_(0.0)
 
 
 def _quantize(
-    tensor: Tensor, bits: int, scheme: str, fmt: str, granularity: str,
-    clip: float | None = None,
+    tensor: Tensor, bits: int, *, scheme: str, fmt: str, granularity: str,
+    clip: float | None,
 ) -> tuple[QuantizedTensor, Tensor]:
     spec = SCHEMES.get(scheme)
     check_bits(scheme, bits)
@@ -302,7 +304,7 @@ def float_values(tensor: Tensor, fmt: str) -> tuple[QuantizedTensor, Tensor]:
     return qt, qt.dequantize()
 
 
-def fake_quantize(w: Tensor, scheme: str, bits: int, granularity: str = "tensor",
+def fake_quantize(w: Tensor, scheme: str, bits: int, granularity: str = "tensor", *,
                   clip: float | None = None) -> Tensor:
     """Quantize-dequantize with a straight-through estimator: the forward sees the
     quantized values, the backward passes the gradient to the latent float weights."""

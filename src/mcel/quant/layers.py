@@ -107,8 +107,8 @@ class _QuantMixin:
     weight: nn.Parameter
     bias: nn.Parameter | None
 
-    def _init_quant(self, scheme: str, bits: int, fmt: str, granularity: str,
-                    act_bits: int | None, clip: float | None = None) -> None:
+    def _init_quant(self, *, scheme: str, bits: int, fmt: str, granularity: str,
+                    act_bits: int | None, clip: float | None) -> None:
         check_bits(scheme, bits)
         self.scheme, self.bits, self.fmt, self.granularity = scheme, bits, fmt, granularity
         self.clip = None if clip is None else float(clip)
@@ -131,7 +131,7 @@ class _QuantMixin:
             return self.weight_override
         if self.weight_fault is None:
             return fake_quantize(self.weight, self.scheme, self.bits, self.granularity,
-                                 self.clip)
+                                 clip=self.clip)
         # a fault hook may compute the faulty values itself, touching only what flips
         sparse = getattr(self.weight_fault, "faulty_values", None)
         faulty = sparse(self) if sparse is not None else None
@@ -174,7 +174,8 @@ class QuantLinear(_QuantMixin, nn.Linear):
                  granularity: str = "tensor", act_bits: int | None = None,
                  clip: float | None = None) -> None:
         super().__init__(in_features, out_features, bias)
-        self._init_quant(scheme, bits, fmt, granularity, act_bits, clip)
+        self._init_quant(scheme=scheme, bits=bits, fmt=fmt, granularity=granularity,
+                         act_bits=act_bits, clip=clip)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(self.quantize_input(x), self.effective_weight(), self.effective_bias())
@@ -190,7 +191,8 @@ class QuantConv2d(_QuantMixin, nn.Conv2d):
                  granularity: str = "tensor", act_bits: int | None = None,
                  clip: float | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._init_quant(scheme, bits, fmt, granularity, act_bits, clip)
+        self._init_quant(scheme=scheme, bits=bits, fmt=fmt, granularity=granularity,
+                         act_bits=act_bits, clip=clip)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.quantize_input(x)
