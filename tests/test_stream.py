@@ -61,3 +61,82 @@ def test_bad_streams(setup):
     big = [(x[:10], torch.full((10,), 99))]
     with pytest.raises(MCELError, match="label 99 is out of range"):
         evaluate(model, big, None, [0.01], trials=1)
+
+
+class _Replay:
+    """Re-iterable batches whose later passes go through ``later`` (the first pass is
+    ``batches`` as they are)."""
+
+    def __init__(self, batches, later):
+        self.batches, self.later, self.passes = batches, later, 0
+
+    def __iter__(self):
+        self.passes += 1
+        for xb, yb in self.batches:
+            yield (xb, yb) if self.passes == 1 else self.later(xb, yb)
+
+
+def test_images_reordered_among_equal_labels_are_refused(setup):
+    model, x, y = setup
+    i, j = [int(k) for k in torch.nonzero(y[:100] == y[0]).flatten()[:2]]
+    assert not torch.equal(x[i], x[j])
+
+    def swap(xb, yb):  # same labels in the same order, two images trade places
+        xb = xb.clone()
+        xb[[i, j]] = xb[[j, i]]
+        return xb, yb
+
+    with pytest.raises(MCELError, match="shuffle=False"):
+        evaluate(model, _Replay([(x[:100], y[:100])], swap), None, [0.01], trials=1)
+
+
+def test_the_same_values_in_another_layout_are_accepted(setup):
+    model, x, y = setup
+    batches = [(x[k:k + 100], y[k:k + 100]) for k in range(0, 300, 100)]
+
+    def column_major(xb, yb):  # the same values, each image stored transposed
+        xt = xb.transpose(2, 3).contiguous().transpose(2, 3)
+        assert torch.equal(xt, xb) and not xt.is_contiguous()
+        return xt, yb
+
+    replay = _Replay(batches, column_major)
+    a = evaluate(model, replay, None, [0.05], trials=3, seed=1)
+    b = evaluate(model, x, y, [0.05], trials=3, seed=1, batch_size=100)
+    assert replay.passes == 4 and a.results[0].accuracies == b.results[0].accuracies
+
+
+def test_a_nan_image_is_not_taken_for_a_reshuffle(setup):
+    model, x, y = setup
+    xn = x[:100].clone()
+    xn[3, 0, 0, 0] = float("nan")
+    res = evaluate(model, [(xn, y[:100])], None, [0.01], trials=2)
+    assert res.results[0].trials == 2
+
+
+def test_the_stream_benchmarks_lazy_dataset_reads_what_load_dataset_does(tmp_path):
+    """benchmarks/bench_stream.py reads IDX files batch by batch: the same tensors, bit for
+    bit, as mcel's loader, which reads them whole."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        bench = importlib.import_module("bench_stream")
+    finally:
+        sys.path.pop(0)
+    bench.write_fake_idx(tmp_path, "test", 300)
+    bench.write_fake_idx(tmp_path, "train", 20)  # load_dataset wants all four files
+    (tmp_path / "raw").mkdir()
+    files = bench.unpack(tmp_path, "test", tmp_path / "raw")
+    x, y = load_dataset(bench.NAME, "test", tmp_path)
+    loader = bench.loader(files, batch_size=128)
+    xs, ys = zip(*loader)
+    assert [len(b) for b in ys] == [128, 128, 44]
+    assert torch.equal(torch.cat(xs), x) and torch.equal(torch.cat(ys), y)
+    xi, yi = loader.dataset[[7, 8, 9, 2, 250]]  # runs of consecutive indices
+    assert torch.equal(xi, x[[7, 8, 9, 2, 250]]) and torch.equal(yi, y[[7, 8, 9, 2, 250]])
+    assert torch.equal(loader.dataset[5][0], x[5]) and int(loader.dataset[5][1]) == int(y[5])
+    assert len(bench.loader(files, limit=100).dataset) == 100
+    with pytest.raises(IndexError):
+        loader.dataset[[299, 300]]
