@@ -126,13 +126,40 @@ class EvalResult:
                  "std": r.std, "trials": r.trials} for r in self.results]
 
 
+class _Column:
+    """A 1-D tensor built batch by batch, in storage that doubles when full (or holds
+    ``capacity`` from the start): a few allocations for any number of batches. A small
+    tensor kept per batch would lie between that batch's large freed blocks, and glibc,
+    serving those from its heap, then keeps about 1 MiB resident per batch: the peak of
+    a stream would grow with the dataset."""
+
+    def __init__(self, capacity: int = 0) -> None:
+        self.data: Tensor | None = None
+        self.n, self.capacity = 0, capacity
+
+    def append(self, t: Tensor) -> None:
+        end = self.n + len(t)
+        if self.data is None or end > len(self.data):
+            grown = (t if self.data is None else self.data).new_empty(
+                self.capacity if self.capacity >= end else 2 * end)
+            if self.data is not None:
+                grown[:self.n] = self.data[:self.n]
+            self.data = grown
+        self.data[self.n:end] = t
+        self.n = end
+
+    def values(self) -> Tensor:
+        return self.data[:self.n]
+
+
 class _Forward:
     """Predictions (and per-sample correctness) of the model on fixed data: ``(x, y)``
     tensors, cut into ``batch_size`` slices, or any re-iterable of ``(x, y)`` batches (a
     DataLoader), streamed: its images are never held all at once. Every pass must give
     the same batches in the same order (checked: the labels and a fingerprint of each
-    sample), or the trials would not see the same data. A stream keeps 12 bytes per
-    sample for that: its label (which the statistics need anyway) and its fingerprint."""
+    sample), or the trials would not see the same data. A stream keeps about 12 bytes
+    per sample for that: its label (which the statistics need anyway) and its
+    fingerprint."""
 
     def __init__(self, model: nn.Module, x, y: Tensor | None, *, batch_size: int,
                  precision: str = "fp32") -> None:
@@ -142,7 +169,9 @@ class _Forward:
         self.x = None if y is None else x.to(self.dev)
         self.y = None if y is None else y.to(self.dev)
         self.max_label = None if y is None else int(y.max())  # once: no GPU wait per trial
-        self._seen: list[tuple[Tensor, Tensor]] = []  # per streamed batch: labels, fingerprint
+        # what the first streamed pass saw: labels and fingerprints, and where each
+        # batch ends
+        self._labels, self._prints, self._ends = _Column(), _Column(), [0]
 
     def batches(self):
         if self.loader is None:
@@ -158,30 +187,39 @@ class _Forward:
             xb, yb = _pair(batch)
             if first:
                 xb, yb = check_data(xb, yb)
-                self._seen.append((yb.cpu(), _fingerprint(xb)))
-            elif (n > len(self._seen) or not torch.equal(yb.cpu(), self._seen[n - 1][0])
-                  or not _same_bits(_fingerprint(xb), self._seen[n - 1][1])):
+                self._labels.append(yb.cpu().long())
+                self._prints.append(_fingerprint(xb))
+                self._ends.append(self._labels.n)
+            elif n >= len(self._ends) or not self._same_batch(n - 1, xb, yb):
                 raise MCELError(_RESHUFFLED)
             yield xb.to(self.dev)
         if first:
-            if not self._seen:
+            if n == 0:
                 raise MCELError("the data gave no batches")
-            self.y = torch.cat([s[0] for s in self._seen]).to(self.dev)
+            self.y = self._labels.values().to(self.dev)
             self.max_label = int(self.y.max())
-        elif n != len(self._seen):
+        elif n != len(self._ends) - 1:
             raise MCELError(_RESHUFFLED if n else "the data gave no batches on its second "
                             "pass (a generator?); pass a DataLoader or a list of batches, "
                             "which every trial can read again")
 
+    def _same_batch(self, i: int, xb: Tensor, yb: Tensor) -> bool:
+        """Whether a later pass's batch ``i`` is the first pass's (labels, fingerprints)."""
+        lo, hi = self._ends[i], self._ends[i + 1]
+        prints = self._prints.values()[lo:hi]
+        return (yb.shape == (hi - lo,) and not yb.dtype.is_floating_point
+                and torch.equal(yb.cpu().long(), self._labels.values()[lo:hi])
+                and _same_bits(_fingerprint(xb).to(prints), prints))
+
     @torch.inference_mode()
     def predict(self, precision: str | None = None) -> Tensor:
-        outs = []
+        outs = _Column(0 if self.y is None else len(self.y))
         with autocast(precision or self.precision, self.dev):
             for xb in self.batches():
                 logits = self.model(xb)
                 outs.append(predicted(logits))
         check_labels_fit(self.max_label, logits)  # known once the first pass is over
-        return torch.cat(outs)
+        return outs.values()
 
     def correct(self) -> Tensor:
         return self.predict() == self.y
