@@ -28,7 +28,10 @@ test split (10,000), with an int4 MLP (``hidden=HIDDEN``) on one torch thread:
    Goal: the streamed peak does not depend on the dataset size: its growth on the train
    split is within ``MEMORY_TOLERANCE_MIB`` of the test split's (what evaluate keeps per
    image, its label, fingerprint and predictions, is some 40 bytes: 2 MiB for the 50,000
-   extra images), while the tensor path's grows with the data. Judged for both settings.
+   extra images), while the tensor path's grows with the data. Judged on the live
+   figure, as in bench_memory: under the default settings the peak also depends on the
+   order in which glibc reuses freed blocks, and scatters by several MiB between runs
+   (reported beside it).
 
 2. Speed, on the test split (``--quick``: its first 2,000 images): seconds per faulty
    trial (``EvalResult.results[0].trial_seconds``: inject, one pass over the data,
@@ -324,8 +327,9 @@ def measure_memory(folder: Path, files: dict[str, tuple[Path, Path]], repeats: i
     return out
 
 
-def _memory_summary(cases: dict[str, Any]) -> dict[str, Any]:
-    """Peaks of one allocator setting, and how each path grows from test to train."""
+def _memory_summary(cases: dict[str, Any], judged: bool) -> dict[str, Any]:
+    """Peaks of one allocator setting, and how each path grows from test to train; with
+    ``judged``, the goal."""
     if any(c["peak_rss_growth"] is None for c in cases.values()):
         return {"note": "peak could not be reset (/proc/self/clear_refs); no growth figures"}
     g = {k: c["peak_rss_growth"] / MIB for k, c in cases.items()}
@@ -338,8 +342,7 @@ def _memory_summary(cases: dict[str, Any]) -> dict[str, Any]:
         "tensor_train_minus_test_mib": round(tensor_diff, 1),
         "stream_bytes_per_extra_image": round(stream_diff * MIB / extra, 1),
         "tensor_bytes_per_extra_image": round(tensor_diff * MIB / extra, 1),
-        "goal": goal(stream_diff, MEMORY_TOLERANCE_MIB),
-    }
+    } | ({"goal": goal(stream_diff, MEMORY_TOLERANCE_MIB)} if judged else {})
 
 
 # ------------------------------------------------------------------------- speed
@@ -390,6 +393,7 @@ def measure_speed(folder: Path, files: tuple[Path, Path], quick: bool) -> dict[s
         read = p["read_from_memory" if c == "loader_memory" else "read_from_disk"]
         out["trial_seconds"][c] = summary(times[f"{c}.trial"])
         out["streamed"][c] = {
+            "tensor_trial_seconds": summary(times["tensor.trial"]),  # its own rounds
             "over_tensor": round(ratio, 4),
             "per_round": [round(a / b, 3) for a, b in zip(times[f"{c}.trial"],
                                                           times["tensor.trial"])],
@@ -462,7 +466,7 @@ def run(device: str = "cpu", quick: bool = False, data_dir: str | None = None) -
         "same_clean_accuracy": all(c[f"tensor/{sp}"]["clean_accuracy"]
                                    == c[f"stream/{sp}"]["clean_accuracy"]
                                    for c in memory.values() for sp in FILES),
-        "memory": {a: _memory_summary(c) for a, c in memory.items()},
+        "memory": {a: _memory_summary(c, judged=a == "live") for a, c in memory.items()},
         "speed": speed,
     }
 
@@ -480,8 +484,9 @@ def format_result(res: dict[str, Any]) -> str:
         for a, v in m.items():
             lines.append(f"{a} allocator: streamed train - test {v['stream_train_minus_test_mib']} "
                          f"MiB ({v['stream_bytes_per_extra_image']} B per extra image; tensor "
-                         f"path {v['tensor_bytes_per_extra_image']} B); goal <= "
-                         f"{MEMORY_TOLERANCE_MIB} MiB met: {v['goal']['met']}")
+                         f"path {v['tensor_bytes_per_extra_image']} B)"
+                         + (f"; goal <= {MEMORY_TOLERANCE_MIB} MiB met: {v['goal']['met']}"
+                            if "goal" in v else ""))
     else:
         lines.append(next(v["note"] for v in m.values() if "note" in v))
     t = s["trial_seconds"]

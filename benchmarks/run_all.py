@@ -654,9 +654,9 @@ def _sec_stream(r: dict, goals: list) -> list[str]:
                  f"({v['tensor_bytes_per_extra_image']:.0f} bytes per extra image).")
         goals.append([f"stream: peak growth train - test ({extra:,} more images), {a}"
                       + (" allocator" if a == "default" else " memory"),
-                      f"<= {v['goal']['limit']:g} MiB",
+                      f"<= {m['live']['goal']['limit']:g} MiB",
                       f"{v['stream_train_minus_test_mib']:+.1f} MiB",
-                      _met(v["goal"])])
+                      _met(v["goal"]) if "goal" in v else "(reported; judged on live)"])
     L += ["", "A stream keeps per image its label (8 bytes, which the statistics need), its "
           "fingerprint for the reshuffle check (a float32 sum, 4 bytes) and each pass's "
           "predictions (8 bytes, and the correctness mask): some 30 to 40 bytes; the live "
@@ -665,7 +665,10 @@ def _sec_stream(r: dict, goals: list) -> list[str]:
           "lie between each batch's large freed blocks, which glibc (its mmap threshold "
           "raised after the first large free) serves from its heap, and the default "
           "allocator then kept about 1 MiB resident per batch (+45 MiB from the test to the "
-          "train split, in this benchmark's run before the change).", ""]
+          "train split, in this benchmark's run before the change). Under the default "
+          "settings the peak still depends on the order in which glibc reuses freed blocks "
+          "and scatters by several MiB between runs (all peaks are in the JSON), so the "
+          f"goal is judged on the live figure, as in section {_number('memory')}.", ""]
     s = r["speed"]
     t = s["trial_seconds"]
     L += [f"Speed on {s['images']:,} test images: seconds per faulty trial (inject, one pass, "
@@ -676,23 +679,26 @@ def _sec_stream(r: dict, goals: list) -> list[str]:
           f"tensor path only evaluate's streaming costs. 'From disk' reads and normalises "
           f"every batch again in every pass, work the tensor path did once at load. 'From "
           f"parts' is 1 + (reading + checks, each timed alone per pass) / tensor trial.", ""]
-    rows = [["tensor path", f"{t['tensor']['median']:.4f}", "1", "", "", "", "", ""]]
+    rows = []
     names = {"loader_memory": "streamed, over memory", "loader_disk": "streamed, from disk"}
     for c, v in s["streamed"].items():
-        rows.append([names[c], f"{t[c]['median']:.4f}", f"{v['over_tensor']:.3f}",
+        own = v.get("tensor_trial_seconds", t["tensor"])["median"]
+        rows.append([names[c], f"{t[c]['median']:.4f}", f"{own:.4f}", f"{v['over_tensor']:.3f}",
                      f"{min(v['per_round']):.2f}..{max(v['per_round']):.2f}",
                      f"{v['over_tensor_cpu_time_per_call']:.3f}",
                      f"{v['over_tensor_from_parts']:.3f}",
                      "yes" if v["same_accuracies"] else "**NO**", _met(v["goal"])])
         goals.append([f"stream: trial, {names[c]} / tensor path", "<= 1.05",
                       f"{v['over_tensor']:.3f}", _met(v["goal"])])
-    L += _md_table(["case", "s per trial", "/ tensor", "per-round range", "CPU time / tensor "
-                    "(per call)", "from parts", "same accuracies", "goal <= 1.05"], rows)
+    L += _md_table(["case", "s per trial", "tensor path, same rounds", "/ tensor",
+                    "per-round range", "CPU time / tensor (per call)", "from parts",
+                    "same accuracies", "goal <= 1.05"], rows)
     p = s["parts_ms_per_pass"]
-    trial_ms = 1e3 * t["tensor"]["median"]
+    trial_ms = 1e3 * t["tensor"]["median"]  # over both comparisons' rounds
     L += [f"Per pass: reading the batches from memory {p['read_from_memory']} ms, from disk "
           f"{p['read_from_disk']} ms; the checks of a later pass (labels, each sample's sum) "
-          f"{p['checks']} ms; a tensor-path trial {trial_ms:.1f} ms.", ""]
+          f"{p['checks']} ms; a tensor-path trial {trial_ms:.1f} ms (median of all its "
+          f"rounds).", ""]
     disk = s["streamed"]["loader_disk"]
     if not disk["goal"]["met"]:
         L += [f"From disk the goal is missed by the data's own cost: reading and normalising "
