@@ -17,6 +17,12 @@ number format they are stored in:
 So each flip costs one forward + backward on the attack batch plus ``layers x
 candidates`` forwards on it. The model is restored bit for bit afterwards (checked), and
 the search is deterministic: ties are broken by layer order and flat index.
+
+`attack_run` attacks a trained run folder with `AttackSettings` (what ``mcel attack``
+runs, once per run folder or once for every run of a sweep's database): the attack batch
+is drawn from the training split with the settings' seed, accuracy is measured on the
+first test images, and the result records the settings, so a folder of results can tell
+whether a new request matches them.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ import fnmatch
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -65,6 +73,88 @@ class AttackResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AttackResult:
+        """The result a JSON file of ``to_dict`` holds (one MCELError line if it is not
+        one)."""
+        try:
+            return cls(flips=[Flip(**f) for f in d["flips"]],
+                       accuracy=[float(a) for a in d["accuracy"]],
+                       loss=[float(v) for v in d["loss"]],
+                       seconds=float(d.get("seconds", 0.0)), meta=dict(d.get("meta", {})))
+        except (KeyError, TypeError, ValueError) as e:
+            raise MCELError(f"not an attack result ({type(e).__name__}: {e}); was it written "
+                            "by 'mcel attack'?") from None
+
+
+@dataclass(frozen=True)
+class AttackSettings:
+    """Everything that decides an attack's result on a run (where the data lives and the
+    device do not): the defaults of ``mcel attack``. ``fmt`` None: the run's own number
+    format; ``levels`` None: `default_levels` of the run's dataset; ``stop``: stop once
+    accuracy is at or below the lowest level; ``seed``: the attack batch's draw."""
+
+    budget: int = 20
+    candidates: int = 5
+    fmt: str | None = None
+    layers: tuple[str, ...] = ("*",)
+    attack_samples: int = 128
+    test_samples: int = 1000
+    levels: tuple[float, ...] | None = None
+    stop: bool = False
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["layers"] = list(self.layers)
+        d["levels"] = None if self.levels is None else list(self.levels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AttackSettings:
+        levels = d.get("levels")
+        return cls(**{**d, "layers": tuple(d.get("layers", ("*",))),
+                      "levels": None if levels is None else tuple(levels)})
+
+
+def default_levels(num_classes: int) -> list[float]:
+    """Accuracies whose flip counts are reported unless asked otherwise: half, and 1.1x
+    chance (a model at chance answers at random; 10% over it is where it is broken)."""
+    return [0.5, round(1.1 * (1.0 / num_classes), 4)]
+
+
+def attack_run(run_dir: str | Path, settings: AttackSettings = AttackSettings(), *,
+               device: str = "cpu", data_dir: str | None = None) -> AttackResult:
+    """Attack the trained run in ``run_dir`` with ``settings``; ``data_dir``: the dataset
+    folder (default: the run's own). ``meta`` records the run folder, the format attacked,
+    the flips to each level (None: not within the flips made) and the settings."""
+    import torch
+
+    from mcel.data import dataset_info, load_dataset
+    from mcel.io import JSON_UNITS
+    from mcel.quant import set_format
+    from mcel.runs import load_run
+
+    model, config = load_run(run_dir, device)
+    if settings.fmt:
+        set_format(model, settings.fmt)
+    data_dir = data_dir or config.data_dir
+    # the attacker's batch comes from the training split, drawn with the seed; accuracy
+    # is measured on held-out test images
+    x_tr, y_tr = load_dataset(config.dataset, "train", data_dir)
+    pick = torch.randperm(len(y_tr), generator=torch.Generator().manual_seed(settings.seed))
+    pick = pick[:settings.attack_samples]
+    x_te, y_te = load_dataset(config.dataset, "test", data_dir, limit=settings.test_samples)
+    levels = (list(settings.levels) if settings.levels is not None
+              else default_levels(dataset_info(config.dataset).num_classes))
+    res = bit_flip_attack(model, (x_tr[pick], y_tr[pick]), (x_te, y_te),
+                          budget=settings.budget, candidates=settings.candidates,
+                          layers=settings.layers, stop_at=min(levels) if settings.stop else None)
+    res.meta.update(run_dir=str(run_dir), fmt=settings.fmt or config.fmt, seed=settings.seed,
+                    flips_to={f"{lv:g}": res.flips_to(lv) for lv in levels},
+                    units=JSON_UNITS, settings=settings.to_dict())
+    return res
 
 
 def _grads(model: nn.Module, image: MemoryImage, x: Tensor, y: Tensor) -> tuple[float, list]:
@@ -181,4 +271,5 @@ def _one_flip(model, image, data, *, allowed, candidates) -> tuple[Flip, float]:
     return best[1], best[0]
 
 
-__all__ = ["bit_flip_attack", "AttackResult", "Flip"]
+__all__ = ["AttackResult", "AttackSettings", "Flip", "attack_run", "bit_flip_attack",
+           "default_levels"]

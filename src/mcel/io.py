@@ -18,6 +18,9 @@ from safetensors.torch import load_file, save_file
 
 from mcel.errors import MCELError
 
+# what the JSON files of the commands say of their numbers (the terminal shows percent)
+JSON_UNITS = "accuracies and bit error rates are fractions in [0, 1]"
+
 
 def _umask_mode() -> int:
     """Permissions a plain open() would give (mkstemp makes 0600 files)."""

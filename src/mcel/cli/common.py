@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from mcel.errors import MCELError
+from mcel.io import JSON_UNITS  # re-exported: the commands import it from here
 from mcel.losses import DEFAULT_MARGIN, MHL_MARGIN
 
 
@@ -89,9 +90,6 @@ def _names(module: str, attr: str):
 
     return names
 
-
-# what the JSON files of the commands say of their numbers (the terminal shows percent)
-JSON_UNITS = "accuracies and bit error rates are fractions in [0, 1]"
 
 DEVICE_HELP = ("auto (a CUDA GPU when there is one, else cpu), cpu, cuda or cuda:N; results "
                "on a GPU may differ from the CPU's in the last float bits")

@@ -73,21 +73,42 @@ def _margin_list(obj: Any) -> list[float] | None:
     return None
 
 
+def read_runs(con: sqlite3.Connection) -> tuple[dict[str, Run], list[str]]:
+    """(runs by run_id, notes about rows that could not be used) of an open database."""
+    runs: dict[str, Run] = {}
+    notes: list[str] = []
+    for r in store.read_runs(con):
+        config = _json(r["config"], None)
+        if not isinstance(config, dict):
+            notes.append(f"run {r['run_id']}: config is not a JSON object; left out")
+            continue
+        versions = _json(r["versions"], {})
+        runs[r["run_id"]] = Run(r["run_id"], r["method"], config, r["clean_acc"],
+                                r["train_seconds"], _margin_list(_json(r["margins"], None)),
+                                versions if isinstance(versions, dict) else {}, r["grid"])
+    return runs, notes
+
+
+def load_runs(db_path: str | Path) -> tuple[dict[str, Run], list[str]]:
+    """(runs by run_id, notes about rows that could not be used) of the database at
+    ``db_path``; one MCELError line if it holds none."""
+    con = store.open_readonly(db_path)
+    try:
+        runs, notes = read_runs(con)
+    except sqlite3.DatabaseError as e:
+        raise MCELError(f"cannot read {db_path}: {e}") from None
+    finally:
+        con.close()
+    if not runs:
+        raise MCELError(f"{db_path} holds no runs yet; fill it with a sweep first")
+    return runs, notes
+
+
 def load_results(db_path: str | Path) -> tuple[dict[str, Run], list[Eval], list[str]]:
     """(runs by run_id, evals, notes about rows that could not be used)."""
     con = store.open_readonly(db_path)
-    notes: list[str] = []
     try:
-        runs: dict[str, Run] = {}
-        for r in store.read_runs(con):
-            config = _json(r["config"], None)
-            if not isinstance(config, dict):
-                notes.append(f"run {r['run_id']}: config is not a JSON object; left out")
-                continue
-            versions = _json(r["versions"], {})
-            runs[r["run_id"]] = Run(r["run_id"], r["method"], config, r["clean_acc"],
-                                    r["train_seconds"], _margin_list(_json(r["margins"], None)),
-                                    versions if isinstance(versions, dict) else {}, r["grid"])
+        runs, notes = read_runs(con)
         if not runs:
             raise MCELError(f"{db_path} holds no runs yet; fill it with a sweep first")
         evals: dict[int, Eval] = {}
@@ -110,4 +131,4 @@ def load_results(db_path: str | Path) -> tuple[dict[str, Run], list[Eval], list[
     return runs, list(evals.values()), notes
 
 
-__all__ = ["Eval", "Run", "load_results"]
+__all__ = ["Eval", "Run", "load_results", "load_runs", "read_runs"]

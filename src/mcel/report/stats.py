@@ -88,16 +88,19 @@ def uniform_spec(spec: str) -> bool:
     return em.ber is not None and em == BitErrorModel(ber=em.ber)
 
 
-def _cell(per_seed: dict[Any, float], fallback: tuple[float, float] | None) -> Cell:
-    """An accuracy: its t-interval is clipped to [0, 1], where accuracies live (with two
-    seeds the interval is wide and would otherwise run past 100%)."""
+def seed_cell(per_seed: dict[Any, float], fallback: tuple[float, float] | None = None, *,
+             bounds: tuple[float, float] = (0.0, 1.0)) -> Cell:
+    """A number over training seeds: the mean and its 95% t-interval across them, clipped
+    to ``bounds``, where the quantity lives (an accuracy by default: with two seeds the
+    interval is wide and would otherwise run past 100%). One seed has no interval across
+    seeds: ``fallback`` (the run's own interval), else none."""
     vals = list(per_seed.values())
     if len(vals) >= 2:
         m, lo, hi = t_interval(vals)
-        return Cell(m, max(0.0, lo), min(1.0, hi), per_seed, True)
+        return Cell(m, max(bounds[0], lo), min(bounds[1], hi), per_seed, True)
     m = vals[0]
     lo, hi = fallback if fallback is not None else (m, m)
-    return Cell(m, max(0.0, lo), min(1.0, hi), per_seed, False)
+    return Cell(m, max(bounds[0], lo), min(bounds[1], hi), per_seed, False)
 
 
 def _run_at_ber(evs: list[Eval]) -> tuple[float, tuple[float, float] | None, int]:
@@ -126,33 +129,43 @@ def aggregate(runs: dict[str, Run], evals: list[Eval]) -> tuple[list[Group], lis
     groups = []
     for key in sorted(by_group):
         run_evals = by_group[key]
-        # One line per method label; a label whose runs differ in more than their seed
-        # (another grid with other epochs, say) is split and tagged with a config hash.
-        by_label: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
-        for rid in run_evals:
-            by_label[runs[rid].method][runs[rid].variant()].append(rid)
-        lines = []
-        for label, variants in by_label.items():
-            for variant, rids in sorted(variants.items()):
-                name = label if len(variants) == 1 else f"{label} [{variant}]"
-                if len(variants) > 1:
-                    notes.append(f"{'/'.join(key)}: '{label}' has runs of {len(variants)} "
-                                 f"configs that differ in more than the seed; shown as "
-                                 f"'{label} [config hash]'")
-                lines.append(_line(name, [runs[r] for r in rids], run_evals, notes))
-        lines.sort(key=lambda ln: (not ln.label.startswith(CE_LABEL + " ") and
-                                   ln.label != CE_LABEL, ln.label))
+        lines = [_line(name, line_runs, run_evals, notes) for name, line_runs in
+                 method_lines("/".join(key), list(run_evals), runs, notes)]
         groups.append(Group(*key, lines))
     return groups, sorted(set(notes))
 
 
+def method_lines(where: str, run_ids: list[str], runs: dict[str, Run],
+                 notes: list[str]) -> list[tuple[str, list[Run]]]:
+    """The runs ``run_ids`` of one group as (label, runs) per training method, CE first.
+
+    One line per method label (``runs.method``); a label whose runs differ in more than
+    their seed (another grid with other epochs, say) is split and tagged with a config
+    hash. Notes for ``where`` (the group) name those splits and runs sharing a seed."""
+    by_label: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for rid in run_ids:
+        by_label[runs[rid].method][runs[rid].variant()].append(rid)
+    lines = []
+    for label, variants in by_label.items():
+        for variant, rids in sorted(variants.items()):
+            name = label if len(variants) == 1 else f"{label} [{variant}]"
+            if len(variants) > 1:
+                notes.append(f"{where}: '{label}' has runs of {len(variants)} configs that "
+                             f"differ in more than the seed; shown as '{label} [config hash]'")
+            seen: dict[Any, str] = {}
+            for r in (runs[rid] for rid in rids):
+                if r.seed in seen:  # same seed, same config except data_dir/device
+                    notes.append(f"'{name}': runs {seen[r.seed]} and {r.run_id} share seed "
+                                 f"{r.seed}")
+                seen[r.seed] = r.run_id
+            lines.append((name, [runs[rid] for rid in rids]))
+    lines.sort(key=lambda ln: (not ln[0].startswith(CE_LABEL + " ") and ln[0] != CE_LABEL,
+                               ln[0]))
+    return lines
+
+
 def _line(label: str, line_runs: list[Run], run_evals: dict[str, list[Eval]],
           notes: list[str]) -> Line:
-    seen: dict[Any, str] = {}
-    for r in line_runs:
-        if r.seed in seen:  # same seed, same config except data_dir/device: keep one
-            notes.append(f"'{label}': runs {seen[r.seed]} and {r.run_id} share seed {r.seed}")
-        seen[r.seed] = r.run_id
     per_ber: dict[float, dict[Any, float]] = defaultdict(dict)
     own_ci: dict[float, tuple[float, float] | None] = {}
     trials, eval_seeds = [], set()
@@ -178,13 +191,13 @@ def _line(label: str, line_runs: list[Run], run_evals: dict[str, list[Eval]],
     secs = [r.train_seconds for r in line_runs if r.train_seconds is not None]
     return Line(
         label=label, runs=line_runs,
-        curve={b: _cell(v, own_ci[b]) for b, v in sorted(per_ber.items())},
-        clean=_cell(clean, None) if clean else None,
+        curve={b: seed_cell(v, own_ci[b]) for b, v in sorted(per_ber.items())},
+        clean=seed_cell(clean, None) if clean else None,
         train_seconds=sum(secs) / len(secs) if secs else None,
         margins=[m for r in line_runs for m in (r.margins or [])],
         eval_seeds=sorted(eval_seeds), trials=trials,
-        # a BER cannot be negative: _cell's clip to [0, 1] fits it as well
-        tolerable=_cell(tolerable, None) if tolerable else None,
+        # a BER cannot be negative: seed_cell's clip to [0, 1] fits it as well
+        tolerable=seed_cell(tolerable, None) if tolerable else None,
         censored_seeds=sorted(censored, key=str),
     )
 
@@ -211,6 +224,13 @@ def delta(line: Line, ce: Line, ber: float) -> Cell | None:
     a, b = line.curve.get(ber), ce.curve.get(ber)
     if a is None or b is None:
         return None
+    return paired_delta(a, b)
+
+
+def paired_delta(a: Cell, b: Cell) -> Cell:
+    """``a - b`` of two per-seed numbers: paired by training seed (a t-interval over the
+    per-seed differences) when at least two seeds are shared, else the difference of the
+    means (no interval)."""
     common = [s for s in a.per_seed if s in b.per_seed]
     if len(common) >= 2:
         diffs = {s: a.per_seed[s] - b.per_seed[s] for s in common}
@@ -220,4 +240,5 @@ def delta(line: Line, ce: Line, ber: float) -> Cell | None:
     return Cell(d, d, d, {}, False)
 
 
-__all__ = ["CE_LABEL", "Cell", "Group", "Line", "aggregate", "delta", "uniform_spec"]
+__all__ = ["CE_LABEL", "Cell", "Group", "Line", "aggregate", "delta", "method_lines",
+           "paired_delta", "seed_cell", "uniform_spec"]
