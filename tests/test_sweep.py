@@ -268,11 +268,23 @@ def test_expand_product_and_per_scheme_bers():
     for c in cells:
         want = (0.0, 0.05) if c.config.quant == "binary" else (0.0, 0.001)
         assert c.plan.bers == want and c.plan.trials == 7 and c.plan.target_half_width == 0.005
-        assert len(c.plan.keys()) == 2 * 2
+        # binary codes read the same in every format: one format covers them
+        fmts = ("twos_complement",) if c.config.quant == "binary" else (
+            "twos_complement", "sign_magnitude")
+        assert c.plan.fmts == fmts and len(c.plan.keys()) == 2 * len(fmts)
     # margin 1 and 1.0 are the same run: the run id does not depend on YAML's int/float
     one = expand({"grid": {"loss": ["mcel"], "margin": [1]}, "base": {"epochs": 1}})
     one_f = expand({"grid": {"loss": ["mcel"], "margin": [1.0]}, "base": {"epochs": 1}})
     assert one[0].run_id == one_f[0].run_id
+
+
+def test_binary_cells_keep_every_format_when_biases_take_faults():
+    grid = {"base": {"dataset": "digits", "epochs": 1, "model": "mlp", "quant": "binary"},
+            "grid": {"seed": [0]},
+            "eval": {"bers": [0, 0.05], "fmts": ["sign_magnitude", "twos_complement"]}}
+    assert expand(grid)[0].plan.fmts == ("sign_magnitude",)
+    grid["eval"]["error_model"] = "ber=0,targets=weights,biases"
+    assert expand(grid)[0].plan.fmts == ("sign_magnitude", "twos_complement")
 
 
 def test_shipped_tiny_study_config():

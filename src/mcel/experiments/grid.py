@@ -13,7 +13,8 @@ A grid file::
       seed: [0, 1, 2]
     eval:
       bers: [0, 0.001, 0.01]          # or per scheme: {binary: [...], default: [...]}
-      fmts: [twos_complement, sign_magnitude]   # default: the format it was trained in
+      fmts: [twos_complement, sign_magnitude]   # default: the format it was trained in;
+                                      # binary cells: the first only (same codes in all)
       error_model: "ber=0"            # or a list of specs; each BER sets its largest rate
       trials: 100
       adaptive: 0.005                 # optional: stop at this 95% half-width
@@ -399,7 +400,7 @@ def _eval_plan(ev: Mapping[str, Any], config: TrainConfig, src: str) -> EvalPlan
     if not ems_list:
         raise MCELError(f"{src}: eval.error_model is an empty list")
     bits = parse_scheme(config.quant)[1]
-    ems = []
+    ems, parsed = [], []
     for spec in ems_list:
         if not isinstance(spec, str):
             raise MCELError(f"{src}: eval.error_model must be a spec string like 'ber=0' or "
@@ -420,6 +421,7 @@ def _eval_plan(ev: Mapping[str, Any], config: TrainConfig, src: str) -> EvalPlan
         except MCELError as e:
             raise MCELError(f"{src}: eval.error_model '{spec}': {e}") from None
         ems.append(em.describe())
+        parsed.append(em)
     trials = _int(ev.get("trials"), src, "trials", lo=1, default=100)
     min_trials = _int(ev.get("min_trials"), src, "min_trials", lo=2, default=10)
     seed = _int(ev.get("seed"), src, "seed", lo=0, default=0)
@@ -429,11 +431,23 @@ def _eval_plan(ev: Mapping[str, Any], config: TrainConfig, src: str) -> EvalPlan
                            or not math.isfinite(hw) or hw <= 0):
         raise MCELError(f"{src}: eval.adaptive is a target 95% half-width > 0 (e.g. 0.005), "
                         f"got {ev.get('adaptive')!r}")
-    return EvalPlan(bers=bers, fmts=tuple(dict.fromkeys(fmts_list)),
+    return EvalPlan(bers=bers, fmts=_distinct_fmts(fmts_list, config, parsed),
                     error_models=tuple(dict.fromkeys(ems)), trials=trials,  # type: ignore[arg-type]
                     target_half_width=None if hw is None else float(hw),
                     min_trials=min_trials, seed=seed,  # type: ignore[arg-type]
                     limit_test=limit if limit is not None else config.limit_test)
+
+
+def _distinct_fmts(fmts: list[str], config: TrainConfig, ems: list) -> tuple[str, ...]:
+    """Binary codes (levels -1/+1) read the same in every number format, so unless biases
+    or activations (integers in the format) take faults, the first format covers all."""
+    from mcel.quant import parse_scheme
+
+    fmts_unique = tuple(dict.fromkeys(fmts))
+    hits_ints = any({"biases", "activations"} & set(em.targets) for em in ems)
+    if parse_scheme(config.quant)[0] == "binary" and not hits_ints:
+        return fmts_unique[:1]
+    return fmts_unique
 
 
 __all__: Sequence[str] = ["Cell", "EvalPlan", "Grid", "expand", "load_grid"]
