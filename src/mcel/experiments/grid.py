@@ -98,6 +98,14 @@ class Cell:
     def run_id(self) -> str:
         return self.config.digest()
 
+    @property
+    def label(self) -> str:
+        """How progress lines and failures name the cell, e.g. "mlp/int4 CE seed 0"."""
+        from mcel.experiments.store import method_label
+
+        c = self.config
+        return f"{c.model}/{c.quant} {method_label(c.to_dict())} seed {c.seed}"
+
 
 @dataclass
 class Grid:
