@@ -95,3 +95,23 @@ def test_user_error_inside_a_task_comes_back_as_one_line(ray_session):
         ray.get(fails.remote())
     err = _unwrap(info.value)
     assert type(err) is MCELError and str(err) == "dataset 'x' is broken"
+
+
+def test_a_failing_task_is_recorded_and_the_others_run(ray_session, grid, tmp_path, capsys):
+    from mcel.experiments.grid import expand, load_grid
+
+    out = tmp_path / "out"
+    bad = expand(load_grid(grid))[1]
+    ckpt = out / "runs" / bad.run_id / "last.safetensors"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"a resume point that is not a checkpoint")  # one cell cannot resume
+    s = run_sweep(grid, out, 2, backend="ray")
+    assert (s.done, len(s.failed), s.runs_written) == (CELLS - 1, 1, CELLS - 1)
+    assert s.failed[0].run_id == bad.run_id
+    assert "is not a valid safetensors checkpoint" in s.failed[0].error
+    assert (ckpt.parent / "error.txt").exists()
+    assert bad.run_id not in {r[0] for r in _rows(s.db)[0]}
+    ckpt.unlink()
+    assert main(["sweep", str(grid), "--out", str(out), "--backend", "ray", "--jobs", "2"]) == 0
+    assert f"{CELLS} cells: 1 run, {CELLS - 1} already complete" in capsys.readouterr().out
+    assert not (ckpt.parent / "error.txt").exists()

@@ -251,7 +251,8 @@ CASES = [
     ("evaluate-config-edited-quant", ["evaluate", "{b}/edited-quant"],
      "trained with quant='int4', config.json says 'int8'"),
     ("evaluate-config-not-json", ["evaluate", "{b}/config-not-json"],
-     "config-not-json/config.json is not valid JSON"),
+     "JSON file {b}/config-not-json/config.json is not text (byte 0x80 at offset 0 is not "
+     "UTF-8)"),
     ("evaluate-config-not-object", ["evaluate", "{b}/config-a-list"],
      "config.json must hold a JSON object of training settings"),
     ("evaluate-checkpoint-foreign", ["evaluate", "{b}/ckpt-foreign"],
@@ -427,7 +428,7 @@ def test_results_json_that_is_not_json_runs_nothing(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "eval.json"
     path.write_bytes(pickle.dumps(_Payload(marker)))
-    with pytest.raises(MCELError, match="is not valid JSON"):
+    with pytest.raises(MCELError, match="is not text"):
         read_json(path)
     path.write_text('{"results": [1, 2')  # cut off mid-write (by another tool)
     with pytest.raises(MCELError, match="is not valid JSON"):
@@ -435,6 +436,32 @@ def test_results_json_that_is_not_json_runs_nothing(tmp_path):
     with pytest.raises(MCELError, match="cannot read"):
         read_json(tmp_path)  # a folder
     assert not marker.exists()
+
+
+def test_every_text_file_reader_says_the_same(tmp_path):
+    """read_text is the one reader of the user's text files: a missing file, a folder and
+    bytes that are not UTF-8 get one wording, whichever reader meets them."""
+    from mcel.cli.common import load_yaml
+    from mcel.energy import read_voltage_curve
+    from mcel.experiments.grid import load_grid
+    from mcel.io import read_text
+
+    binary = tmp_path / "latin1.txt"
+    binary.write_bytes("name: \u00b5\n".encode("latin-1"))  # a micro sign, in Latin-1
+    cases = {tmp_path / "nope.txt": "{what} {p} does not exist",
+             tmp_path: "cannot read {what} {p}: Is a directory",
+             binary: "{what} {p} is not text (byte 0xb5 at offset 6 is not UTF-8); save it "
+                     "as UTF-8, or check that it is the right file"}
+    readers = {"grid file": load_grid, "config file": load_yaml, "JSON file": read_json,
+               "voltage curve": read_voltage_curve, "notes": lambda p: read_text(p, "notes")}
+    for p, wording in cases.items():
+        for what, read in readers.items():
+            with pytest.raises(MCELError) as info:
+                read(p)
+            assert str(info.value) == wording.format(what=what, p=p)
+    ok = tmp_path / "ok.txt"
+    ok.write_bytes("name: \u00b5\n".encode())
+    assert read_text(ok, "notes") == "name: \u00b5\n"  # UTF-8, whatever the locale
 
 
 # -- determinism ---------------------------------------------------------------------------

@@ -367,3 +367,107 @@ def test_a_run_without_a_margin_is_labelled_with_the_margin_it_trained_at():
         assert method_label(config.to_dict()) == want
     assert build_loss(TrainConfig(loss="mcel")).margin == 10.0
     assert method_label({"loss": "mcel"}) == "MCEL(m=10)"
+
+
+# -- a cell that fails ------------------------------------------------------------------
+
+SMALL = """\
+name: grid
+base: {dataset: digits, model: mlp, model_kwargs: {hidden: 16}, quant: int4, epochs: 1,
+       lr: 0.01, batch_size: 64, limit_train: 200, limit_test: 100}
+grid:
+  seed: [0, 1, 2]
+eval:
+  bers: [0, 0.02]
+  fmts: [twos_complement]
+  trials: 2
+"""
+
+
+class Unpicklable(RuntimeError):
+    """An exception that cannot cross a process boundary: it holds a lock, and its
+    constructor takes two arguments (unpickling calls it with one)."""
+
+    def __init__(self, msg, lock):
+        super().__init__(msg)
+        self.lock = lock
+
+
+def _cell(grid: Path, seed: int):
+    return next(c for c in expand(load_grid(grid)) if c.config.seed == seed)
+
+
+def _run_ids(db: Path) -> set[str]:
+    con = sqlite3.connect(db)
+    ids = {r for (r,) in con.execute("SELECT run_id FROM runs")}
+    ids |= {r for (r,) in con.execute("SELECT run_id FROM evals")}
+    con.close()
+    return ids
+
+
+def test_a_failing_cell_is_recorded_and_the_others_run(tmp_path, monkeypatch):
+    import pickle
+    import threading
+
+    import mcel.train
+    from mcel.experiments.cell import CellFailure
+
+    grid, out = _grid(tmp_path, SMALL), tmp_path / "out"
+    bad = _cell(grid, 1)
+    real_train = mcel.train.train
+
+    def train(config, out=None, **kw):  # a crash in one cell, as a bug in one cell kind
+        if config.seed == 1:
+            raise Unpicklable("boom: tensor is not contiguous\nsecond line", threading.Lock())
+        return real_train(config, out, **kw)
+
+    monkeypatch.setattr(mcel.train, "train", train)
+    logs = []
+    s = run_sweep(grid, out, log=logs.append)
+    assert (s.cells, s.done, s.skipped, s.runs_written) == (3, 2, 0, 2)
+    [f] = s.failed
+    assert isinstance(f, CellFailure) and f.run_id == bad.run_id
+    assert f.label == "mlp/int4 CE seed 1"
+    assert f.error == "Unpicklable: boom: tensor is not contiguous"
+    assert "Traceback" in f.traceback and "second line" in f.traceback
+    assert pickle.loads(pickle.dumps(f)) == f  # plain text: crosses any process boundary
+    assert s.to_dict()["failed"][0]["run_id"] == bad.run_id
+    error_file = out / "runs" / bad.run_id / "error.txt"
+    assert error_file.read_text().startswith(
+        f"cell mlp/int4 CE seed 1 (run {bad.run_id}) failed after ")
+    assert "raise Unpicklable" in error_file.read_text()
+    [line] = [m for m in logs if "FAILED" in m]
+    assert line.startswith("[") and "mlp/int4 CE seed 1: FAILED (Unpicklable: boom" in line
+    assert str(error_file) in line
+    # the database holds the two others, whole, and nothing of the failed cell
+    assert _run_ids(_db(out)) == {c.run_id for c in expand(load_grid(grid))} - {bad.run_id}
+
+    monkeypatch.undo()  # the cause removed: a rerun runs only the failed cell
+    s = run_sweep(grid, out)
+    assert (s.done, s.skipped, s.failed) == (1, 2, [])
+    assert bad.run_id in _run_ids(_db(out)) and not error_file.exists()
+    from mcel.experiments.sweep import audit
+
+    assert audit(grid, out)["problems"] == []
+
+
+def test_a_failing_cell_in_a_process_pool_exits_3_and_a_rerun_retries_it(tmp_path, capsys):
+    grid, out = _grid(tmp_path, SMALL), tmp_path / "out"
+    bad = _cell(grid, 1)
+    ckpt = out / "runs" / bad.run_id / "last.safetensors"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"a resume point that is not a checkpoint")  # one cell cannot resume
+    assert main(["sweep", str(grid), "--out", str(out), "--jobs", "2"]) == 3
+    captured = capsys.readouterr()
+    assert "3 cells: 2 run, 1 failed, 0 already complete" in captured.out
+    last = captured.err.splitlines()[-1]
+    assert last.startswith("mcel sweep: error: 1 of 3 cells failed: mlp/int4 CE seed 1 (")
+    assert "is not a valid safetensors checkpoint" in last
+    assert f"traceback in {out / 'runs' / bad.run_id / 'error.txt'}" in last
+    assert last.endswith("rerun the same command to retry only these")
+    assert bad.run_id not in _run_ids(_db(out)) and len(_run_ids(_db(out))) == 2
+
+    ckpt.unlink()
+    assert main(["sweep", str(grid), "--out", str(out), "--jobs", "2"]) == 0
+    assert "3 cells: 1 run, 2 already complete" in capsys.readouterr().out
+    assert bad.run_id in _run_ids(_db(out))

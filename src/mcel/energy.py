@@ -68,13 +68,10 @@ class VoltageCurve:
 
 def read_voltage_curve(path: str | Path) -> VoltageCurve:
     """A `VoltageCurve` from a ``voltage,ber`` CSV file, or one MCELError line."""
+    from mcel.io import read_text
+
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise MCELError(f"voltage curve {path} is missing") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise MCELError(f"cannot read voltage curve {path}: {e}") from None
+    text = read_text(path, "voltage curve")
     points = []
     for n, row in enumerate(csv.reader(text.splitlines()), 1):
         if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):

@@ -65,15 +65,32 @@ def write_json(path: str | Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
+def read_text(path: str | Path, what: str) -> str:
+    """The UTF-8 text of a file the user named, or one MCELError line saying what is wrong
+    with it; ``what`` names the file for the user ("grid file", "voltage curve").
+
+    Every reader of a user's text file goes through here, so that a missing, unreadable
+    or binary file reads the same whichever command met it.
+    """
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise MCELError(f"{what} {path} does not exist") from None
+    except OSError as e:  # a folder, no permission
+        raise MCELError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:  # a binary file: name the first byte that is not text
+        raise MCELError(f"{what} {path} is not text (byte 0x{e.object[e.start]:02x} at "
+                        f"offset {e.start} is not UTF-8); save it as UTF-8, or check that "
+                        "it is the right file") from None
+
+
 def read_json(path: str | Path) -> Any:
     """A JSON file's content; never runs code, whatever the file holds."""
+    text = read_text(path, "JSON file")
     try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise MCELError(f"{path} does not exist") from None
-    except OSError as e:  # a folder, no permission
-        raise MCELError(f"cannot read {path}: {e.strerror or e}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
         raise MCELError(f"{path} is not valid JSON ({e}); was it written by mcel?") from None
 
 

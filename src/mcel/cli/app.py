@@ -3,7 +3,9 @@ command (`mcel.cli.train`, ``evaluate``, ``demo``, ``sweep``, ``margins``, ``tun
 ``report``, ``attack``, ``maps``), each thin over the library.
 
 User mistakes (``MCELError``, unreadable files, bad YAML) print one line and exit 2;
-nothing else is caught, so real bugs keep their traceback. Command modules import the
+nothing else is caught, so real bugs keep their traceback (exit 1). An interrupt exits
+130. ``mcel sweep`` exits 3 when some cells failed but the sweep went on
+(`mcel.cli.sweep.EXIT_CELLS_FAILED`). Command modules import the
 library inside their functions: building the parser stays fast.
 """
 

@@ -42,14 +42,11 @@ def ints(text: str) -> list[int]:
 def load_yaml(path: str) -> dict[str, Any]:
     import yaml
 
+    from mcel.io import read_text
+
+    text = read_text(path, "config file")
     try:
-        data = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise MCELError(f"config file {path} does not exist") from None
-    except OSError as e:  # a folder, no permission
-        raise MCELError(f"cannot read config file {path}: {e.strerror or e}") from None
-    except UnicodeDecodeError:
-        raise MCELError(f"config file {path} is not text (UTF-8 YAML expected)") from None
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         at = f" at line {where.line + 1}" if where is not None else ""

@@ -1,4 +1,9 @@
-"""``mcel sweep``: run a grid file into a results database (resumable, parallel)."""
+"""``mcel sweep``: run a grid file into a results database (resumable, parallel).
+
+Exits 0 when every cell ran, `EXIT_CELLS_FAILED` (3) when some cell raised (the others
+ran and are stored; a rerun retries only the failed ones), 2 for a user mistake found
+before any cell runs.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from typing import Any
 from mcel.cli.common import listed, positive_int
 from mcel.console import log
 
+EXIT_CELLS_FAILED = 3  # some cells raised; the others are in the database
 
 def register(sub: Any) -> None:
     """Register ``mcel sweep`` on the subparsers of the ``mcel`` parser."""
@@ -17,7 +23,10 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "sweep", help="train and evaluate every cell of a grid file into a results database",
         description="Train and evaluate every cell of a grid YAML file. Rerunning the same "
-                    "command resumes: finished cells are skipped, interrupted ones continue.")
+                    "command resumes: finished cells are skipped, interrupted ones continue. "
+                    "A cell that fails is logged (traceback in its runs/<run_id>/error.txt) "
+                    "and the others go on; the exit code is then 3, and a rerun retries "
+                    "only the failed cells.")
     p.add_argument("grid", metavar="GRID.yaml", help="grid file (see mcel.experiments.grid)")
     p.add_argument("--out", default=None,
                    help="folder for runs/ and the database (default: sweep-<grid name>)")
@@ -55,10 +64,30 @@ def cmd_sweep(args: argparse.Namespace) -> int:
               f"database {s.db}")
         return 0
     print_table(s)
-    print(f"{s.cells} cells: {s.done} run, {s.skipped} already complete; wrote "
+    failed = f", {len(s.failed)} failed" if s.failed else ""
+    print(f"{s.cells} cells: {s.done} run{failed}, {s.skipped} already complete; wrote "
           f"{s.runs_written} runs, {s.evals_written} evals, {s.trials_written} trials "
           f"rows to {s.db} ({s.seconds:.1f}s)")
+    if s.failed:
+        print(f"mcel sweep: error: {failure_line(s)}", file=sys.stderr)
+        return EXIT_CELLS_FAILED
     return 0
+
+
+def failure_line(s, named: int = 3) -> str:
+    """"N of M cells failed: ..." naming the first ``named`` cells and their errors."""
+    from pathlib import Path
+
+    from mcel.experiments.sweep import ERROR_FILE
+
+    n, ran = len(s.failed), s.done + len(s.failed)
+    listed = "; ".join(f"{f.label} ({f.error})" for f in s.failed[:named])
+    more = f"; and {n - named} more" if n > named else ""
+    runs = Path(s.out) / "runs"
+    where = (f"traceback in {runs / s.failed[0].run_id / ERROR_FILE}" if n == 1
+             else f"tracebacks in {runs}/<run_id>/{ERROR_FILE}")
+    return (f"{n} of {ran} cells failed: {listed}{more}; {where}; fix the cause and rerun "
+            "the same command to retry only these")
 
 
 def print_table(s) -> None:

@@ -1,12 +1,13 @@
 """Executor backends of a sweep: where its cells run.
 
-A backend is a function ``(jobs, n, **options) -> iterator of CellResult`` (each the
-return of `mcel.experiments.cell.run_cell`), optionally with a ``prepare(**options)``
-attribute that checks, before anything is created, that the backend can run (a missing
-package, a bad option). ``local`` runs cells in this process (``n = 1``) or in a spawn
-process pool; ``ray`` (`mcel.experiments.ray_backend`, ``pip install 'mcel[ray]'``) runs
-each cell as a Ray task on this machine or a cluster. A new backend is one function
-registered in ``EXECUTORS``.
+A backend is a function ``(jobs, n, **options) -> iterator of CellResult | CellFailure``
+(each the return of `mcel.experiments.cell.try_cell`, run where the cell runs: a cell
+that raises comes back as a `CellFailure`, as text, and the others go on), optionally
+with a ``prepare(**options)`` attribute that checks, before anything is created, that
+the backend can run (a missing package, a bad option). ``local`` runs cells in this
+process (``n = 1``) or in a spawn process pool; ``ray`` (`mcel.experiments.ray_backend`,
+``pip install 'mcel[ray]'``) runs each cell as a Ray task on this machine or a cluster.
+A new backend is one function registered in ``EXECUTORS``.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from mcel.errors import MCELError
-from mcel.experiments.cell import CellJob, CellResult, run_cell
+from mcel.experiments.cell import CellFailure, CellJob, CellResult, try_cell
 from mcel.registry import Registry
 
-Executor = Callable[..., Iterator[CellResult]]  # (jobs, n, **options)
+Executor = Callable[..., Iterator[CellResult | CellFailure]]  # (jobs, n, **options)
 EXECUTORS: Registry[Executor] = Registry("sweep backend")
 
 
@@ -29,14 +30,14 @@ def _worker_init() -> None:
 
 
 @EXECUTORS.register("local")
-def local_executor(jobs: Sequence[CellJob], n: int) -> Iterator[CellResult]:
+def local_executor(jobs: Sequence[CellJob], n: int) -> Iterator[CellResult | CellFailure]:
     """This process for ``n == 1``, else a pool of ``n`` spawned processes.
 
     Results come back as cells finish (not in grid order).
     """
     if n <= 1 or len(jobs) <= 1:
         for job in jobs:
-            yield run_cell(job)
+            yield try_cell(job)
         return
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -47,7 +48,7 @@ def local_executor(jobs: Sequence[CellJob], n: int) -> Iterator[CellResult]:
                                initializer=_worker_init)
     ok = False
     try:
-        pending = {pool.submit(run_cell, job) for job in jobs}
+        pending = {pool.submit(try_cell, job) for job in jobs}
         while pending:
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
             for fut in finished:
@@ -62,7 +63,7 @@ def local_executor(jobs: Sequence[CellJob], n: int) -> Iterator[CellResult]:
         if ok:
             pool.shutdown(wait=True)
         else:
-            # Interrupted or a cell failed: stop now. Killing a worker mid-cell is safe,
+            # Interrupted, or the pool broke: stop now. Killing a worker mid-cell is safe,
             # its run folder resumes and the database never saw a partial cell.
             procs = list(getattr(pool, "_processes", {}).values())
             pool.shutdown(wait=False, cancel_futures=True)
@@ -70,7 +71,8 @@ def local_executor(jobs: Sequence[CellJob], n: int) -> Iterator[CellResult]:
                 p.terminate()
 
 
-def _ray_executor(jobs: Sequence[CellJob], n: int, **options: Any) -> Iterator[CellResult]:
+def _ray_executor(jobs: Sequence[CellJob], n: int,
+                  **options: Any) -> Iterator[CellResult | CellFailure]:
     """Each cell a Ray task (see `mcel.experiments.ray_backend`; Ray is imported lazily,
     so the backend is listed, and explains how to install Ray, even without it)."""
     from mcel.experiments.ray_backend import ray_executor

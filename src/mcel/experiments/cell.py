@@ -1,11 +1,13 @@
 """One sweep cell, as a worker runs it: train (or resume) the run, take its clean output
-margins, evaluate every missing number format. Every backend runs `run_cell`; it writes
-nothing but the run folder and returns a `CellResult` for the parent to store.
+margins, evaluate every missing number format. Every backend runs `try_cell`: it writes
+nothing but the run folder and returns a `CellResult` for the parent to store, or, when
+the cell raised, a `CellFailure` (the error as text) so that the other cells go on.
 """
 
 from __future__ import annotations
 
 import time
+import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +42,38 @@ class CellResult:
     evals: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     threads: int = 1
+
+
+@dataclass
+class CellFailure:
+    """A cell that raised, as plain text: its run id, its name (`Cell.label`), the error
+    in one line, the full traceback and the seconds it ran.
+
+    Text, not the exception, goes back to the parent: an exception that does not survive
+    pickling (one with extra constructor arguments, or holding a lock) would otherwise
+    break the process pool and lose every cell in flight.
+    """
+
+    run_id: str
+    label: str
+    error: str
+    traceback: str
+    seconds: float = 0.0
+
+
+def one_line(err: BaseException) -> str:
+    """``"TypeError: message"``, the message's first line; an `MCELError`'s message alone
+    (it is written for the user)."""
+    from mcel.errors import MCELError
+
+    try:
+        text = str(err).strip()
+    except Exception:  # an exception whose __str__ raises still gets its name reported
+        text = ""
+    first = text.splitlines()[0] if text else ""
+    if isinstance(err, MCELError) and first:
+        return first
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
 
 
 @contextmanager
@@ -97,4 +131,16 @@ def run_cell(job: CellJob) -> CellResult:
                       threads=job.threads)
 
 
-__all__ = ["CellJob", "CellResult", "run_cell"]
+def try_cell(job: CellJob) -> CellResult | CellFailure:
+    """`run_cell`, with an ``Exception`` turned into a `CellFailure`, so that one failing
+    cell does not end the sweep. An interrupt (``KeyboardInterrupt``) still propagates."""
+    t0 = time.perf_counter()
+    try:
+        return run_cell(job)
+    except Exception as e:
+        return CellFailure(run_id=job.cell.run_id, label=job.cell.label, error=one_line(e),
+                           traceback=traceback.format_exc(),
+                           seconds=time.perf_counter() - t0)
+
+
+__all__ = ["CellFailure", "CellJob", "CellResult", "one_line", "run_cell", "try_cell"]

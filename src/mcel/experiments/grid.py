@@ -54,6 +54,7 @@ from typing import Any
 
 from mcel.config import TrainConfig, build_model
 from mcel.errors import MCELError
+from mcel.io import read_text
 from mcel.registry import did_you_mean
 
 TOP_KEYS = ("name", "db", "base", "grid", "eval")
@@ -98,6 +99,14 @@ class Cell:
     @property
     def run_id(self) -> str:
         return self.config.digest()
+
+    @property
+    def label(self) -> str:
+        """How progress lines and failures name the cell, e.g. "mlp/int4 CE seed 0"."""
+        from mcel.experiments.store import method_label
+
+        c = self.config
+        return f"{c.model}/{c.quant} {method_label(c.to_dict())} seed {c.seed}"
 
 
 @dataclass
@@ -159,12 +168,7 @@ def load_grid(path: str | Path) -> Grid:
     import yaml
 
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise MCELError(f"grid file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise MCELError(f"cannot read grid file {path}: {e}") from None
+    text = read_text(path, "grid file")
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

@@ -9,8 +9,9 @@
 * A cell asks for ``num_cpus=1``, plus ``num_gpus=1`` when its device is ``cuda`` /
   ``cuda:N`` or ``auto`` on a cluster that has GPUs; Ray then shows the task exactly one
   GPU, so ``cuda:N`` is run as ``cuda`` (the device is not part of the run id).
-* Tasks run `mcel.experiments.cell.run_cell`, the very function of the local backend,
-  and return its `CellResult`; the parent alone writes the results database, through
+* Tasks run `mcel.experiments.cell.try_cell`, the very function of the local backend,
+  and return its `CellResult`, or a `CellFailure` when the cell raised (the sweep goes
+  on with the others); the parent alone writes the results database, through
   the same code path as the local backend. Numbers are identical whichever backend
   ran a cell (fixed torch thread count per cell).
 
@@ -31,7 +32,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from mcel.errors import MCELError
-from mcel.experiments.cell import CellJob, CellResult, run_cell
+from mcel.experiments.cell import CellFailure, CellJob, CellResult, try_cell
 
 INSTALL_HINT = "the ray backend needs Ray: pip install 'mcel[ray]'"
 
@@ -71,7 +72,8 @@ def _task_job(job: CellJob, gpu: bool) -> CellJob:
 
 
 def _unwrap(err: Exception) -> BaseException:
-    """A user mistake raised inside a task comes back as the MCELError it was."""
+    """A user mistake raised inside a task comes back as the MCELError it was (`try_cell`
+    turns a cell's own errors into a `CellFailure`; this is for the rest)."""
     cause = getattr(err, "cause", None)
     if isinstance(cause, MCELError):
         return MCELError(str(cause))
@@ -79,7 +81,7 @@ def _unwrap(err: Exception) -> BaseException:
 
 
 def ray_executor(jobs: Sequence[CellJob], n: int, *,
-                 address: str | None = None) -> Iterator[CellResult]:
+                 address: str | None = None) -> Iterator[CellResult | CellFailure]:
     """Run ``jobs`` as Ray tasks, at most ``n`` in flight; yield results as they finish."""
     ray = import_ray()
 
@@ -100,7 +102,7 @@ def ray_executor(jobs: Sequence[CellJob], n: int, *,
     ok = False
     try:
         gpus = float(ray.cluster_resources().get("GPU", 0))
-        remote = ray.remote(run_cell)
+        remote = ray.remote(try_cell)
         queue = []
         for job in jobs:
             gpu = wants_gpu(job.cell.config.device, gpus)
@@ -126,7 +128,7 @@ def ray_executor(jobs: Sequence[CellJob], n: int, *,
         ok = True
     finally:
         if not ok:
-            # Interrupted or a cell failed: stop the others. Their run folders resume
+            # Interrupted, or a task died: stop the others. Their run folders resume
             # and the database never saw a partial cell.
             for ref in pending:
                 try:

@@ -7,6 +7,11 @@ format) is written to SQLite in one transaction (the runs row, its evals rows an
 their trials rows), so a sweep killed at any moment leaves whole results or none, and
 rerunning the same command does only what is missing.
 
+A cell that raises does not stop the sweep: it is logged in one line, its traceback goes
+to ``out/runs/<run_id>/error.txt``, nothing of it enters the database, and the other
+cells go on; the summary lists it in ``failed``, and a rerun retries exactly the failed
+cells (a later success removes the stale ``error.txt``).
+
 Cells (`mcel.experiments.cell`) run through an *executor backend*
 (`mcel.experiments.backends`: ``local`` processes or ``ray`` tasks). Only the parent
 process writes to the database; backends return plain `CellResult` records.
@@ -35,7 +40,7 @@ from mcel.experiments.backends import (
     local_executor,
     prepare_backend,
 )
-from mcel.experiments.cell import CellJob, CellResult, run_cell
+from mcel.experiments.cell import CellFailure, CellJob, CellResult, run_cell
 from mcel.experiments.grid import Cell, Grid, expand, load_grid
 from mcel.experiments.store import (
     connect,
@@ -46,6 +51,8 @@ from mcel.experiments.store import (
     versions,
 )
 
+ERROR_FILE = "error.txt"  # in a failed cell's run folder: what failed, and the traceback
+
 
 @dataclass
 class SweepSummary:
@@ -54,6 +61,7 @@ class SweepSummary:
     out: str
     cells: int = 0
     done: int = 0  # cells trained/evaluated in this call
+    failed: list[CellFailure] = field(default_factory=list)  # cells that raised in this call
     skipped: int = 0  # cells already complete in the database
     runs_written: int = 0
     evals_written: int = 0
@@ -122,6 +130,12 @@ def _check_data(cells: Sequence[Cell]) -> None:
                 load_arrays(name, split, data_dir)
 
 
+def _check_counts(**counts: Any) -> None:
+    for name, n in counts.items():
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise MCELError(f"{name} must be a positive integer, got {n!r}")
+
+
 def run_sweep(
     grid_path: str | Path,
     out_dir: str | Path,
@@ -142,13 +156,13 @@ def run_sweep(
     ``address``, go to it); ``data_dir`` overrides the grid's
     data folder; ``threads`` is the torch thread count of each cell (see module doc).
     ``dry_run`` only counts what would run. Returns the counts of cells done/skipped and
-    rows written.
+    rows written, and the cells that raised (``failed``: each a `CellFailure`, its
+    traceback also in ``out/runs/<run_id>/error.txt``); a failed cell does not stop the
+    others and writes nothing to the database. Mistakes in the grid or the options raise
+    `MCELError` before any cell runs.
     """
     t0 = time.perf_counter()
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise MCELError(f"jobs must be a positive integer, got {jobs!r}")
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise MCELError(f"threads must be a positive integer, got {threads!r}")
+    _check_counts(jobs=jobs, threads=threads)
     options = {k: v for k, v in (backend_options or {}).items() if v is not None}
     executor = prepare_backend(backend, options)
     grid_path = Path(grid_path)
@@ -205,27 +219,55 @@ def _warn_stale(con: sqlite3.Connection, cells: Sequence[Cell],
             "new --out to recompute them)")
 
 
-def _run_jobs(con: sqlite3.Connection, results: Iterator[CellResult], todo: list[CellJob], *,
-              grid_name: str, summary: SweepSummary, progress: bool,
+def _run_jobs(con: sqlite3.Connection, results: Iterator[CellResult | CellFailure],
+              todo: list[CellJob], *, grid_name: str, summary: SweepSummary, progress: bool,
               log: Callable[[str], None] | None) -> None:
-    """Store each result as it comes, counting into ``summary``."""
+    """Store each result as it comes, and record each failure, counting into ``summary``."""
     from mcel.console import progress as progress_bar
 
     by_id = {j.cell.run_id: j for j in todo}
     with progress_bar(progress) as bar:
         task = bar.add_task(f"sweep {grid_name}", total=len(todo), info="")
         for result in results:
-            written = write_result(con, result, grid_name)
-            summary.done += 1
-            summary.runs_written += written.runs
-            summary.evals_written += written.evals
-            summary.trials_written += written.trials
-            cfg = by_id[result.run_id].cell.config
-            what = f"{cfg.model}/{cfg.quant} {method_label(result.config)} seed {cfg.seed}"
-            bar.update(task, advance=1, info=what)
+            job = by_id[result.run_id]
+            if isinstance(result, CellFailure):
+                line = _record_failure(result, job, summary)
+            else:
+                line = _record_result(con, result, job=job, grid_name=grid_name,
+                                      summary=summary)
+            bar.update(task, advance=1, info=job.cell.label)
             if log:
-                log(f"[{summary.done}/{len(todo)}] {what}: clean {result.clean_acc:.4f}, "
-                    f"{written.evals} evals ({result.seconds:.1f}s)")
+                n = summary.done + len(summary.failed)
+                log(f"[{n}/{len(todo)}] {job.cell.label}: {line}")
+
+
+def _record_result(con: sqlite3.Connection, result: CellResult, *, job: CellJob,
+                   grid_name: str, summary: SweepSummary) -> str:
+    """Write a finished cell; returns its progress line."""
+    written = write_result(con, result, grid_name)
+    summary.done += 1
+    summary.runs_written += written.runs
+    summary.evals_written += written.evals
+    summary.trials_written += written.trials
+    (Path(job.run_dir) / ERROR_FILE).unlink(missing_ok=True)  # an earlier try's, now stale
+    return f"clean {result.clean_acc:.4f}, {written.evals} evals ({result.seconds:.1f}s)"
+
+
+def _record_failure(failure: CellFailure, job: CellJob, summary: SweepSummary) -> str:
+    """Keep a failed cell's traceback in its run folder; returns its progress line."""
+    from mcel.io import atomic_write_bytes
+
+    summary.failed.append(failure)
+    path = Path(job.run_dir) / ERROR_FILE
+    text = (f"cell {failure.label} (run {failure.run_id}) failed after "
+            f"{failure.seconds:.1f}s: {failure.error}\n\nconfig: "
+            f"{dumps(job.cell.config.to_dict())}\n\n{failure.traceback}")
+    try:
+        atomic_write_bytes(path, text.encode())
+        where = f"traceback in {path}"
+    except MCELError as e:  # a full disk must not end the sweep either
+        where = f"traceback not saved: {e}"
+    return f"FAILED ({failure.error}); {where}"
 
 
 def audit(grid_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
@@ -307,6 +349,7 @@ def _trial_problems(evals: list, trials: dict, runs: set[str]) -> list[str]:
 
 
 __all__: Sequence[str] = [
-    "CellJob", "CellResult", "EXECUTORS", "Executor", "SweepSummary", "Written", "audit",
+    "CellFailure", "CellJob", "CellResult", "ERROR_FILE", "EXECUTORS", "Executor",
+    "SweepSummary", "Written", "audit",
     "local_executor", "list_backends", "missing_fmts", "run_cell", "run_sweep", "write_result",
 ]
