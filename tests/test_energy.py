@@ -10,7 +10,8 @@ from mcel.energy import VoltageCurve, read_voltage_curve
 
 def test_interpolates_in_log_ber_and_saves_v_squared(tmp_path):
     f = tmp_path / "sram.csv"
-    f.write_text("voltage,ber\n0.9,0\n0.6,1e-2\n0.7,1e-4\n0.8,1e-6\n")  # any row order
+    # comments, then a header, then rows in any order
+    f.write_text("# chip A, 25 C\nvoltage,ber\n0.9,0\n0.6,1e-2\n# tail\n0.7,1e-4\n0.8,1e-6\n")
     c = read_voltage_curve(f)
     assert c.voltages == (0.6, 0.7, 0.8, 0.9) and c.nominal == 0.9
     assert c.lowest_safe_voltage(1e-4) == pytest.approx(0.7)  # a measured point

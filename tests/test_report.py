@@ -322,3 +322,29 @@ def test_section_titles_name_the_error_model_only_when_it_is_not_plain_uniform(t
                             "## 2. digits / mlp / int4 / twos_complement / error model "
                             "p01=0.001,p10=0.01"]
     assert "ber=0.0" not in md.replace("ber-0.0", "")  # file names keep their old stem
+
+
+def test_energy_verdict_names_voltages_against_ce():
+    from types import SimpleNamespace as NS
+
+    from mcel.energy import VoltageCurve
+    from mcel.report.render import energy_verdict
+
+    curve = VoltageCurve(voltages=(0.6, 0.7, 0.8, 0.9), bers=(1e-1, 1e-3, 1e-5, 0.0))
+
+    def line(label, ber, censored=()):
+        return NS(label=label, tolerable=NS(mean=ber), censored_seeds=censored)
+
+    ce, mcel, ei = line("CE", 1e-3), line("MCEL(m=10)", 1e-2, censored=(0,)), line("EI", 1e-4)
+    v_mcel = curve.lowest_safe_voltage(1e-2)  # 0.65 V: halfway in log BER
+    text = energy_verdict([ce, mcel, ei], ce, curve)
+    assert abs(v_mcel - 0.65) < 1e-9
+    # MCEL is both the best MCEL and the best method: said once; censored -> bounds
+    assert text.count("lets this memory run") == 1
+    assert (f"MCEL(m=10) lets this memory run at ≤ 0.650 V instead of CE's 0.700 V: "
+            f"≥ {100 * (1 - (0.65 / 0.7) ** 2):.1f}% less dynamic energy") in text
+    # a method worse than CE costs energy, said as "more"
+    text = energy_verdict([ce, ei], ce, curve)
+    assert "EI lets this memory run at 0.750 V instead of CE's 0.700 V: " \
+           f"{100 * ((0.75 / 0.7) ** 2 - 1):.1f}% more dynamic energy" in text
+    assert energy_verdict([ei], None, curve) == ""

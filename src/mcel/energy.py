@@ -5,9 +5,10 @@ largest BER a model tolerates to the lowest supply voltage at which the memory's
 stays at or below it. Dynamic energy per access scales with V^2, so the saving against
 the nominal voltage is ``1 - (V / V_nominal)^2``.
 
-The curve is a CSV file of ``voltage,ber`` rows (a header line is allowed). BER falls
-roughly exponentially as the voltage rises, so between two measured points the curve is
-interpolated linearly in ``log10(BER)``; a BER of exactly 0 stands for "below 1e-12".
+The curve is a CSV file of ``voltage,ber`` rows (a header line and ``#`` comment lines
+are allowed). BER falls roughly exponentially as the voltage rises, so between two
+measured points the curve is interpolated linearly in ``log10(BER)``; a BER of exactly 0
+stands for "below 1e-12".
 """
 
 from __future__ import annotations
@@ -72,15 +73,16 @@ def read_voltage_curve(path: str | Path) -> VoltageCurve:
 
     path = Path(path)
     text = read_text(path, "voltage curve")
-    points = []
+    points, seen = [], 0  # seen: rows that are neither blank nor comments
     for n, row in enumerate(csv.reader(text.splitlines()), 1):
         if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
             continue
+        seen += 1
         try:
             v, b = float(row[0]), float(row[1])
         except (ValueError, IndexError):
-            if n == 1 and len(row) >= 2:
-                continue  # a header line
+            if seen == 1 and len(row) >= 2:
+                continue  # a header line, after any comments
             raise MCELError(f"{path}, line {n}: expected two numbers, voltage and ber, "
                             f"got {','.join(row)!r}") from None
         points.append((v, b))
