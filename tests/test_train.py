@@ -222,3 +222,21 @@ def test_faults_during_in_your_own_loop():
         faults_during(model, mcel.BitErrorModel(ber=0.01, targets=("weights", "biases")))
     with pytest.raises(MCELError, match="no quantized layers"):
         faults_during(torch.nn.Linear(2, 2), 0.01)
+
+
+def test_headline_baselines_grid_reuses_the_study_runs():
+    # docs/results.md compares the clipped headline runs with the VGG7 study's rows:
+    # the grid's CE, MCEL m=30 and error-injection cells must be those very runs
+    from pathlib import Path
+
+    from mcel.experiments.grid import expand, load_grid
+
+    root = Path(__file__).resolve().parents[1]
+    cells = expand(load_grid(root / "configs" / "study" / "headline-baselines.yaml"))
+    ids = {(c.config.loss, c.config.margin, c.config.clip, c.config.train_ber, c.config.seed):
+           c.run_id for c in cells}
+    # seed 0 of CE and MCEL m=30 as configs/headline/*.yaml, and the study's EI seed 0
+    assert ids[("ce", None, None, 0.0, 0)] == "698bd80e76d5ef72"
+    assert ids[("mcel", 30.0, None, 0.0, 0)] == "097fe567c3f8ecae"
+    assert ids[("ce", None, None, 0.01, 0)] == "51f4bb5abebcc26b"
+    assert ids[("ce", None, None, 0.0, 1)] == "701132a6a769e7e4"
