@@ -36,6 +36,10 @@ def _same(a, b) -> bool:
     ({"clip": -0.1}, "clip must be a finite number > 0"),
     ({"clip": float("inf")}, "clip must be a finite number > 0"),
     ({"clip": 0.1, "quant": "float"}, "needs a quantized model"),
+    ({"clip_rel": 0.0}, "clip_rel must be a finite number > 0"),
+    ({"clip_rel": float("nan")}, "clip_rel must be a finite number > 0"),
+    ({"clip_rel": 1.0, "quant": "float"}, "needs a quantized model"),
+    ({"clip_rel": 1.0, "clip": 0.1}, "give clip .* or clip_rel .*, not both"),
 ])
 def test_bad_precision_and_clip(changes, match):
     with pytest.raises(MCELError, match=match):
@@ -49,6 +53,8 @@ def test_run_ids_of_earlier_configs_are_unchanged():
     base = TrainConfig(**FAST).digest()
     assert TrainConfig(**FAST, precision="bf16").digest() != base
     assert TrainConfig(**FAST, clip=0.1).digest() != base
+    assert TrainConfig(**FAST, clip_rel=1.0).digest() not in (base, TrainConfig(
+        **FAST, clip=1.0).digest())
 
 
 def test_config_round_trip_and_older_run_folders(tmp_path):
@@ -209,6 +215,30 @@ def test_clip_in_your_own_model():
     assert "clip=0.1" in repr(net)
     with pytest.raises(MCELError, match="clip must be"):
         QuantSpec("int8", clip=0)
+
+
+def test_relative_clip_scales_with_each_layers_fan_in(tmp_path):
+    # clip_rel / sqrt(fan_in): the range of PyTorch's default initialisation
+    model, _ = train(TrainConfig(**CONV, clip_rel=0.5, loss="mcel", margin=2.0), tmp_path / "r")
+    fan_ins = set()
+    for name, layer in quant_layers(model):
+        fan_in = layer.weight[0].numel()
+        clip = 0.5 / fan_in ** 0.5
+        assert layer.clip == pytest.approx(clip), name
+        assert layer.weight.abs().max().item() <= float(torch.tensor(clip)) * (1 + 1e-6)
+        assert layer.quantized_weight().scale.flatten().tolist() == pytest.approx([clip / 7])
+        fan_ins.add(fan_in)
+    assert len(fan_ins) >= 3  # conv, hidden and output layers of different widths
+    again = load_run(tmp_path / "r")[0]  # rebuilt from the run folder: the same ranges
+    assert [la.clip for _, la in quant_layers(again)] == [la.clip for _, la in quant_layers(model)]
+
+
+def test_relative_clip_in_your_own_model():
+    net = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    quantize_model(net, QuantSpec("int8", clip_rel=2.0))
+    assert net[0].clip == pytest.approx(2.0 / 4) and net[2].clip == pytest.approx(2.0 / 8 ** 0.5)
+    with pytest.raises(MCELError, match="not both"):
+        QuantSpec("int8", clip=0.1, clip_rel=1.0)
 
 
 # -- command line -----------------------------------------------------------------------

@@ -59,6 +59,7 @@ class TrainConfig:
     limit_train: int | None = None
     limit_test: int | None = None
     clip: float | None = None
+    clip_rel: float | None = None
     precision: str = DEFAULT_PRECISION
 
     def __post_init__(self) -> None:
@@ -103,7 +104,7 @@ class TrainConfig:
             raise MCELError(f"seed must be an integer in [0, 2^63), got {self.seed}")
         check_device_name(self.device)
         check_precision(self.precision)
-        if self.clip is not None and self.quant == "float":
+        if (self.clip is not None or self.clip_rel is not None) and self.quant == "float":
             raise MCELError("clip fixes the range of quantized weights; it needs a quantized "
                             "model (quant int4, say), not quant float")
         for name in ("limit_train", "limit_test"):
@@ -127,7 +128,7 @@ class TrainConfig:
     def quant_spec(self) -> QuantSpec:
         return QuantSpec(self.quant, fmt=self.fmt, granularity=self.granularity,
                          act_bits=self.act_bits, exclude=tuple(self.quant_exclude),
-                         clip=self.clip)
+                         clip=self.clip, clip_rel=self.clip_rel)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -168,7 +169,8 @@ class TrainConfig:
 
 
 # config keys added after 0.1.0, with the default that leaves a run id unchanged
-_LATER_KEYS: dict[str, Any] = {"clip": None, "precision": DEFAULT_PRECISION}
+_LATER_KEYS: dict[str, Any] = {"clip": None, "clip_rel": None,
+                               "precision": DEFAULT_PRECISION}
 
 
 def _check_types(config: TrainConfig) -> None:

@@ -127,6 +127,9 @@ TRAIN_FLAGS = {
     "limit_test": (int, "use only the first N test samples (default: all)", None),
     "clip": (float, "weight clipping: keep weights in [-W, W] and fix the k-bit range to W "
                     "(default: no clipping)", None),
+    "clip_rel": (float, "weight clipping per layer at C / sqrt(fan_in), the range of "
+                        "PyTorch's default initialisation (1 = that range; instead of --clip)",
+                 None),
     "precision": (str, "forward-pass precision (autocast; bf16 pays on CPUs with "
                        "AMX/avx512_bf16 and on GPUs; weights, loss, optimizer stay fp32)",
                   _names("mcel.precision", "PRECISIONS")),

@@ -72,6 +72,8 @@ def method_label(config: dict[str, Any]) -> str:
     'CE+EI(p=0.01)'
     >>> method_label({"loss": "mcel", "margin": 10.0, "clip": 0.1, "precision": "bf16"})
     'MCEL(m=10)+clip(0.1) [bf16]'
+    >>> method_label({"loss": "ce", "clip_rel": 1.0})
+    'CE+clip(rel 1)'
 
     A config without a margin is labelled with the margin its loss trains at
     (`mcel.losses.default_margin`).
@@ -95,6 +97,8 @@ def method_label(config: dict[str, Any]) -> str:
         label += f"+EI({config['train_error_model']})"
     if config.get("clip") is not None:
         label += f"+clip({config['clip']:g})"
+    if config.get("clip_rel") is not None:
+        label += f"+clip(rel {config['clip_rel']:g})"
     if config.get("precision", "fp32") != "fp32":
         label += f" [{config['precision']}]"
     return label

@@ -17,6 +17,7 @@ from mcel.quant.layers import (
     QuantLinear,
     QuantSpec,
     clip_weights,
+    layer_clip,
     quant_layers,
     quantize_model,
     set_format,
@@ -27,4 +28,5 @@ __all__ = [
     "quantize_values", "scheme_words",
     "value_table", "decode", "encode", "list_formats", "QuantConv2d", "QuantLinear",
     "QuantSpec", "quant_layers", "quantize_model", "set_format", "clip_weights",
+    "layer_clip",
 ]

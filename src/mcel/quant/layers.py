@@ -56,6 +56,9 @@ class QuantSpec:
     ``include``/``exclude`` are fnmatch patterns over module names; ``clip`` bounds the
     latent weights to ``[-clip, clip]`` and fixes the k-bit codes' range to it (weight
     clipping, Stutz et al. 2021; `clip_weights` applies it after an optimizer step).
+    ``clip_rel`` sets each layer's clip relative to its own scale instead: ``clip_rel /
+    sqrt(fan_in)``, the bound of PyTorch's default initialisation, so one number fits
+    layers of any width (`layer_clip`).
     """
 
     weights: str = "int8"
@@ -65,12 +68,18 @@ class QuantSpec:
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
     clip: float | None = None
+    clip_rel: float | None = None
 
     def __post_init__(self) -> None:
         parse_scheme(self.weights)
-        if self.clip is not None and not (isinstance(self.clip, (int, float))
-                                          and math.isfinite(self.clip) and self.clip > 0):
-            raise MCELError(f"clip must be a finite number > 0, got {self.clip!r}")
+        for key in ("clip", "clip_rel"):
+            v = getattr(self, key)
+            if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool)
+                                      and math.isfinite(v) and v > 0):
+                raise MCELError(f"{key} must be a finite number > 0, got {v!r}")
+        if self.clip is not None and self.clip_rel is not None:
+            raise MCELError("give clip (one range for every layer) or clip_rel (a range "
+                            "per layer), not both")
         get_format(self.fmt)
         if self.granularity not in GRANULARITIES:
             raise MCELError(
@@ -205,10 +214,23 @@ class QuantConv2d(_QuantMixin, nn.Conv2d):
 QUANT_LAYERS = (QuantLinear, QuantConv2d)
 
 
+def layer_clip(spec: QuantSpec, weight: Tensor) -> float | None:
+    """The clip of a layer with this ``weight``: ``spec.clip``, or ``spec.clip_rel /
+    sqrt(fan_in)`` (fan_in: inputs per output unit, kernel included), which is the bound
+    of PyTorch's default initialisation of Linear and Conv layers.
+
+    >>> layer_clip(QuantSpec("int4", clip_rel=1.0), torch.zeros(10, 64))
+    0.125
+    """
+    if spec.clip_rel is None:
+        return spec.clip
+    return spec.clip_rel / math.sqrt(weight[0].numel())
+
+
 def _convert(m: nn.Module, spec: QuantSpec) -> nn.Module:
     scheme, bits = parse_scheme(spec.weights)
     kw = dict(scheme=scheme, bits=bits, fmt=spec.fmt, granularity=spec.granularity,
-              act_bits=spec.act_bits, clip=spec.clip)
+              act_bits=spec.act_bits, clip=layer_clip(spec, m.weight))
     if isinstance(m, nn.Linear):
         q: nn.Module = QuantLinear(m.in_features, m.out_features, m.bias is not None, **kw)
     else:
@@ -223,7 +245,7 @@ def _convert(m: nn.Module, spec: QuantSpec) -> nn.Module:
     for name, buf in q.named_buffers():  # act_max: on the layer's device, in its dtype
         setattr(q, name, buf.to(device=m.weight.device, dtype=m.weight.dtype))
     q.train(m.training)
-    if spec.clip is not None:  # start inside the range, as every later step will be
+    if kw["clip"] is not None:  # start inside the range, as every later step will be
         clip_weights(q)
     return q
 
@@ -309,5 +331,6 @@ def set_format(model: nn.Module, fmt: str) -> None:
 __all__: Sequence[str] = [
     "QuantSpec", "QuantLinear", "QuantConv2d", "quantize_model", "quant_layers", "set_format",
     "clip_weights",
+    "layer_clip",
 ]
 
