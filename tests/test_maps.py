@@ -418,6 +418,46 @@ def test_batched_trials_and_grids_take_maps(tmp_path) -> None:
     assert cells[0].plan.error_models == (parse_error_model(spec).describe(),)
 
 
+@pytest.mark.parametrize("spec", ["persistent=0", "shift=1", "persistent=0,shift=1",
+                                  "persistent=0,bit_interleave=1,word_bits=16"])
+def test_native_kernel_draws_the_same_map_faults_as_numpy(tmp_path, spec) -> None:
+    """Map draws through the C kernel (ladder, thinning, the part above 1/16, grouping
+    per code) equal numpy's bit for bit, from low rates to rates where cells pass 1/16."""
+    import mcel.faults.error_map as em_mod
+    from mcel.faults import native
+
+    if native.load() is None:
+        pytest.skip(native.status())
+    path = str(tmp_path / "chip.npz")
+    write_map(path, make_map(rows=128, cols=1024, cell_ber=1e-3, spread=1.5, stuck_rate=1e-3,
+                             row_rate=1e-2, col_rate=1e-2, scale01=0.5, seed=0))
+    spec = spec if "word_bits" in spec else spec + ",word_bits=32"
+    codes = torch.randint(0, 16, (128 * 1024 // 4,), dtype=torch.uint8,
+                          generator=torch.Generator().manual_seed(0))
+    caches = (em_mod._draw, em_mod._unshifted, em_mod._cells)
+    for ber in (1e-4, 3e-3, 0.05):  # at 0.05 the weakest cells' groups pass 1/16
+        em = parse_error_model(f"map={path},{spec}").at_rate(ber)
+        for trial in range(2):
+            for c in caches:
+                c.cache_clear()
+            a = sample_mask(codes, 4, em, seed=1, trial=trial)
+            for c in caches:
+                c.cache_clear()
+            with native.disabled():
+                b = sample_mask(codes, 4, em, seed=1, trial=trial)
+            assert a.nbits_flipped > 0 and a.nbits_flipped == b.nbits_flipped
+            assert torch.equal(a.index, b.index) and torch.equal(a.xor, b.xor), (ber, trial)
+
+
+def test_layout_identity() -> None:
+    assert MemoryLayout(banks=2).identity and MemoryLayout(banks=1, bank_interleave=True).identity
+    assert not MemoryLayout(banks=2, bank_interleave=True).identity
+    assert not MemoryLayout(bit_interleave=True).identity
+    for lay in LAYOUTS:  # identity: every address is its own cell
+        a = np.arange(lay.capacity)
+        assert lay.identity == bool(np.array_equal(lay.cell_of(a), a))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_same_map_mask_on_cuda(tmp_path) -> None:
     path = save(tmp_path, p=np.full((ROWS, COLS), 0.05), scale10=0.5,

@@ -301,3 +301,41 @@ int64_t mcel_group(const void *pos, int32_t wide, int64_t w, int32_t bits, void 
     *nbits = nb;
     return k;
 }
+
+/* One group of an error map's cells (mcel/faults/error_map.py, _flip_cells): the marks
+ * pos[0..w) of the group's ladder (indices into its cells, uint32 or uint64) thinned to
+ * each cell's own rate: cell = cells[pos[i]] is kept iff the 53-bit uniform of
+ * SplitMix64(cell ^ salt) is < ratio[pos[i]], as error_map._uniform_of draws it. Kept
+ * cells go to out (unsorted, a cell marked twice twice); returns how many. */
+int64_t mcel_thin(const void *pos, int32_t wide, int64_t w, const int64_t *cells,
+                  const double *ratio, uint64_t salt, int64_t *out) {
+    int64_t k = 0;
+    for (int64_t i = 0; i < w; i++) {
+        const uint64_t j = wide ? ((const uint64_t *)pos)[i] : ((const uint32_t *)pos)[i];
+        const int64_t cell = cells[j];
+        uint64_t x = (uint64_t)cell ^ salt;
+        x = (x ^ (x >> 30)) * UINT64_C(0xBF58476D1CE4E5B9);
+        x = (x ^ (x >> 27)) * UINT64_C(0x94D049BB133111EB);
+        x = (x ^ (x >> 31)) >> 11;
+        out[k] = cell;
+        k += (double)x * 0x1p-53 < ratio[j];
+    }
+    return k;
+}
+
+/* The part of the ladder above 1/16 (ladder.py, the dense loop): after the times stream
+ * (state words tw) skips `skip` draws, one 64-bit draw per cell i of range(n); cell i
+ * is hit iff its 53-bit uniform is < thr = (top - 1/16) / (15/16). Hit cells go to out
+ * in ascending order (cells that also carry a mark below 1/16 included: the caller
+ * takes the union); returns how many. */
+int64_t mcel_dense(const uint64_t *tw, uint64_t skip, uint64_t n, double thr, int64_t *out) {
+    pcg_t tg = pcg_from(tw);
+    pcg_advance(&tg, skip);
+    int64_t k = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        const double u = (double)(pcg_next64(&tg) >> 11) * 0x1p-53;
+        out[k] = (int64_t)i;
+        k += u < thr;
+    }
+    return k;
+}

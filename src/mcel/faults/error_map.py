@@ -60,8 +60,9 @@ import numpy as np
 import torch
 
 from mcel.errors import MCELError
+from mcel.faults import native
 from mcel.faults.error_model import BitErrorModel, spec_items
-from mcel.faults.ladder import sample_ladder
+from mcel.faults.ladder import sample_ladder, unique_sorted
 from mcel.faults.layout import MemoryLayout, slot_addresses
 from mcel.faults.sampler import FaultKey
 from mcel.io import atomic_write_bytes
@@ -227,59 +228,74 @@ def write_map(path: str, arrays: dict[str, np.ndarray]) -> None:
 # -- drawing ---------------------------------------------------------------------
 
 
-# Cells are drawn in groups whose p lie within a factor GROUP of each other: a group's
+# Cells are drawn in groups whose p lie within a factor `group` of each other: a group's
 # candidates come from the ladder at its top rate (its fast path: no time per mark) and
-# each is kept with probability q / top, so a group draws at most GROUP times its hits.
-GROUP = 16
+# each is kept with probability q / top, so a group draws at most `group` times its hits.
+# A persistent map is drawn once per seed and keeps the coarse grouping its published
+# draws were made with; fresh draws, made in every trial, use groups of a factor 2 (at
+# most twice the hits as candidates, about 1.4 times for log-normal cells).
+GROUP, FRESH_GROUP = 16, 2
+_MAX_GROUPS = 40  # cells below 2^-40 (or 16^-40) relative to 1 share the last group
 
 # Streams of a draw's FaultKey: failed rows 2, 3 (value coins 12), columns 4, 5 (coins
-# 14); group g's ladder _GROUPS + 2g, + 1 and its thinning _THIN + g (32 groups at most);
+# 14); group g's ladder _GROUPS + 2g, + 1 and its thinning _THIN + g (40 groups at most);
 # the keep draws of asymmetric rates _KEEP. All distinct, so no two uses share a stream.
 _GROUPS, _THIN, _KEEP = 16, 100, 200
 
 
 @dataclass(frozen=True, eq=False)
 class _Strata:
-    """Cells with p > 0 grouped by powers of GROUP of p; per group at one scale its top
-    rate and each cell's keep ratio ``q / top``."""
+    """Cells with p > 0 grouped by powers of ``group`` of p; per group at one scale its
+    top rate and each cell's keep ratio ``q / top``."""
 
     cells: tuple[np.ndarray, ...]
     ratios: tuple[np.ndarray, ...]
     tops: tuple[float, ...]
 
 
-@functools.lru_cache(maxsize=8)
-def _strata(arrays: MapArrays, scale: float) -> _Strata:
+@functools.lru_cache(maxsize=4)
+def _groups(arrays: MapArrays, group: int) -> tuple[np.ndarray, ...]:
+    """The cells with p > 0, grouped by powers of ``group`` of p (ascending in each)."""
     p = arrays.p.reshape(-1)
     live = np.flatnonzero(p > 0)
-    group = np.minimum(np.floor(-np.log(p[live]) / np.log(GROUP)), 31).astype(np.int64)
-    cells, ratios, tops = [], [], []
-    for g in range(32):
-        c = live[group == g]
+    last = 31 if group == GROUP else _MAX_GROUPS - 1  # GROUP's draws: as first published
+    g = np.minimum(np.floor(-np.log(p[live]) / np.log(group)), last).astype(np.int64)
+    return tuple(live[g == k] for k in range(last + 1))
+
+
+@functools.lru_cache(maxsize=8)
+def _strata(arrays: MapArrays, scale: float, group: int = GROUP) -> _Strata:
+    p = arrays.p.reshape(-1)
+    cells, ratios, tops = _groups(arrays, group), [], []
+    for c in cells:
         q = np.minimum(p[c] * scale, 1.0)
         top = float(q.max()) if c.size else 0.0
-        cells.append(c)
         ratios.append(q / top if top > 0 else q)
         tops.append(top)
-    return _Strata(tuple(cells), tuple(ratios), tuple(tops))
+    return _Strata(cells, tuple(ratios), tuple(tops))
 
 
-def _flip_cells(arrays: MapArrays, scale: float, key: FaultKey) -> np.ndarray:
+def _flip_cells(arrays: MapArrays, scale: float, key: FaultKey,
+                group: int = GROUP) -> np.ndarray:
     """Sorted cells that fail in the draw ``key``: each with probability ``p * scale``
     (a candidate at rate ``top`` kept with probability ``q / top``: exact). Nested in
     ``scale``: the candidates are (the ladder), and a cell's keep draw and ratio
     ``p / max p`` of its group do not change with it (nor when q is clipped at 1, where
     the ratio only grows)."""
-    st = _strata(arrays, scale)
+    st = _strata(arrays, scale, group)
     out = [np.empty(0, np.int64)]
     for g, (cells, ratio, top) in enumerate(zip(st.cells, st.ratios, st.tops)):
-        if top > 0:
-            hit = sample_ladder(key.rng(_GROUPS + 2 * g), key.rng(_GROUPS + 1 + 2 * g),
-                                cells.size, top)
-            hit = hit.astype(np.int64)
+        if top <= 0:
+            continue
+        rngs = key.rng(_GROUPS + 2 * g), key.rng(_GROUPS + 1 + 2 * g)
+        kept = native.thinned_cells(*rngs, cells, ratio, top, _salt(key, _THIN + g))
+        if kept is None:  # numpy: the same cells, from fresh generators
+            rngs = key.rng(_GROUPS + 2 * g), key.rng(_GROUPS + 1 + 2 * g)
+            hit = sample_ladder(*rngs, cells.size, top).astype(np.int64)
             c = cells[hit]
-            out.append(c[_uniform_of(c, key, _THIN + g) < ratio[hit]])
-    return np.sort(np.concatenate(out))
+            kept = c[_uniform_of(c, key, _THIN + g) < ratio[hit]]
+        out.append(kept)
+    return unique_sorted(np.concatenate(out))  # the kernel keeps a twice-marked cell twice
 
 
 def _line_cells(arrays: MapArrays, key: FaultKey) -> tuple[np.ndarray, np.ndarray]:
@@ -333,10 +349,15 @@ class _Draw:
     capacity: int
 
 
+def _salt(key: FaultKey, stream: int) -> int:
+    return int(key.rng(stream).bit_generator.random_raw())
+
+
 def _uniform_of(cells: np.ndarray, key: FaultKey, stream: int) -> np.ndarray:
     """A uniform in [0, 1) per cell fixed by (key, stream, cell): SplitMix64 of the
-    salted index, so a cell keeps its draw whatever else fails (nesting)."""
-    x = cells.astype(np.uint64) ^ np.uint64(key.rng(stream).bit_generator.random_raw())
+    salted index, so a cell keeps its draw whatever else fails (nesting). The native
+    kernel (`native.thinned_cells`) computes the same numbers."""
+    x = cells.astype(np.uint64) ^ np.uint64(_salt(key, stream))
     x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     return ((x ^ (x >> np.uint64(31))) >> np.uint64(11)).astype(np.float64) * 2.0**-53
@@ -449,6 +470,8 @@ class ErrorMap:
         if arrays.scale01 < 1 or arrays.scale10 < 1:  # thin by the stored value's scale
             scale = np.where(_stored(codes, flips, bits) == 1, arrays.scale10, arrays.scale01)
             flips = flips[keep < scale]
+        if stuck.size == 0:
+            return flips
         flips = flips[~_member(flips, stuck)]  # a stuck cell reads its value
         differs = stuck[_stored(codes, stuck, bits) != value]
         return np.sort(np.concatenate([flips, differs]))
@@ -552,11 +575,14 @@ def _in_range(addr: np.ndarray, extra: np.ndarray, *, capacity: int, first: int,
 
 
 @functools.lru_cache(maxsize=8)
-def _cells(arrays: MapArrays, scale: float, key: FaultKey) -> tuple[np.ndarray, ...]:
+def _cells(arrays: MapArrays, scale: float, key: FaultKey,
+           group: int) -> tuple[np.ndarray, ...]:
     """The failing cells of one draw: flips with their keep draws, stuck cells with their
     values (cached: a persistent map draws them once per seed)."""
-    flips = _flip_cells(arrays, scale, key)
-    return (flips, _uniform_of(flips, key, _KEEP), *_stuck_cells(arrays, key))
+    flips = _flip_cells(arrays, scale, key, group)
+    symmetric = arrays.scale01 == 1 and arrays.scale10 == 1  # then no keep draw is read
+    keep = np.zeros(flips.size) if symmetric else _uniform_of(flips, key, _KEEP)
+    return (flips, keep, *_stuck_cells(arrays, key))
 
 
 @functools.lru_cache(maxsize=8)
@@ -566,9 +592,12 @@ def _unshifted(em: ErrorMap, stamp: tuple[int, int], *, seed: int, trial: int,
     persistent map computes them once per seed)."""
     layout = em.layout
     key = FaultKey(seed=seed, trial=trial, name="error-map", step=step)
-    cells, keep, stuck, value = _cells(em.arrays, em.scale, key)
+    group = GROUP if em.persistent else FRESH_GROUP
+    cells, keep, stuck, value = _cells(em.arrays, em.scale, key, group)
 
     def addresses(c: np.ndarray, extra: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if layout.identity:  # sorted cells are sorted addresses
+            return c, extra
         a = layout.address_of(c)
         order = np.argsort(a, kind="stable")
         return a[order], extra[order]

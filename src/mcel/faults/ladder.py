@@ -63,7 +63,7 @@ def _uniform(raw: np.ndarray) -> np.ndarray:
     return (raw >> np.uint64(11)).astype(np.float64) * _U53
 
 
-def _unique_sorted(x: np.ndarray) -> np.ndarray:
+def unique_sorted(x: np.ndarray) -> np.ndarray:
     # sort + adjacent compare; np.unique's hash path and boolean indexing are slower
     x = np.sort(x)
     first = np.empty(x.size, dtype=bool)
@@ -116,7 +116,7 @@ def sample_ladder(
 
     if t_top > T_DENSE:  # then every block was drawn
         bg.advance(skipped)
-        marked = _unique_sorted(np.concatenate(all_marks)) if all_marks else np.empty(0, dt)
+        marked = unique_sorted(np.concatenate(all_marks)) if all_marks else np.empty(0, dt)
         for start in range(0, n, CHUNK):
             raw = bg.random_raw(min(CHUNK, n - start))
             cells = np.arange(start, start + raw.size, dtype=dt)
@@ -130,4 +130,4 @@ def sample_ladder(
 
     if not kept:
         return np.empty(0, np.int64)
-    return _unique_sorted(np.concatenate(kept)).astype(np.int64)
+    return unique_sorted(np.concatenate(kept)).astype(np.int64)

@@ -60,6 +60,12 @@ class MemoryLayout:
         """Cells (bits) in the whole memory."""
         return self.banks * self.rows * self.row_bits
 
+    @property
+    def identity(self) -> bool:
+        """Whether address and cell index coincide (no interleaving): a sorted list of
+        cells is then a sorted list of addresses, with nothing to compute."""
+        return not self.bit_interleave and (not self.bank_interleave or self.banks == 1)
+
     def locate(self, address: np.ndarray) -> tuple[np.ndarray, ...]:
         """``(bank, row, column, bit)`` of each address: column counts words in the row,
         bit counts bits in the word (wrapping past the capacity)."""

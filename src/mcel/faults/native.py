@@ -11,7 +11,9 @@ differ). The library is cached per (source, numpy, Python, platform) under
 
 ``MCEL_NATIVE=0`` turns it off; without a C compiler it is off and everything runs in
 numpy (`status` says why). It covers flips (uniform, per-position and asymmetric rates
-up to 1/16); stuck-at models and higher rates take the numpy path.
+up to 1/16) and the draws of error maps (each group of cells: its ladder at any rate,
+thinned to each cell's own rate; grouping positions per code); stuck-at models of
+`BitErrorModel` and its rates above 1/16 take the numpy path.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mcel.faults.ladder import BLOCKS, T_DENSE, rate_time
+from mcel.faults.ladder import BLOCKS, DENSE_FROM, T_DENSE, rate_time
 
 _SRC = Path(__file__).with_name("_ladder.c")
 _LOCK = threading.Lock()
@@ -92,6 +94,10 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
                                _P, _I32, _P, _I64]
     lib.mcel_group.restype = _I64
     lib.mcel_group.argtypes = [_P, _I32, _I64, _I32, _P, _I32, _I32, _P, _P, _P]
+    lib.mcel_dense.restype = _I64
+    lib.mcel_dense.argtypes = [_P, _U64, _U64, ctypes.c_double, _P]
+    lib.mcel_thin.restype = _I64
+    lib.mcel_thin.argtypes = [_P, _I32, _I64, _P, _P, _U64, _P]
     lib.mcel_xor.restype = _I32
     lib.mcel_xor.argtypes = [_P, _I32, _I64, _P, _P, _I64]
     return lib
@@ -272,6 +278,69 @@ def ladder_mask(
     k = lib.mcel_group(_ptr(pos), wide, kept, bits, _ptr(codes), codes.itemsize, int(apply),
                        _ptr(idx), _ptr(xor), _ptr(nbits))
     return idx[:k], xor[:k], int(nbits[0])
+
+
+def thinned_cells(
+    rng_marks: np.random.Generator,
+    rng_times: np.random.Generator,
+    cells: np.ndarray,
+    ratio: np.ndarray,
+    top: float,
+    salt: int,
+) -> np.ndarray | None:
+    """One group of an error map (`mcel.faults.error_map`): the ladder's marks at rate
+    ``top <= 1/16`` over ``range(cells.size)``, each kept iff the SplitMix64 uniform of
+    ``cells[mark] ^ salt`` is below ``ratio[mark]``; the kept cells, unsorted, a cell
+    marked twice twice (int64). None when the kernel is unavailable, the rate is above
+    1/16 or the marks overflow the buffer (the caller takes the numpy path with fresh
+    generators)."""
+    lib = load()
+    n = cells.size
+    wide = n > 1 << 32
+    dense = float(rate_time(top)) > T_DENSE  # every block, then a draw per cell
+    plan = _plan(n, DENSE_FROM if dense else top) if lib is not None and n > 0 else None
+    if plan is None or (dense and wide):
+        return None
+    ta, tb, lam, cap, below, k_top = plan
+    if lam.size == 0:
+        return np.empty(0, np.int64)
+    marks, times = _pcg_words(rng_marks), _pcg_words(rng_times)
+    if marks is None or times is None:
+        return None
+    pos = np.empty(cap, np.uint64 if wide else np.uint32)
+    dummy = np.zeros(1, np.float64)
+    timed_from = lam.size if dense else below  # dense: every mark below 1/16 hits
+    w = lib.mcel_flips(_ptr(marks), _ptr(times), n, _ptr(lam), _ptr(ta), _ptr(tb), lam.size,
+                       0, timed_from, k_top, _ptr(dummy), 1, 0, _ptr(dummy), 8, _ptr(pos), cap)
+    if w < 0:
+        return None
+    if dense:  # the marks, then the cells hit above 1/16 (as ladder.py: same streams)
+        above = np.empty(n, np.int64)
+        thr = (top - DENSE_FROM) / (1.0 - DENSE_FROM)
+        k = lib.mcel_dense(_ptr(times), w, n, thr, _ptr(above))
+        pos = np.concatenate([pos[:w].astype(np.uint64), above[:k].view(np.uint64)])
+        w, wide = pos.size, True
+    pos = pos[:w]
+    pos.sort()  # ascending reads of cells and ratio: several times faster than at random
+    cells = np.ascontiguousarray(cells, np.int64)
+    ratio = np.ascontiguousarray(ratio, np.float64)
+    out = np.empty(w, np.int64)
+    k = lib.mcel_thin(_ptr(pos), int(wide), w, _ptr(cells), _ptr(ratio), salt, _ptr(out))
+    return out[:k]
+
+
+def group_bits(pos: np.ndarray, bits: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray] | None:
+    """Sorted unique int64 bit positions -> ``(idx, xor)``: the codes they fall in and
+    the OR of their bits per code (``dtype`` words); None when the kernel is off."""
+    lib = load()
+    if lib is None or pos.dtype != np.int64 or not pos.flags.c_contiguous:
+        return None
+    idx = np.empty(pos.size, np.int64)
+    xor = np.empty(pos.size, dtype)
+    nbits = np.zeros(1, np.int64)
+    k = lib.mcel_group(_ptr(pos), 1, pos.size, bits, _ptr(xor), xor.itemsize, 0, _ptr(idx),
+                       _ptr(xor), _ptr(nbits))
+    return idx[:k], xor[:k]
 
 
 def xor_(codes: np.ndarray, idx: np.ndarray, xor: np.ndarray) -> bool:

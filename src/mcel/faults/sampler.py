@@ -171,8 +171,11 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
 def _mask_from_positions(pos: np.ndarray, bits: int, codes: torch.Tensor) -> FlipMask:
     """Sorted unique bit positions -> per-code XOR words."""
     nbits_total = codes.numel() * bits
+    grouped = native.group_bits(pos, bits, _NP_DTYPE[codes.dtype]) if pos.size else None
     if pos.size == 0:
         idx, xor = np.empty(0, np.int64), np.empty(0, np.int64)
+    elif grouped is not None:
+        idx, xor = grouped
     else:
         code, bit = _split(pos, bits)
         first = np.empty(code.size, dtype=bool)
