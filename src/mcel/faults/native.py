@@ -203,6 +203,10 @@ def _ptr(a: np.ndarray) -> int:
     return a.ctypes.data
 
 
+_DUMMY = np.zeros(1, np.float64)  # what a kernel argument that is not read points to
+_DUMMY_PTR = _ptr(_DUMMY)
+
+
 @functools.lru_cache(maxsize=64)
 def _plan(n: int, top: float) -> tuple | None:
     """What the kernel needs for ``n`` cells at rate ``top``, computed as the numpy path
@@ -225,7 +229,7 @@ def _plan(n: int, top: float) -> tuple | None:
         k_top = math.ceil((t_top - a) / (b - a) * 2.0**53)
     for arr in (ta, tb, lam):
         arr.flags.writeable = False  # shared by every call with these arguments
-    return ta, tb, lam, cap, below, k_top
+    return ta, tb, lam, cap, below, k_top, (_ptr(ta), _ptr(tb), _ptr(lam))
 
 
 def ladder_mask(
@@ -254,7 +258,7 @@ def ladder_mask(
     plan = _plan(n, top)
     if plan is None:
         return None
-    ta, tb, lam, cap, below, k_top = plan
+    ta, tb, lam, cap, below, k_top, (p_ta, p_tb, p_lam) = plan
     nblocks = lam.size
     if nblocks == 0:
         return np.empty(0, np.int64), np.empty(0, codes.dtype), 0
@@ -265,7 +269,7 @@ def ladder_mask(
     timed_from = below if mode == 0 else 0  # mode 0: untimed blocks first
     tab = np.ascontiguousarray(table if table is not None else np.zeros(1), np.float64)
     pos = np.empty(cap, np.uint64 if wide else np.uint32)
-    kept = lib.mcel_flips(_ptr(marks), _ptr(times), n, _ptr(lam), _ptr(ta), _ptr(tb), nblocks,
+    kept = lib.mcel_flips(_ptr(marks), _ptr(times), n, p_lam, p_ta, p_tb, nblocks,
                           mode, timed_from, k_top, _ptr(tab), bits, prot, _ptr(codes),
                           codes.itemsize, _ptr(pos), cap)
     if kept < 0:
@@ -301,17 +305,16 @@ def thinned_cells(
     plan = _plan(n, DENSE_FROM if dense else top) if lib is not None and n > 0 else None
     if plan is None or (dense and wide):
         return None
-    ta, tb, lam, cap, below, k_top = plan
+    ta, tb, lam, cap, below, k_top, (p_ta, p_tb, p_lam) = plan
     if lam.size == 0:
         return np.empty(0, np.int64)
     marks, times = _pcg_words(rng_marks), _pcg_words(rng_times)
     if marks is None or times is None:
         return None
     pos = np.empty(cap, np.uint64 if wide else np.uint32)
-    dummy = np.zeros(1, np.float64)
     timed_from = lam.size if dense else below  # dense: every mark below 1/16 hits
-    w = lib.mcel_flips(_ptr(marks), _ptr(times), n, _ptr(lam), _ptr(ta), _ptr(tb), lam.size,
-                       0, timed_from, k_top, _ptr(dummy), 1, 0, _ptr(dummy), 8, _ptr(pos), cap)
+    w = lib.mcel_flips(_ptr(marks), _ptr(times), n, p_lam, p_ta, p_tb, lam.size, 0,
+                       timed_from, k_top, _DUMMY_PTR, 1, 0, _DUMMY_PTR, 8, _ptr(pos), cap)
     if w < 0:
         return None
     if dense:  # the marks, then the cells hit above 1/16 (as ladder.py: same streams)
