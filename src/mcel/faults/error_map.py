@@ -238,9 +238,14 @@ GROUP, FRESH_GROUP = 16, 2
 _MAX_GROUPS = 40  # cells below 2^-40 (or 16^-40) relative to 1 share the last group
 
 # Streams of a draw's FaultKey: failed rows 2, 3 (value coins 12), columns 4, 5 (coins
-# 14); group g's ladder _GROUPS + 2g, + 1 and its thinning _THIN + g (40 groups at most);
+# 14); group g's ladder _GROUPS + 2g, + 1 and its thinning _THIN + g (32 groups at most);
 # the keep draws of asymmetric rates _KEEP. All distinct, so no two uses share a stream.
-_GROUPS, _THIN, _KEEP = 16, 100, 200
+# A fresh draw seeds the ladders and thinning of all its groups from one stream, _FRESH
+# (nine words a group: two PCG64 seeds and a salt), which costs a fraction of building
+# three generators a group, every trial.
+_GROUPS, _THIN, _KEEP, _FRESH = 16, 100, 200, 300
+_PCG_MULT = (2549297995355413924 << 64) | 4865540595714422341
+_M64, _M128 = (1 << 64) - 1, (1 << 128) - 1
 
 
 @dataclass(frozen=True, eq=False)
@@ -283,19 +288,47 @@ def _flip_cells(arrays: MapArrays, scale: float, key: FaultKey,
     ``p / max p`` of its group do not change with it (nor when q is clipped at 1, where
     the ratio only grows)."""
     st = _strata(arrays, scale, group)
+    fresh = group != GROUP
+    seeds = key.words(_FRESH, 9 * len(st.cells)).reshape(-1, 9) if fresh else None
     out = [np.empty(0, np.int64)]
     for g, (cells, ratio, top) in enumerate(zip(st.cells, st.ratios, st.tops)):
         if top <= 0:
             continue
-        rngs = key.rng(_GROUPS + 2 * g), key.rng(_GROUPS + 1 + 2 * g)
-        kept = native.thinned_cells(*rngs, cells, ratio, top, _salt(key, _THIN + g))
-        if kept is None:  # numpy: the same cells, from fresh generators
-            rngs = key.rng(_GROUPS + 2 * g), key.rng(_GROUPS + 1 + 2 * g)
+        if seeds is not None:
+            marks, times = _seeded(seeds[g, :4]), _seeded(seeds[g, 4:8])
+            salt = int(seeds[g, 8])
+        else:
+            marks, times = key.rng(_GROUPS + 2 * g), key.rng(_GROUPS + 1 + 2 * g)
+            salt = _salt(key, _THIN + g)
+        kept = native.thinned_cells(marks, times, cells, ratio, top, salt)
+        if kept is None:  # numpy: the same cells, from generators in the same states
+            if seeds is not None:
+                rngs = _generator(marks), _generator(times)
+            else:
+                rngs = key.rng(_GROUPS + 2 * g), key.rng(_GROUPS + 1 + 2 * g)
             hit = sample_ladder(*rngs, cells.size, top).astype(np.int64)
             c = cells[hit]
-            kept = c[_uniform_of(c, key, _THIN + g) < ratio[hit]]
+            kept = c[_uniform(c, salt) < ratio[hit]]
         out.append(kept)
     return unique_sorted(np.concatenate(out))  # the kernel keeps a twice-marked cell twice
+
+
+def _seeded(seed: np.ndarray) -> np.ndarray:
+    """The state of `np.random.PCG64` seeded with these four words (as it seeds itself
+    from a SeedSequence's four), in the kernel's word layout (`native`)."""
+    init = (int(seed[0]) << 64) | int(seed[1])
+    inc = ((((int(seed[2]) << 64) | int(seed[3])) << 1) | 1) & _M128
+    state = ((inc + init) * _PCG_MULT + inc) & _M128  # two LCG steps from 0, init between
+    return np.array([state >> 64, state & _M64, inc >> 64, inc & _M64, 0, 0], np.uint64)
+
+
+def _generator(words: np.ndarray) -> np.random.Generator:
+    """A numpy generator in the state ``words`` (`_seeded`'s layout)."""
+    bg = np.random.PCG64(0)
+    bg.state = {"bit_generator": "PCG64", "has_uint32": 0, "uinteger": 0,
+                "state": {"state": (int(words[0]) << 64) | int(words[1]),
+                          "inc": (int(words[2]) << 64) | int(words[3])}}
+    return np.random.Generator(bg)
 
 
 def _line_cells(arrays: MapArrays, key: FaultKey) -> tuple[np.ndarray, np.ndarray]:
@@ -354,10 +387,15 @@ def _salt(key: FaultKey, stream: int) -> int:
 
 
 def _uniform_of(cells: np.ndarray, key: FaultKey, stream: int) -> np.ndarray:
-    """A uniform in [0, 1) per cell fixed by (key, stream, cell): SplitMix64 of the
-    salted index, so a cell keeps its draw whatever else fails (nesting). The native
-    kernel (`native.thinned_cells`) computes the same numbers."""
-    x = cells.astype(np.uint64) ^ np.uint64(_salt(key, stream))
+    """A uniform in [0, 1) per cell fixed by (key, stream, cell) (`_uniform`)."""
+    return _uniform(cells, _salt(key, stream))
+
+
+def _uniform(cells: np.ndarray, salt: int) -> np.ndarray:
+    """A uniform in [0, 1) per cell fixed by (salt, cell): SplitMix64 of the salted
+    index, so a cell keeps its draw whatever else fails (nesting). The native kernel
+    (`native.thinned_cells`) computes the same numbers."""
+    x = cells.astype(np.uint64) ^ np.uint64(salt)
     x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     return ((x ^ (x >> np.uint64(31))) >> np.uint64(11)).astype(np.float64) * 2.0**-53

@@ -285,19 +285,20 @@ def ladder_mask(
 
 
 def thinned_cells(
-    rng_marks: np.random.Generator,
-    rng_times: np.random.Generator,
+    rng_marks: np.random.Generator | np.ndarray,
+    rng_times: np.random.Generator | np.ndarray,
     cells: np.ndarray,
     ratio: np.ndarray,
     top: float,
     salt: int,
 ) -> np.ndarray | None:
-    """One group of an error map (`mcel.faults.error_map`): the ladder's marks at rate
-    ``top <= 1/16`` over ``range(cells.size)``, each kept iff the SplitMix64 uniform of
-    ``cells[mark] ^ salt`` is below ``ratio[mark]``; the kept cells, unsorted, a cell
-    marked twice twice (int64). None when the kernel is unavailable, the rate is above
-    1/16 or the marks overflow the buffer (the caller takes the numpy path with fresh
-    generators)."""
+    """One group of an error map (`mcel.faults.error_map`): the cells hit by the ladder
+    at rate ``top`` over ``range(cells.size)`` (`mcel.faults.ladder.sample_ladder`, from
+    these generators or PCG64 state words), each kept iff the SplitMix64 uniform of
+    ``cells[hit] ^ salt`` is below ``ratio[hit]``; the kept cells, unsorted, a cell hit
+    twice twice (int64). None when the kernel is unavailable, the marks overflow the
+    buffer or, above 1/16, the group has over 2^32 cells (the caller takes the numpy
+    path from generators in the same states)."""
     lib = load()
     n = cells.size
     wide = n > 1 << 32
@@ -308,7 +309,8 @@ def thinned_cells(
     ta, tb, lam, cap, below, k_top, (p_ta, p_tb, p_lam) = plan
     if lam.size == 0:
         return np.empty(0, np.int64)
-    marks, times = _pcg_words(rng_marks), _pcg_words(rng_times)
+    marks, times = (r if isinstance(r, np.ndarray) else _pcg_words(r)
+                    for r in (rng_marks, rng_times))
     if marks is None or times is None:
         return None
     pos = np.empty(cap, np.uint64 if wide else np.uint32)

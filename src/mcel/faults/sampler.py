@@ -75,6 +75,13 @@ class FaultKey:
         ss = np.random.SeedSequence([self.seed, self.trial, crc, stream, self.step])
         return np.random.Generator(np.random.PCG64(ss))
 
+    def words(self, stream: int, n: int) -> np.ndarray:
+        """``n`` uint64 words of one stream of this key: seeds for many generators at
+        once, without building each one (`np.random.SeedSequence.generate_state`)."""
+        crc = zlib.crc32(self.name.encode("utf-8"))
+        ss = np.random.SeedSequence([self.seed, self.trial, crc, stream, self.step])
+        return ss.generate_state(n, np.uint64)
+
     def rngs(self, streams: tuple[int, ...]) -> tuple[np.random.Generator, ...]:
         return tuple(self.rng(s) for s in streams)
 
