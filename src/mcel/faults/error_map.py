@@ -300,7 +300,7 @@ def _flip_cells(arrays: MapArrays, scale: float, key: FaultKey,
         else:
             marks, times = key.rng(_GROUPS + 2 * g), key.rng(_GROUPS + 1 + 2 * g)
             salt = _salt(key, _THIN + g)
-        kept = native.thinned_cells(marks, times, cells, ratio, top, salt)
+        kept = native.thinned_cells(marks, times, cells, ratio, top=top, salt=salt)
         if kept is None:  # numpy: the same cells, from generators in the same states
             if seeds is not None:
                 rngs = _generator(marks), _generator(times)

@@ -289,6 +289,7 @@ def thinned_cells(
     rng_times: np.random.Generator | np.ndarray,
     cells: np.ndarray,
     ratio: np.ndarray,
+    *,
     top: float,
     salt: int,
 ) -> np.ndarray | None:
