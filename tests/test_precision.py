@@ -4,6 +4,7 @@ import contextlib
 import json
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -39,7 +40,10 @@ def _same(a, b) -> bool:
     ({"clip_rel": 0.0}, "clip_rel must be a finite number > 0"),
     ({"clip_rel": float("nan")}, "clip_rel must be a finite number > 0"),
     ({"clip_rel": 1.0, "quant": "float"}, "needs a quantized model"),
-    ({"clip_rel": 1.0, "clip": 0.1}, "give clip .* or clip_rel .*, not both"),
+    ({"clip_rel": 1.0, "clip": 0.1}, "give one of clip .* not clip and clip_rel"),
+    ({"clip_auto": 1.0, "clip_rel": 1.0}, "not clip_rel and clip_auto"),
+    ({"clip_auto": -1.0}, "clip_auto must be a finite number > 0"),
+    ({"clip_auto": 1.0, "quant": "float"}, "needs a quantized model"),
 ])
 def test_bad_precision_and_clip(changes, match):
     with pytest.raises(MCELError, match=match):
@@ -237,8 +241,27 @@ def test_relative_clip_in_your_own_model():
     net = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
     quantize_model(net, QuantSpec("int8", clip_rel=2.0))
     assert net[0].clip == pytest.approx(2.0 / 4) and net[2].clip == pytest.approx(2.0 / 8 ** 0.5)
-    with pytest.raises(MCELError, match="not both"):
+    with pytest.raises(MCELError, match="not clip and clip_rel"):
         QuantSpec("int8", clip=0.1, clip_rel=1.0)
+
+
+def test_auto_clip_one_range_from_the_median_fan_in(tmp_path):
+    model, _ = train(TrainConfig(**CONV, clip_auto=0.5), tmp_path / "r")
+    fan_ins = [la.weight[0].numel() for _, la in quant_layers(model)]
+    clip = 0.5 / float(np.median(fan_ins)) ** 0.5
+    assert len(set(fan_ins)) >= 3
+    for _, layer in quant_layers(model):  # the same range in every layer, first one included
+        assert layer.clip == pytest.approx(clip)
+        assert layer.weight.abs().max().item() <= float(torch.tensor(clip)) * (1 + 1e-6)
+    again = load_run(tmp_path / "r")[0]
+    assert [la.clip for _, la in quant_layers(again)] == pytest.approx([clip] * len(fan_ins))
+    assert TrainConfig(**CONV, clip_auto=0.5).digest() != TrainConfig(**CONV, clip_rel=0.5).digest()
+    # your own model; a bare layer takes its own fan-in; excluded layers do not count
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2),
+                              torch.nn.Linear(2, 2))
+    quantize_model(net, QuantSpec("int8", clip_auto=2.0, exclude=("3",)))
+    assert net[0].clip == net[2].clip == pytest.approx(2.0 / 6 ** 0.5)  # median of 4 and 8
+    assert quantize_model(torch.nn.Linear(16, 3), QuantSpec("int4", clip_auto=1.0)).clip == 0.25
 
 
 # -- command line -----------------------------------------------------------------------

@@ -60,6 +60,7 @@ class TrainConfig:
     limit_test: int | None = None
     clip: float | None = None
     clip_rel: float | None = None
+    clip_auto: float | None = None
     precision: str = DEFAULT_PRECISION
 
     def __post_init__(self) -> None:
@@ -104,7 +105,8 @@ class TrainConfig:
             raise MCELError(f"seed must be an integer in [0, 2^63), got {self.seed}")
         check_device_name(self.device)
         check_precision(self.precision)
-        if (self.clip is not None or self.clip_rel is not None) and self.quant == "float":
+        clipped = any(v is not None for v in (self.clip, self.clip_rel, self.clip_auto))
+        if clipped and self.quant == "float":
             raise MCELError("clip fixes the range of quantized weights; it needs a quantized "
                             "model (quant int4, say), not quant float")
         for name in ("limit_train", "limit_test"):
@@ -128,7 +130,7 @@ class TrainConfig:
     def quant_spec(self) -> QuantSpec:
         return QuantSpec(self.quant, fmt=self.fmt, granularity=self.granularity,
                          act_bits=self.act_bits, exclude=tuple(self.quant_exclude),
-                         clip=self.clip, clip_rel=self.clip_rel)
+                         clip=self.clip, clip_rel=self.clip_rel, clip_auto=self.clip_auto)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -169,7 +171,7 @@ class TrainConfig:
 
 
 # config keys added after 0.1.0, with the default that leaves a run id unchanged
-_LATER_KEYS: dict[str, Any] = {"clip": None, "clip_rel": None,
+_LATER_KEYS: dict[str, Any] = {"clip": None, "clip_rel": None, "clip_auto": None,
                                "precision": DEFAULT_PRECISION}
 
 

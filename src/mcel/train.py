@@ -214,7 +214,7 @@ def _epoch(config: TrainConfig, model: nn.Module, net: nn.Module, *, loss_fn: nn
         opt.zero_grad(set_to_none=True)
         (loss * shard_weight(len(idx), len(batch), info)).backward()
         opt.step()
-        if config.clip is not None or config.clip_rel is not None:
+        if any(v is not None for v in (config.clip, config.clip_rel, config.clip_auto)):
             clip_weights(model)
         total += loss.item() * len(idx)
         correct += (logits.argmax(1) == yb).sum().item()

@@ -130,6 +130,8 @@ TRAIN_FLAGS = {
     "clip_rel": (float, "weight clipping per layer at C / sqrt(fan_in), the range of "
                         "PyTorch's default initialisation (1 = that range; instead of --clip)",
                  None),
+    "clip_auto": (float, "weight clipping with one range for the whole model, C / sqrt(the "
+                         "median fan_in of its layers) (instead of --clip)", None),
     "precision": (str, "forward-pass precision (autocast; bf16 pays on CPUs with "
                        "AMX/avx512_bf16 and on GPUs; weights, loss, optimizer stay fp32)",
                   _names("mcel.precision", "PRECISIONS")),

@@ -74,6 +74,8 @@ def method_label(config: dict[str, Any]) -> str:
     'MCEL(m=10)+clip(0.1) [bf16]'
     >>> method_label({"loss": "ce", "clip_rel": 1.0})
     'CE+clip(rel 1)'
+    >>> method_label({"loss": "mcel", "margin": 30.0, "clip_auto": 2.0})
+    'MCEL(m=30)+clip(auto 2)'
 
     A config without a margin is labelled with the margin its loss trains at
     (`mcel.losses.default_margin`).
@@ -99,6 +101,8 @@ def method_label(config: dict[str, Any]) -> str:
         label += f"+clip({config['clip']:g})"
     if config.get("clip_rel") is not None:
         label += f"+clip(rel {config['clip_rel']:g})"
+    if config.get("clip_auto") is not None:
+        label += f"+clip(auto {config['clip_auto']:g})"
     if config.get("precision", "fp32") != "fp32":
         label += f" [{config['precision']}]"
     return label

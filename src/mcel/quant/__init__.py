@@ -16,6 +16,7 @@ from mcel.quant.layers import (
     QuantConv2d,
     QuantLinear,
     QuantSpec,
+    auto_clip,
     clip_weights,
     layer_clip,
     quant_layers,
@@ -28,5 +29,5 @@ __all__ = [
     "quantize_values", "scheme_words",
     "value_table", "decode", "encode", "list_formats", "QuantConv2d", "QuantLinear",
     "QuantSpec", "quant_layers", "quantize_model", "set_format", "clip_weights",
-    "layer_clip",
+    "layer_clip", "auto_clip",
 ]

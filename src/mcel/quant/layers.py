@@ -23,8 +23,9 @@ from __future__ import annotations
 import fnmatch
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -58,7 +59,9 @@ class QuantSpec:
     clipping, Stutz et al. 2021; `clip_weights` applies it after an optimizer step).
     ``clip_rel`` sets each layer's clip relative to its own scale instead: ``clip_rel /
     sqrt(fan_in)``, the bound of PyTorch's default initialisation, so one number fits
-    layers of any width (`layer_clip`).
+    layers of any width (`layer_clip`). ``clip_auto`` sets one clip for the whole model
+    from its shape: ``clip_auto / sqrt(median fan_in)`` over its quantized layers
+    (`auto_clip`); a small-fan-in first layer then gets the same range as the rest.
     """
 
     weights: str = "int8"
@@ -69,17 +72,20 @@ class QuantSpec:
     exclude: tuple[str, ...] = ()
     clip: float | None = None
     clip_rel: float | None = None
+    clip_auto: float | None = None
 
     def __post_init__(self) -> None:
         parse_scheme(self.weights)
-        for key in ("clip", "clip_rel"):
+        for key in ("clip", "clip_rel", "clip_auto"):
             v = getattr(self, key)
             if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool)
                                       and math.isfinite(v) and v > 0):
                 raise MCELError(f"{key} must be a finite number > 0, got {v!r}")
-        if self.clip is not None and self.clip_rel is not None:
-            raise MCELError("give clip (one range for every layer) or clip_rel (a range "
-                            "per layer), not both")
+        given = [k for k in ("clip", "clip_rel", "clip_auto") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise MCELError(f"give one of clip (a range for every layer), clip_rel (a range "
+                            f"per layer) and clip_auto (a range from the model's shape), "
+                            f"not {' and '.join(given)}")
         get_format(self.fmt)
         if self.granularity not in GRANULARITIES:
             raise MCELError(
@@ -227,6 +233,16 @@ def layer_clip(spec: QuantSpec, weight: Tensor) -> float | None:
     return spec.clip_rel / math.sqrt(weight[0].numel())
 
 
+def auto_clip(c: float, fan_ins: Sequence[int]) -> float:
+    """The model-wide clip of ``clip_auto=c``: ``c / sqrt(median fan_in)`` of the layers
+    (inputs per output unit, kernel included).
+
+    >>> auto_clip(1.0, [9, 576, 3136, 2048])  # VGG3: median 1312
+    0.0276...
+    """
+    return c / math.sqrt(float(np.median(np.asarray(fan_ins, dtype=np.float64))))
+
+
 def _convert(m: nn.Module, spec: QuantSpec) -> nn.Module:
     scheme, bits = parse_scheme(spec.weights)
     kw = dict(scheme=scheme, bits=bits, fmt=spec.fmt, granularity=spec.granularity,
@@ -273,6 +289,9 @@ def quantize_model(model: nn.Module, spec: QuantSpec | str) -> nn.Module:
     if spec.scheme == "float":
         return model
     if isinstance(model, (nn.Linear, nn.Conv2d)) and not isinstance(model, QUANT_LAYERS):
+        if spec.clip_auto is not None:
+            spec = replace(spec, clip=auto_clip(spec.clip_auto, [model.weight[0].numel()]),
+                           clip_auto=None)
         return _convert(model, spec)  # a bare layer: no parent to put it into
     candidates = [(name, module)
                   for name, module in model.named_modules(remove_duplicate=False)
@@ -292,6 +311,10 @@ def quantize_model(model: nn.Module, spec: QuantSpec | str) -> nn.Module:
         raise MCELError(f"layer '{odd[0]}' is a {type(odd[1]).__name__}, which mcel does not "
                         "quantize (Linear and Conv2d only); keep it in float with "
                         f"QuantSpec(..., exclude=('{odd[0]}',))")
+    if spec.clip_auto is not None:  # one range for all, from the selected layers' shapes
+        chosen = {id(m): m for n, m in candidates if spec.selects(n)}.values()
+        fan_ins = [m.weight[0].numel() for m in chosen] or [1]
+        spec = replace(spec, clip=auto_clip(spec.clip_auto, fan_ins), clip_auto=None)
     converted: dict[int, nn.Module] = {}
     for name, module in candidates:
         if not spec.selects(name):
@@ -332,5 +355,6 @@ __all__: Sequence[str] = [
     "QuantSpec", "QuantLinear", "QuantConv2d", "quantize_model", "quant_layers", "set_format",
     "clip_weights",
     "layer_clip",
+    "auto_clip",
 ]
 
