@@ -284,6 +284,11 @@ def ladder_mask(
     return idx[:k], xor[:k], int(nbits[0])
 
 
+@functools.lru_cache(maxsize=256)
+def _above_dense(top: float) -> bool:
+    return float(rate_time(top)) > T_DENSE  # as sample_ladder decides it
+
+
 def thinned_cells(
     rng_marks: np.random.Generator | np.ndarray,
     rng_times: np.random.Generator | np.ndarray,
@@ -303,7 +308,7 @@ def thinned_cells(
     lib = load()
     n = cells.size
     wide = n > 1 << 32
-    dense = float(rate_time(top)) > T_DENSE  # every block, then a draw per cell
+    dense = _above_dense(top)  # every block, then a draw per cell
     plan = _plan(n, DENSE_FROM if dense else top) if lib is not None and n > 0 else None
     if plan is None or (dense and wide):
         return None
