@@ -159,6 +159,42 @@ def test_report_command(db, tmp_path, capsys):
     assert "report.md" in capsys.readouterr().out
 
 
+def test_several_databases_read_as_one_study(db, tmp_path, capsys):
+    """Sister grids: CE in one database, MCEL in another give the report of both in one
+    (deltas paired by seed across them); a run in two databases counts once."""
+    import shutil
+
+    path, _ = db
+    one = build_report(path, tmp_path / "one").read_text()
+    parts = []
+    for name, keep in (("ce.db", "CE"), ("mcel.db", "MCEL%")):
+        part = tmp_path / name
+        shutil.copy(path, part)
+        con = sqlite3.connect(part)
+        gone = [r for (r,) in con.execute("SELECT run_id FROM runs WHERE method NOT LIKE ?",
+                                           (keep,))]
+        con.executemany("DELETE FROM trials WHERE eval_id IN (SELECT eval_id FROM evals "
+                        "WHERE run_id = ?)", [(r,) for r in gone])
+        con.executemany("DELETE FROM evals WHERE run_id = ?", [(r,) for r in gone])
+        con.executemany("DELETE FROM runs WHERE run_id = ?", [(r,) for r in gone])
+        con.commit()
+        con.close()
+        parts.append(part)
+    alone = build_report(parts[1], tmp_path / "alone").read_text()
+    assert _row(alone, "MCEL(m=2)") != _row(one, "MCEL(m=2)")  # no CE there to pair with
+    both = build_report(parts + [path], tmp_path / "both").read_text()
+    for label in ("CE", "MCEL(m=2)", "MCEL(m=4)"):
+        assert _row(both, label) == _row(one, label)  # Δ vs CE paired across databases
+    assert "mcel report: ce.db + mcel.db + study.db" in both and "\nDatabases " in both
+    assert main(["report", *map(str, parts), "--out", str(tmp_path / "cli")]) == 0
+    assert _row((tmp_path / "cli" / "report.md").read_text(), "MCEL(m=2)") == _row(one, "MCEL(m=2)")
+    assert main(["report", str(parts[0]), str(tmp_path / "nope.db"), "--out",
+                 str(tmp_path / "x")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(MCELError, match="no results database given"):
+        build_report([], tmp_path / "y")
+
+
 def test_bad_databases(tmp_path, capsys):
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"this is not sqlite at all, just some bytes" * 50)

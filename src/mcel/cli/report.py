@@ -8,14 +8,16 @@ import argparse
 def cmd_report(args: argparse.Namespace) -> int:
     from mcel.report.build import build_report
 
-    md = build_report(args.db, args.out, voltage_curve=args.voltage_curve)
+    dbs = args.db[0] if len(args.db) == 1 else args.db
+    md = build_report(dbs, args.out, voltage_curve=args.voltage_curve)
     print(f"wrote {md}, {md.with_name('report.html')} and the plots beside them")
     return 0
 
 
 def register(sub) -> None:
     r = sub.add_parser("report", help="Markdown + HTML report from a results database")
-    r.add_argument("db", help="results database (SQLite) written by a sweep")
+    r.add_argument("db", nargs="+", help="results database (SQLite) written by a sweep; "
+                   "several are read as one study (sister grids whose runs pair by seed)")
     r.add_argument("--out", default="report", help="output folder")
     r.add_argument("--voltage-curve", default=None, metavar="CSV",
                    help="a memory's 'voltage,ber' curve: adds each method's lowest safe "

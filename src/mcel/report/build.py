@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 # the report's parts, importable from here as before
@@ -39,9 +40,10 @@ from mcel.report.render import (
 from mcel.report.stats import CE_LABEL, Cell, Group, Line, aggregate, delta
 
 
-def build_report(db_path: str | Path, out_dir: str | Path, *,
+def build_report(db_path: str | Path | Sequence[str | Path], out_dir: str | Path, *,
                  voltage_curve: str | Path | None = None) -> Path:
     """Write ``report.md``, ``report.html`` and the PNGs for the study in ``db_path``
+    (one database, or several read as one study: sister grids whose runs pair by seed)
     into ``out_dir``; returns the path of ``report.md``. With ``voltage_curve`` (a
     ``voltage,ber`` CSV, `mcel.energy`) it adds each method's lowest safe voltage and
     energy saving.
@@ -58,11 +60,14 @@ def build_report(db_path: str | Path, out_dir: str | Path, *,
     groups, agg_notes = aggregate(runs, evals)
     notes += agg_notes
     images: dict[str, bytes] = {}
-    title = f"mcel report: {Path(db_path).name}"
+    paths = [db_path] if isinstance(db_path, (str, Path)) else list(db_path)
+    title = "mcel report: " + " + ".join(Path(p).name for p in paths)
     all_versions = sorted({json.dumps(r.versions, sort_keys=True) for r in runs.values()})
     blocks: list[Block] = [
         ("h1", title),
-        ("p", f"Database {_relative(db_path, out)}: {len(runs)} runs, {len(evals)} evaluations, "
+        ("p", f"{'Database' if len(paths) == 1 else 'Databases'} "
+              f"{', '.join(_relative(p, out) for p in paths)}: {len(runs)} runs, "
+              f"{len(evals)} evaluations, "
               f"{len(groups)} groups (dataset / model / quantization / number format / error "
               f"model). Generated {time.strftime('%Y-%m-%d %H:%M:%S')} by mcel {__version__}."),
         ("p", "Software versions of the runs: "

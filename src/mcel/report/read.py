@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,8 +105,35 @@ def load_runs(db_path: str | Path) -> tuple[dict[str, Run], list[str]]:
     return runs, notes
 
 
-def load_results(db_path: str | Path) -> tuple[dict[str, Run], list[Eval], list[str]]:
-    """(runs by run_id, evals, notes about rows that could not be used)."""
+def load_results(db_path: str | Path | Sequence[str | Path],
+                 ) -> tuple[dict[str, Run], list[Eval], list[str]]:
+    """(runs by run_id, evals, notes about rows that could not be used) of one database
+    or of several read as one study: a run id names the same training config in every
+    database, so a run (and an evaluation with the same format, error model, BER and
+    evaluation seed) found in more than one is taken from the first that has it, and
+    runs from sister grids pair by seed."""
+    if isinstance(db_path, (str, Path)):
+        return _load_one(db_path)
+    if not db_path:
+        raise MCELError("no results database given; name one or more")
+    runs: dict[str, Run] = {}
+    evals: dict[tuple, Eval] = {}
+    notes: list[str] = []
+    for path in db_path:
+        r, e, n = _load_one(path)
+        notes += n
+        for run_id, run in r.items():
+            runs.setdefault(run_id, run)
+        for ev in e:
+            evals.setdefault(_eval_key(ev), ev)
+    return runs, list(evals.values()), notes
+
+
+def _eval_key(e: Eval) -> tuple:
+    return (e.run_id, e.fmt, e.error_model, e.ber, e.eval_seed)
+
+
+def _load_one(db_path: str | Path) -> tuple[dict[str, Run], list[Eval], list[str]]:
     con = store.open_readonly(db_path)
     try:
         runs, notes = read_runs(con)
