@@ -50,7 +50,6 @@ def build_report(db_path: str | Path | Sequence[str | Path], out_dir: str | Path
 
     Raises :class:`MCELError` (one line) for a missing, empty or foreign database.
     """
-    from mcel import __version__
     from mcel.energy import read_voltage_curve
     from mcel.io import atomic_write_bytes, check_writable
 
@@ -62,17 +61,8 @@ def build_report(db_path: str | Path | Sequence[str | Path], out_dir: str | Path
     images: dict[str, bytes] = {}
     paths = [db_path] if isinstance(db_path, (str, Path)) else list(db_path)
     title = "mcel report: " + " + ".join(Path(p).name for p in paths)
-    all_versions = sorted({json.dumps(r.versions, sort_keys=True) for r in runs.values()})
-    blocks: list[Block] = [
-        ("h1", title),
-        ("p", f"{'Database' if len(paths) == 1 else 'Databases'} "
-              f"{', '.join(_relative(p, out) for p in paths)}: {len(runs)} runs, "
-              f"{len(evals)} evaluations, "
-              f"{len(groups)} groups (dataset / model / quantization / number format / error "
-              f"model). Generated {time.strftime('%Y-%m-%d %H:%M:%S')} by mcel {__version__}."),
-        ("p", "Software versions of the runs: "
-              + " | ".join(versions_text(json.loads(v)) for v in all_versions) + "."),
-    ]
+    blocks: list[Block] = [("h1", title),
+                           *_header(paths, out, runs, n_evals=len(evals), n_groups=len(groups))]
     for i, g in enumerate(groups, 1):
         blocks += group_blocks(i, g, out, images)
     if curve is not None:
@@ -101,6 +91,23 @@ def build_report(db_path: str | Path | Sequence[str | Path], out_dir: str | Path
     atomic_write_bytes(out / "report.md", to_markdown(blocks).encode())
     atomic_write_bytes(out / "report.html", to_html(blocks, images, title).encode())
     return out / "report.md"
+
+
+def _header(paths: list, out: Path, runs: dict[str, Run], *, n_evals: int,
+            n_groups: int) -> list[Block]:
+    """What the study holds, where it comes from and which software ran it."""
+    from mcel import __version__
+
+    all_versions = sorted({json.dumps(r.versions, sort_keys=True) for r in runs.values()})
+    return [
+        ("p", f"{'Database' if len(paths) == 1 else 'Databases'} "
+              f"{', '.join(_relative(p, out) for p in paths)}: {len(runs)} runs, "
+              f"{n_evals} evaluations, {n_groups} groups (dataset / model / quantization / "
+              f"number format / error model). Generated "
+              f"{time.strftime('%Y-%m-%d %H:%M:%S')} by mcel {__version__}."),
+        ("p", "Software versions of the runs: "
+              + " | ".join(versions_text(json.loads(v)) for v in all_versions) + "."),
+    ]
 
 
 def _relative(db_path: str | Path, out: Path) -> str:
