@@ -105,8 +105,7 @@ class TrainConfig:
             raise MCELError(f"seed must be an integer in [0, 2^63), got {self.seed}")
         check_device_name(self.device)
         check_precision(self.precision)
-        clipped = any(v is not None for v in (self.clip, self.clip_rel, self.clip_auto))
-        if clipped and self.quant == "float":
+        if self.quant_spec().clipped and self.quant == "float":
             raise MCELError("clip fixes the range of quantized weights; it needs a quantized "
                             "model (quant int4, say), not quant float")
         for name in ("limit_train", "limit_test"):

@@ -200,6 +200,7 @@ def _epoch(config: TrainConfig, model: nn.Module, net: nn.Module, *, loss_fn: nn
 
     x_tr, y_tr = data
     total, correct, seen = 0.0, 0, 0
+    clipped = config.quant_spec().clipped
     for i in range(0, len(x_tr), config.batch_size):
         batch = perm[i:i + config.batch_size]
         if len(batch) < info.world:
@@ -214,7 +215,7 @@ def _epoch(config: TrainConfig, model: nn.Module, net: nn.Module, *, loss_fn: nn
         opt.zero_grad(set_to_none=True)
         (loss * shard_weight(len(idx), len(batch), info)).backward()
         opt.step()
-        if any(v is not None for v in (config.clip, config.clip_rel, config.clip_auto)):
+        if clipped:
             clip_weights(model)
         total += loss.item() * len(idx)
         correct += (logits.argmax(1) == yb).sum().item()

@@ -331,7 +331,8 @@ def thinned_cells(
         k = lib.mcel_dense(_ptr(times), w, n, thr, _ptr(above))
         pos = np.concatenate([pos[:w].astype(np.uint64), above[:k].view(np.uint64)])
         w, wide = pos.size, True
-    pos = pos[:w]
+    else:
+        pos = pos[:w]
     pos.sort()  # ascending reads of cells and ratio: several times faster than at random
     cells = np.ascontiguousarray(cells, np.int64)
     ratio = np.ascontiguousarray(ratio, np.float64)
@@ -349,8 +350,8 @@ def group_bits(pos: np.ndarray, bits: int, dtype: np.dtype) -> tuple[np.ndarray,
     idx = np.empty(pos.size, np.int64)
     xor = np.empty(pos.size, dtype)
     nbits = np.zeros(1, np.int64)
-    k = lib.mcel_group(_ptr(pos), 1, pos.size, bits, _ptr(xor), xor.itemsize, 0, _ptr(idx),
-                       _ptr(xor), _ptr(nbits))
+    k = lib.mcel_group(_ptr(pos), 1, pos.size, bits, _DUMMY_PTR, xor.itemsize, 0, _ptr(idx),
+                       _ptr(xor), _ptr(nbits))  # apply=0: the codes are not touched
     return idx[:k], xor[:k]
 
 

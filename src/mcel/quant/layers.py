@@ -98,6 +98,11 @@ class QuantSpec:
             object.__setattr__(self, key, (v,) if isinstance(v, str) else tuple(v))
 
     @property
+    def clipped(self) -> bool:
+        """Whether the weights are clipped, by any of ``clip``, ``clip_rel``, ``clip_auto``."""
+        return any(v is not None for v in (self.clip, self.clip_rel, self.clip_auto))
+
+    @property
     def scheme(self) -> str:
         return parse_scheme(self.weights)[0]
 
@@ -243,6 +248,14 @@ def auto_clip(c: float, fan_ins: Sequence[int]) -> float:
     return c / math.sqrt(float(np.median(np.asarray(fan_ins, dtype=np.float64))))
 
 
+def _resolve_auto_clip(spec: QuantSpec, layers: Sequence[nn.Module]) -> QuantSpec:
+    """``spec`` with ``clip_auto`` turned into the one ``clip`` of these layers."""
+    if spec.clip_auto is None:
+        return spec
+    fan_ins = [m.weight[0].numel() for m in layers] or [1]
+    return replace(spec, clip=auto_clip(spec.clip_auto, fan_ins), clip_auto=None)
+
+
 def _convert(m: nn.Module, spec: QuantSpec) -> nn.Module:
     scheme, bits = parse_scheme(spec.weights)
     kw = dict(scheme=scheme, bits=bits, fmt=spec.fmt, granularity=spec.granularity,
@@ -289,10 +302,7 @@ def quantize_model(model: nn.Module, spec: QuantSpec | str) -> nn.Module:
     if spec.scheme == "float":
         return model
     if isinstance(model, (nn.Linear, nn.Conv2d)) and not isinstance(model, QUANT_LAYERS):
-        if spec.clip_auto is not None:
-            spec = replace(spec, clip=auto_clip(spec.clip_auto, [model.weight[0].numel()]),
-                           clip_auto=None)
-        return _convert(model, spec)  # a bare layer: no parent to put it into
+        return _convert(model, _resolve_auto_clip(spec, [model]))  # a bare layer
     candidates = [(name, module)
                   for name, module in model.named_modules(remove_duplicate=False)
                   if isinstance(module, (nn.Linear, nn.Conv2d))
@@ -311,10 +321,9 @@ def quantize_model(model: nn.Module, spec: QuantSpec | str) -> nn.Module:
         raise MCELError(f"layer '{odd[0]}' is a {type(odd[1]).__name__}, which mcel does not "
                         "quantize (Linear and Conv2d only); keep it in float with "
                         f"QuantSpec(..., exclude=('{odd[0]}',))")
-    if spec.clip_auto is not None:  # one range for all, from the selected layers' shapes
-        chosen = {id(m): m for n, m in candidates if spec.selects(n)}.values()
-        fan_ins = [m.weight[0].numel() for m in chosen] or [1]
-        spec = replace(spec, clip=auto_clip(spec.clip_auto, fan_ins), clip_auto=None)
+    # clip_auto: one range for all, from the shapes of the layers it quantizes
+    spec = _resolve_auto_clip(spec, list({id(m): m for n, m in candidates
+                                          if spec.selects(n)}.values()))
     converted: dict[int, nn.Module] = {}
     for name, module in candidates:
         if not spec.selects(name):
