@@ -28,6 +28,7 @@ from mcel.faults import (
 )
 from mcel.faults.error_map import make_map, write_map
 from mcel.faults.layout import slot_addresses
+from mcel.faults.sampler import FaultKey
 from mcel.models import create_model
 from mcel.quant import quantize_model
 
@@ -467,3 +468,32 @@ def test_same_map_mask_on_cuda(tmp_path) -> None:
     a = sample_mask(codes, BITS, em, seed=0, trial=3)
     b = sample_mask(codes.cuda(), BITS, em, seed=0, trial=3)
     assert torch.equal(a.index, b.index.cpu()) and torch.equal(a.xor, b.xor.cpu())
+
+
+def test_fresh_draw_in_one_kernel_call_recovers_from_overflow(tmp_path) -> None:
+    """A fresh draw whose marks overflow the kernel's buffer gives None (the caller draws
+    group by group) and leaves the shared bitmap clear, so the next draw is exact."""
+    from dataclasses import replace
+
+    import mcel.faults.error_map as em_mod
+    from mcel.faults import native
+
+    if native.load() is None:
+        pytest.skip(native.status())
+    path = str(tmp_path / "chip.npz")
+    write_map(path, make_map(rows=64, cols=1024, cell_ber=1e-2, spread=1.0, seed=4))
+    em = parse_error_model(f"map={path},persistent=0").at_rate(0.02)
+    st = em_mod._strata(em.arrays, em.scale, em_mod.FRESH_GROUP)
+    table = native.map_table(st.cells, st.ratios, st.tops, em.arrays.p.size)
+    key = FaultKey(seed=0, trial=1, name="error-map", step=0)
+    seeds = key.words(em_mod._FRESH, 9 * len(st.cells)).reshape(-1, 9)
+    cells = native.map_draw(table, seeds)
+    assert cells is not None and cells.size > 0
+    assert np.all(np.diff(cells) > 0)  # sorted, unique
+    tight = replace(table, cap=1)  # the same bitmap, a buffer too small
+    assert native.map_draw(tight, seeds) is None
+    assert not table.bitmap.any()
+    assert np.array_equal(native.map_draw(table, seeds), cells)
+    with native.disabled():  # the group-by-group path draws the same cells
+        assert np.array_equal(em_mod._flip_cells(em.arrays, em.scale, key, em_mod.FRESH_GROUP),
+                              cells)

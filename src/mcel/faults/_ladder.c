@@ -11,6 +11,7 @@
  */
 #include <stdbool.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "numpy/random/bitgen.h"
 
@@ -305,20 +306,34 @@ int64_t mcel_group(const void *pos, int32_t wide, int64_t w, int32_t bits, void 
 /* One group of an error map's cells (mcel/faults/error_map.py, _flip_cells): the marks
  * pos[0..w) of the group's ladder (indices into its cells, uint32 or uint64) thinned to
  * each cell's own rate: cell = cells[pos[i]] is kept iff the 53-bit uniform of
- * SplitMix64(cell ^ salt) is < ratio[pos[i]], as error_map._uniform_of draws it. Kept
- * cells go to out (unsorted, a cell marked twice twice); returns how many. */
+ * SplitMix64(cell ^ salt) is < ratio[pos[i]], as error_map._uniform_of draws it (both
+ * arrays read every `stride` words: 2 when they interleave, so that a candidate costs
+ * one cache line, not two). Kept cells go to out (unsorted, a cell marked twice twice);
+ * returns how many. */
+#define THIN_AHEAD 16
+
 int64_t mcel_thin(const void *pos, int32_t wide, int64_t w, const int64_t *cells,
-                  const double *ratio, uint64_t salt, int64_t *out) {
+                  const double *ratio, int64_t stride, uint64_t salt, int64_t *out) {
     int64_t k = 0;
     for (int64_t i = 0; i < w; i++) {
         const uint64_t j = wide ? ((const uint64_t *)pos)[i] : ((const uint32_t *)pos)[i];
-        const int64_t cell = cells[j];
+#if defined(__GNUC__)
+        /* the reads are ascending but far apart (a cache miss each): ask for them
+         * THIN_AHEAD candidates early, so that many misses are in flight at once */
+        if (i + THIN_AHEAD < w) {
+            const uint64_t a = wide ? ((const uint64_t *)pos)[i + THIN_AHEAD]
+                                    : ((const uint32_t *)pos)[i + THIN_AHEAD];
+            __builtin_prefetch(cells + a * stride);
+            __builtin_prefetch(ratio + a * stride);
+        }
+#endif
+        const int64_t cell = cells[j * stride];
         uint64_t x = (uint64_t)cell ^ salt;
         x = (x ^ (x >> 30)) * UINT64_C(0xBF58476D1CE4E5B9);
         x = (x ^ (x >> 27)) * UINT64_C(0x94D049BB133111EB);
         x = (x ^ (x >> 31)) >> 11;
         out[k] = cell;
-        k += (double)x * 0x1p-53 < ratio[j];
+        k += (double)x * 0x1p-53 < ratio[j * stride];
     }
     return k;
 }
@@ -338,4 +353,117 @@ int64_t mcel_dense(const uint64_t *tw, uint64_t skip, uint64_t n, double thr, in
         k += u < thr;
     }
     return k;
+}
+
+/* The set bits of bitmap[0..nwords) as ascending positions into out, each word zeroed
+ * as it is read; returns how many. */
+static int64_t bitmap_drain(uint64_t *bitmap, int64_t nwords, int64_t *out) {
+    int64_t k = 0;
+    for (int64_t wd = 0; wd < nwords; wd++) {
+        uint64_t b = bitmap[wd];
+        if (!b)
+            continue;
+        bitmap[wd] = 0;
+        while (b) {
+            out[k++] = wd * 64 + __builtin_ctzll(b);
+            b &= b - 1;
+        }
+    }
+    return k;
+}
+
+/* error_map._seeded: the PCG64 state numpy's PCG64 takes from four seed words (two LCG
+ * steps from 0, the seed added in between), in pcg_from's word layout. */
+static void pcg_seeded(const uint64_t *seed, uint64_t *w) {
+    const __uint128_t init = ((__uint128_t)seed[0] << 64) | seed[1];
+    const __uint128_t inc = ((((__uint128_t)seed[2] << 64) | seed[3]) << 1) | 1;
+    const __uint128_t state = (inc + init) * PCG_MULT + inc;
+    w[0] = (uint64_t)(state >> 64);
+    w[1] = (uint64_t)state;
+    w[2] = (uint64_t)(inc >> 64);
+    w[3] = (uint64_t)inc;
+    w[4] = w[5] = 0;
+}
+
+/* mcel_thin's test for the candidate j of interleaved (cell, ratio) pairs, the cell set
+ * in bitmap when kept (no branch on the coin). */
+static inline void thin_to_bitmap(const int64_t *pairs, uint64_t j, uint64_t salt,
+                                  uint64_t *bitmap) {
+    const int64_t cell = pairs[2 * j];
+    double ratio;
+    memcpy(&ratio, pairs + 2 * j + 1, sizeof ratio);
+    uint64_t x = (uint64_t)cell ^ salt;
+    x = (x ^ (x >> 30)) * UINT64_C(0xBF58476D1CE4E5B9);
+    x = (x ^ (x >> 27)) * UINT64_C(0x94D049BB133111EB);
+    x = (x ^ (x >> 31)) >> 11;
+    bitmap[cell >> 6] |= (uint64_t)((double)x * 0x1p-53 < ratio) << (cell & 63);
+}
+
+/* a[0..m), all <= top, sorted ascending by LSD radix sort on 11-bit digits (as many
+ * passes as top needs: two for groups up to 4M cells); tmp: scratch of m. */
+static void radix_sort32(uint32_t *a, uint32_t *tmp, int64_t m, uint32_t top) {
+    static const int DIGIT = 11;
+    int64_t count[1 << 11];
+    for (int shift = 0; shift < 32 && (top >> shift); shift += DIGIT) {
+        memset(count, 0, sizeof count);
+        for (int64_t i = 0; i < m; i++)
+            count[(a[i] >> shift) & 2047]++;
+        int64_t sum = 0;
+        for (int d = 0; d < 2048; d++) {
+            const int64_t c = count[d];
+            count[d] = sum;
+            sum += c;
+        }
+        for (int64_t i = 0; i < m; i++)
+            tmp[count[(a[i] >> shift) & 2047]++] = a[i];
+        memcpy(a, tmp, (size_t)m * sizeof *a);
+    }
+}
+
+/* A fresh draw of an error map, every group in one call (error_map._flip_cells with
+ * FRESH_GROUP): group g's ladder (mcel_flips, mode 0; plus mcel_dense above 1/16) from
+ * the PCG64 states seeded by seeds[9g .. 9g+8), thinned with salt seeds[9g+8] as
+ * mcel_thin does, the kept cells set in bitmap (nwords words, zero on entry and on
+ * return) and read back sorted and unique into out. Per group: addr[4g..] = addresses
+ * of its plan's lam, ta, tb and of its (cell, ratio) pairs; ints[4g..] = cells, blocks,
+ * timed_from, k_top; thr[g] = the dense threshold, < 0 below 1/16. buf and tmp (cap
+ * uint32 each) and above (int64, the largest dense group's size) are scratch. Returns
+ * how many cells, or -1 when a group's marks overflow buf (the caller then draws group
+ * by group). */
+int64_t mcel_map_draw(int32_t ngroups, const uint64_t *seeds, const uint64_t *addr,
+                      const uint64_t *ints, const double *thr, uint32_t *buf, uint32_t *tmp,
+                      int64_t cap, int64_t *above, uint64_t *bitmap, int64_t nwords, int64_t *out) {
+    const double none = 0.0;
+    for (int32_t g = 0; g < ngroups; g++) {
+        uint64_t mw[6], tw[6];
+        pcg_seeded(seeds + 9 * g, mw);
+        pcg_seeded(seeds + 9 * g + 4, tw);
+        const uint64_t salt = seeds[9 * g + 8], n = ints[4 * g];
+        const int64_t *pairs = (const int64_t *)(uintptr_t)addr[4 * g + 3];
+        const int64_t w = mcel_flips(mw, tw, n, (const double *)(uintptr_t)addr[4 * g],
+                                     (const double *)(uintptr_t)addr[4 * g + 1],
+                                     (const double *)(uintptr_t)addr[4 * g + 2],
+                                     (int32_t)ints[4 * g + 1], 0, (int32_t)ints[4 * g + 2],
+                                     ints[4 * g + 3], &none, 1, 0, &none, 8, buf, cap);
+        if (w < 0) {
+            memset(bitmap, 0, (size_t)nwords * sizeof *bitmap);  /* zero for the next call */
+            return -1;
+        }
+        /* ascending marks: the reads of the pairs and the writes to the bitmap sweep
+         * memory once instead of missing the cache at random */
+        radix_sort32(buf, tmp, w, (uint32_t)(n - 1));
+        for (int64_t i = 0; i < w; i++) {
+#if defined(__GNUC__)
+            if (i + THIN_AHEAD < w)
+                __builtin_prefetch(pairs + 2 * (uint64_t)buf[i + THIN_AHEAD]);
+#endif
+            thin_to_bitmap(pairs, buf[i], salt, bitmap);
+        }
+        if (thr[g] >= 0) {
+            const int64_t k = mcel_dense(tw, (uint64_t)w, n, thr[g], above);
+            for (int64_t i = 0; i < k; i++)
+                thin_to_bitmap(pairs, (uint64_t)above[i], salt, bitmap);
+        }
+    }
+    return bitmap_drain(bitmap, nwords, out);
 }

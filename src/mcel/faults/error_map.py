@@ -271,13 +271,18 @@ def _groups(arrays: MapArrays, group: int) -> tuple[np.ndarray, ...]:
 @functools.lru_cache(maxsize=8)
 def _strata(arrays: MapArrays, scale: float, group: int = GROUP) -> _Strata:
     p = arrays.p.reshape(-1)
-    cells, ratios, tops = _groups(arrays, group), [], []
-    for c in cells:
+    cells, ratios, tops = [], [], []
+    for c in _groups(arrays, group):
         q = np.minimum(p[c] * scale, 1.0)
         top = float(q.max()) if c.size else 0.0
-        ratios.append(q / top if top > 0 else q)
+        # a cell and its ratio side by side: the kernel reads both with one cache miss
+        pair = np.empty((c.size, 2), np.int64)
+        pair[:, 0] = c
+        pair[:, 1] = (q / top if top > 0 else q).view(np.int64)
+        cells.append(pair[:, 0])
+        ratios.append(pair[:, 1].view(np.float64))
         tops.append(top)
-    return _Strata(cells, tuple(ratios), tuple(tops))
+    return _Strata(tuple(cells), tuple(ratios), tuple(tops))
 
 
 def _flip_cells(arrays: MapArrays, scale: float, key: FaultKey,
@@ -290,6 +295,9 @@ def _flip_cells(arrays: MapArrays, scale: float, key: FaultKey,
     st = _strata(arrays, scale, group)
     fresh = group != GROUP
     seeds = key.words(_FRESH, 9 * len(st.cells)).reshape(-1, 9) if fresh else None
+    table = _kernel_table(st, arrays.p.size) if fresh else None
+    if table is not None and (cells := native.map_draw(table, seeds)) is not None:
+        return cells  # every group in one kernel call: the cells of the loop below
     out = [np.empty(0, np.int64)]
     for g, (cells, ratio, top) in enumerate(zip(st.cells, st.ratios, st.tops)):
         if top <= 0:
@@ -311,6 +319,11 @@ def _flip_cells(arrays: MapArrays, scale: float, key: FaultKey,
             kept = c[_uniform(c, salt) < ratio[hit]]
         out.append(kept)
     return unique_sorted(np.concatenate(out))  # the kernel keeps a twice-marked cell twice
+
+
+@functools.lru_cache(maxsize=8)
+def _kernel_table(st: _Strata, n_cells: int) -> native.MapTable | None:
+    return native.map_table(st.cells, st.ratios, st.tops, n_cells)
 
 
 def _seeded(seed: np.ndarray) -> np.ndarray:

@@ -12,7 +12,8 @@ differ). The library is cached per (source, numpy, Python, platform) under
 ``MCEL_NATIVE=0`` turns it off; without a C compiler it is off and everything runs in
 numpy (`status` says why). It covers flips (uniform, per-position and asymmetric rates
 up to 1/16) and the draws of error maps (each group of cells: its ladder at any rate,
-thinned to each cell's own rate; grouping positions per code); stuck-at models of
+thinned to each cell's own rate, or a fresh draw's groups all in one call; grouping
+positions per code); stuck-at models of
 `BitErrorModel` and its rates above 1/16 take the numpy path.
 """
 
@@ -31,6 +32,8 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +100,9 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.mcel_dense.restype = _I64
     lib.mcel_dense.argtypes = [_P, _U64, _U64, ctypes.c_double, _P]
     lib.mcel_thin.restype = _I64
-    lib.mcel_thin.argtypes = [_P, _I32, _I64, _P, _P, _U64, _P]
+    lib.mcel_thin.argtypes = [_P, _I32, _I64, _P, _P, _I64, _U64, _P]
+    lib.mcel_map_draw.restype = _I64
+    lib.mcel_map_draw.argtypes = [_I32, _P, _P, _P, _P, _P, _P, _I64, _P, _P, _I64, _P]
     lib.mcel_xor.restype = _I32
     lib.mcel_xor.argtypes = [_P, _I32, _I64, _P, _P, _I64]
     return lib
@@ -334,11 +339,93 @@ def thinned_cells(
     else:
         pos = pos[:w]
     pos.sort()  # ascending reads of cells and ratio: several times faster than at random
-    cells = np.ascontiguousarray(cells, np.int64)
-    ratio = np.ascontiguousarray(ratio, np.float64)
+    stride = 2 if _interleaved(cells, ratio) else 1
+    if stride == 1:
+        cells = np.ascontiguousarray(cells, np.int64)
+        ratio = np.ascontiguousarray(ratio, np.float64)
     out = np.empty(w, np.int64)
-    k = lib.mcel_thin(_ptr(pos), int(wide), w, _ptr(cells), _ptr(ratio), salt, _ptr(out))
+    k = lib.mcel_thin(_ptr(pos), int(wide), w, _ptr(cells), _ptr(ratio), stride, salt,
+                      _ptr(out))
     return out[:k]
+
+
+def _interleaved(cells: np.ndarray, ratio: np.ndarray) -> bool:
+    """Whether ``cells`` (int64) and ``ratio`` (float64) are the two columns of one
+    C-ordered (n, 2) array of 8-byte words, as `mcel.faults.error_map` keeps them."""
+    return (cells.dtype == np.int64 and ratio.dtype == np.float64
+            and cells.strides == ratio.strides == (16,) and cells.size == ratio.size
+            and _ptr(ratio) == _ptr(cells) + 8)
+
+
+@dataclass(eq=False)
+class MapTable:
+    """What `mcel_map_draw` reads of an error map's groups at one scale (`map_table`):
+    per drawn group its plan's and its (cell, ratio) pairs' addresses, sizes and dense
+    threshold; ``arrays`` holds everything those addresses point into."""
+
+    groups: np.ndarray  # indices of the groups drawn (top > 0), into the seed rows
+    addr: np.ndarray
+    ints: np.ndarray
+    thr: np.ndarray
+    cap: int  # marks of the largest group's buffer
+    above: int  # cells of the largest dense group
+    out: int  # candidates at most, over all groups
+    nwords: int
+    arrays: tuple
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    bitmap: np.ndarray | None = None  # zero between calls; built on first use
+
+
+def map_table(cells: Sequence[np.ndarray], ratios: Sequence[np.ndarray],
+              tops: Sequence[float], n_cells: int) -> MapTable | None:
+    """The kernel's view of a map's groups (``cells``, ``ratios``: interleaved columns,
+    as `mcel.faults.error_map` keeps them; ``tops``: their rates) over ``n_cells``
+    cells; None when the kernel is off or a group does not fit it (over 2^32 cells,
+    columns apart), and the caller draws group by group."""
+    if load() is None:
+        return None
+    groups, addr, ints, thr, keep = [], [], [], [], []
+    cap = above = out = 0
+    for g, (c, r, top) in enumerate(zip(cells, ratios, tops)):
+        if top <= 0:
+            continue
+        n = c.size
+        dense = _above_dense(top)
+        plan = _plan(n, DENSE_FROM if dense else top)
+        if plan is None or n > 1 << 32 or not _interleaved(c, r):
+            return None
+        ta, tb, lam, cap_g, below, k_top, (p_ta, p_tb, p_lam) = plan
+        groups.append(g)
+        addr.append([p_lam, p_ta, p_tb, _ptr(c)])
+        ints.append([n, lam.size, lam.size if dense else below, k_top])
+        thr.append((top - DENSE_FROM) / (1.0 - DENSE_FROM) if dense else -1.0)
+        keep.append((plan, c, r))
+        cap, above = max(cap, cap_g), max(above, n if dense else 0)
+        out += cap_g + (n if dense else 0)
+    return MapTable(np.array(groups, np.int64), np.array(addr, np.uint64).reshape(-1, 4),
+                    np.array(ints, np.uint64).reshape(-1, 4), np.array(thr, np.float64),
+                    cap, above, out, (n_cells + 63) // 64, tuple(keep))
+
+
+def map_draw(table: MapTable, seeds: np.ndarray) -> np.ndarray | None:
+    """Sorted unique cells of one fresh draw of the map ``table`` describes, every group
+    in one kernel call (`error_map._flip_cells`: the same cells); ``seeds``: nine uint64
+    words per group of the map. None when the marks overflow (draw group by group)."""
+    lib = load()
+    if lib is None:
+        return None
+    rows = np.ascontiguousarray(seeds[table.groups], np.uint64)
+    buf = np.empty((2, max(table.cap, 1)), np.uint32)  # marks, and the sort's scratch
+    above = np.empty(max(table.above, 1), np.int64)
+    out = np.empty(max(table.out, 1), np.int64)
+    with table.lock:  # the bitmap is the table's (zeroed again by every call)
+        if table.bitmap is None:
+            table.bitmap = np.zeros(table.nwords, np.uint64)
+        k = lib.mcel_map_draw(table.groups.size, _ptr(rows), _ptr(table.addr),
+                              _ptr(table.ints), _ptr(table.thr), _ptr(buf),
+                              _ptr(buf) + 4 * buf.shape[1], buf.shape[1],
+                              _ptr(above), _ptr(table.bitmap), table.nwords, _ptr(out))
+    return None if k < 0 else out[:k].copy()
 
 
 def group_bits(pos: np.ndarray, bits: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray] | None:
