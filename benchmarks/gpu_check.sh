@@ -48,7 +48,9 @@ if command -v nvidia-smi >/dev/null 2>&1; then
 fi
 
 status=0
-timeout "$LIMIT" "$PY" benchmarks/run_all.py --device "$DEVICE" --out-dir "$OUT" --no-doc "$@" \
+# stream measures host memory and CPU time: a CPU-only benchmark
+timeout "$LIMIT" "$PY" benchmarks/run_all.py --device "$DEVICE" --out-dir "$OUT" --no-doc \
+    --only eval train adaptive inject memory batch precision maps "$@" \
     2>&1 | tee "$OUT/gpu_check.log" || status=$?
 echo "exit status $status; JSON in $OUT:"
 ls -l "$OUT"

@@ -19,7 +19,8 @@ from mcel.quant import QuantSpec, quant_layers, quantize_model
 from mcel.train import TrainConfig, train
 
 CONFIG = TrainConfig(dataset="digits", model="mlp", model_kwargs={"hidden": 32}, quant="int4",
-                     epochs=3, lr=0.01, batch_size=64, limit_train=512, limit_test=200)
+                     epochs=3, lr=0.01, batch_size=64, limit_train=512, limit_test=200,
+                     device="cpu")  # the tests feed it CPU tensors, also where a GPU is
 
 
 # -- brute force reference ------------------------------------------------------------------

@@ -12,7 +12,7 @@ from mcel.quant import quant_layers, set_format
 from mcel.train import TrainConfig, train
 
 FAST = dict(dataset="digits", model="mlp", model_kwargs={"hidden": 32}, quant="int4", epochs=4,
-            lr=0.01, batch_size=64, limit_train=512)
+            lr=0.01, batch_size=64, limit_train=512, device="cpu")  # CPU tensors below
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,8 @@ from mcel.distributed import DistInfo, dist_info, shard, shard_weight
 from mcel.train import load_run
 
 ARGS = ["train", "--dataset", "digits", "--model", "mlp", "--epochs", "2", "--lr", "0.01",
-        "--batch-size", "64", "--limit-train", "600", "--seed", "0"]
+        "--batch-size", "64", "--limit-train", "600", "--seed", "0",
+        "--device", "cpu"]  # gloo on CPU, also on a machine with one GPU
 
 
 def _free_port() -> int:

@@ -18,7 +18,8 @@ from mcel.quant import QuantSpec, clip_weights, quant_layers, quantize_model
 from mcel.train import TrainConfig, load_run, train
 
 FAST = dict(dataset="digits", model="mlp", model_kwargs={"hidden": 32}, quant="int4", epochs=3,
-            lr=0.01, batch_size=64, limit_train=512, limit_test=200)
+            lr=0.01, batch_size=64, limit_train=512, limit_test=200,
+            device="cpu")  # bit-for-bit and CPU-precision checks, also where a GPU is
 W05 = float(torch.tensor(0.05))  # the float32 clip the weights are clamped to
 CONV = dict(FAST, model="vgg3", model_kwargs={"width": 0.125}, epochs=2)
 
