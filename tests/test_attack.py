@@ -113,3 +113,34 @@ def test_attack_command(tmp_path, capsys):
     assert set(res["meta"]["flips_to"]) == {"0.5", "0.11"}
     assert main(["attack", str(tmp_path / "nope")]) == 2
     assert "run folder" in (err := capsys.readouterr().err) and "is missing" in err
+
+
+def test_replaying_the_layers_before_a_candidate_changes_nothing(monkeypatch):
+    """Candidates re-run only the modules from their layer on; a conv net with in-place
+    ReLUs and batch norm gives the very same flips, losses and accuracies as full
+    forwards, and a module with a hook of its own is not replayed (its hook would run
+    twice)."""
+    import mcel.attack as ma
+
+    model, _ = train(TrainConfig(**{**FAST, "model": "vgg3", "model_kwargs": {"width": 0.125},
+                                    "epochs": 2}))
+    attack, test = load_dataset("digits", "train", limit=48), load_dataset("digits", "test",
+                                                                           limit=100)
+    fast = bit_flip_attack(model, attack, test, budget=4, candidates=3)
+    monkeypatch.setattr(ma, "REPLAY", False)
+    full = bit_flip_attack(model, attack, test, budget=4, candidates=3)
+    assert fast.flips == full.flips and fast.loss == full.loss
+    assert fast.accuracy == full.accuracy
+    monkeypatch.setattr(ma, "REPLAY", True)
+    calls = []
+    first = next(m for m in model.modules() if next(m.children(), None) is None)
+    handle = first.register_forward_hook(lambda m, a, out: calls.append(1))
+    try:
+        hooked = bit_flip_attack(model, attack, test, budget=1, candidates=2)
+    finally:
+        handle.remove()
+    monkeypatch.setattr(ma, "REPLAY", False)
+    plain = bit_flip_attack(model, attack, test, budget=1, candidates=2)
+    assert hooked.flips == plain.flips and hooked.loss == plain.loss
+    layers = len([n for n, _ in quant_layers(model)])
+    assert len(calls) >= 1 + 2 * layers  # ran in every candidate's forward, not replayed
