@@ -471,3 +471,21 @@ def test_a_failing_cell_in_a_process_pool_exits_3_and_a_rerun_retries_it(tmp_pat
     assert main(["sweep", str(grid), "--out", str(out), "--jobs", "2"]) == 0
     assert "3 cells: 1 run, 2 already complete" in capsys.readouterr().out
     assert bad.run_id in _run_ids(_db(out))
+
+
+def test_every_shipped_config_is_valid():
+    """The grids and train configs in configs/ load and expand: a study a user reruns
+    from the README or results.md must not fail on its own file."""
+    from mcel.cli.common import load_yaml
+    from mcel.config import TrainConfig
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    paths = sorted(root.rglob("*.yaml"))
+    assert len(paths) >= 20
+    for p in paths:
+        d = load_yaml(str(p))
+        if "grid" in d or "base" in d:
+            cells = expand(load_grid(str(p)))
+            assert cells and all(c.config.seed is not None for c in cells), p
+        else:
+            TrainConfig.from_dict(d)
