@@ -467,7 +467,8 @@ def _sec_batch(r: dict, goals: list) -> list[str]:
         L += ["On CPU batching does not pay: the cores are already busy with one trial's "
               "matrix products, and vmap turns each convolution into a grouped one. It is "
               "meant for a GPU, which a small model leaves mostly idle one trial at a "
-              "time; `benchmarks/gpu_check.sh` measures it there.", ""]
+              "time; `benchmarks/gpu_check.sh` measures it there (its numbers, where a GPU "
+              "run was recorded: section \"GPU run\" at the end).", ""]
     return L
 
 
