@@ -288,3 +288,25 @@ def test_cli_precision_and_clip(tmp_path, capsys):
     assert e.value.code == 2 and "invalid choice: 'fp16'" in capsys.readouterr().err
     assert main(argv[:-2] + ["--precision", "fp16", "--out", str(tmp_path / "x")]) == 2
     assert "unknown precision 'fp16'" in capsys.readouterr().err
+
+
+def test_clipping_a_model_without_normalization_warns():
+    """A clip bounds the weights' scale, which a normalization layer after them makes
+    irrelevant; without one it bounds the activations too (docs/results.md), so mcel says
+    so, and only then."""
+    from torch import nn
+
+    def plain():
+        return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+
+    with pytest.warns(UserWarning, match="no normalization layer"):
+        quantize_model(plain(), QuantSpec("int4", clip_auto=2.0))
+    with pytest.warns(UserWarning, match="no normalization layer"):
+        quantize_model(plain(), QuantSpec("int4", clip=0.1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        quantize_model(plain(), QuantSpec("int4"))  # no clip
+        quantize_model(nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2)),
+                       QuantSpec("int4", clip=0.1))
+        quantize_model(nn.Sequential(nn.Conv2d(1, 4, 3), nn.GroupNorm(2, 4)),
+                       QuantSpec("int4", clip_auto=1.0))

@@ -37,16 +37,17 @@ def tutorial(tmp_path_factory):
 def test_the_tutorial_has_the_steps_it_promises():
     code = "\n".join(python_blocks(TUTORIAL.read_text()))
     for call in ("mcel.quantize_model(", "mcel.MCELoss(", "mcel.faults_during(",
-                 "mcel.evaluate.evaluate(", "savefig("):
+                 "mcel.quant.clip_weights(", "mcel.evaluate.evaluate(", "savefig("):
         assert call in code, call
     # the user's own model and a DataLoader, not mcel's models and tensors
     assert "class SmallCNN(nn.Module)" in code and "DataLoader(" in code
     assert "create_model" not in code
-    # the promise: quantize, train with MCEL (and error injection), evaluate under bit
-    # errors with four of mcel's functions; output_margins is an optional look
+    # the promise: quantize, train with MCEL (with error injection, with clipping),
+    # evaluate under bit errors with a few of mcel's functions; output_margins is an
+    # optional look
     called = set(re.findall(r"\bmcel\.([\w.]+)\(", code))
-    assert called == {"quantize_model", "MCELoss", "faults_during", "evaluate.evaluate",
-                      "analysis.output_margins"}, called
+    assert called == {"quantize_model", "QuantSpec", "MCELoss", "faults_during",
+                      "quant.clip_weights", "evaluate.evaluate", "analysis.output_margins"}, called
 
 
 def test_the_models_are_quantized_user_modules(tutorial):
@@ -62,7 +63,9 @@ def test_accuracies_are_sane_and_fall_with_the_ber(tutorial):
         rows = res.table()
         assert [r["ber"] for r in rows] == tutorial["BERS"]
         clean = res.clean_accuracy
-        assert 0.9 < clean <= 1.0, name  # a small CNN learns 8x8 digits well
+        # a small CNN learns 8x8 digits well; clipped without normalization layers it
+        # loses about ten points (the tutorial says why)
+        assert (0.8 if name == "MCEL + clipping" else 0.9) < clean <= 1.0, name
         assert rows[0]["mean"] == clean  # BER 0 flips nothing
         assert all(0.0 <= r["ci_low"] <= r["mean"] <= r["ci_high"] <= 1.0 for r in rows)
         assert rows[-1]["mean"] < clean, name  # 5% of the bits flipped costs accuracy

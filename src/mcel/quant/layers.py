@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 
@@ -256,6 +257,20 @@ def _resolve_auto_clip(spec: QuantSpec, layers: Sequence[nn.Module]) -> QuantSpe
     return replace(spec, clip=auto_clip(spec.clip_auto, fan_ins), clip_auto=None)
 
 
+_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+
+def _warn_without_norm(model: nn.Module, spec: QuantSpec) -> None:
+    """Clipping bounds the weights' scale; behind a normalization layer that scale does not
+    matter, without one it bounds the activations and logits too (measured: docs/results.md,
+    "Clipping without normalization layers")."""
+    if spec.clipped and not any(isinstance(m, _NORMS) for m in model.modules()):
+        warnings.warn("this model has no normalization layer (BatchNorm, LayerNorm, "
+                      "GroupNorm): a clip bounds its activations as well as its weights and "
+                      "cost 4-10 clean points on such a CNN in our tests; compare clean "
+                      "accuracy with an unclipped run", UserWarning, stacklevel=3)
+
+
 def _convert(m: nn.Module, spec: QuantSpec) -> nn.Module:
     scheme, bits = parse_scheme(spec.weights)
     kw = dict(scheme=scheme, bits=bits, fmt=spec.fmt, granularity=spec.granularity,
@@ -321,6 +336,7 @@ def quantize_model(model: nn.Module, spec: QuantSpec | str) -> nn.Module:
         raise MCELError(f"layer '{odd[0]}' is a {type(odd[1]).__name__}, which mcel does not "
                         "quantize (Linear and Conv2d only); keep it in float with "
                         f"QuantSpec(..., exclude=('{odd[0]}',))")
+    _warn_without_norm(model, spec)
     # clip_auto: one range for all, from the shapes of the layers it quantizes
     spec = _resolve_auto_clip(spec, list({id(m): m for n, m in candidates
                                           if spec.selects(n)}.values()))
