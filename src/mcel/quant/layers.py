@@ -267,7 +267,7 @@ def _warn_without_norm(model: nn.Module, spec: QuantSpec) -> None:
     if spec.clipped and not any(isinstance(m, _NORMS) for m in model.modules()):
         warnings.warn("this model has no normalization layer (BatchNorm, LayerNorm, "
                       "GroupNorm): a clip bounds its activations as well as its weights and "
-                      "cost 4-10 clean points on such a CNN in our tests; compare clean "
+                      "cost 3-8 clean points on such a CNN in our tests; compare clean "
                       "accuracy with an unclipped run", UserWarning, stacklevel=3)
 
 
