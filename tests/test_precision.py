@@ -207,6 +207,7 @@ def test_clip_combines_with_error_injection_and_binary():
         assert m["test_acc"] > 0.5  # it still learns (3 short epochs)
 
 
+@pytest.mark.filterwarnings("ignore:this model has no normalization layer")
 def test_clip_in_your_own_model():
     net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
     with torch.no_grad():
@@ -238,6 +239,7 @@ def test_relative_clip_scales_with_each_layers_fan_in(tmp_path):
     assert [la.clip for _, la in quant_layers(again)] == [la.clip for _, la in quant_layers(model)]
 
 
+@pytest.mark.filterwarnings("ignore:this model has no normalization layer")
 def test_relative_clip_in_your_own_model():
     net = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
     quantize_model(net, QuantSpec("int8", clip_rel=2.0))
@@ -246,6 +248,7 @@ def test_relative_clip_in_your_own_model():
         QuantSpec("int8", clip=0.1, clip_rel=1.0)
 
 
+@pytest.mark.filterwarnings("ignore:this model has no normalization layer")
 def test_auto_clip_one_range_from_the_median_fan_in(tmp_path):
     model, _ = train(TrainConfig(**CONV, clip_auto=0.5), tmp_path / "r")
     fan_ins = [la.weight[0].numel() for _, la in quant_layers(model)]
