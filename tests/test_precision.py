@@ -313,3 +313,28 @@ def test_clipping_a_model_without_normalization_warns():
                        QuantSpec("int4", clip=0.1))
         quantize_model(nn.Sequential(nn.Conv2d(1, 4, 3), nn.GroupNorm(2, 4)),
                        QuantSpec("int4", clip_auto=1.0))
+
+
+def test_a_clip_that_rounds_a_whole_layer_to_zero_is_refused(tmp_path, capsys):
+    """int2 codes clipped at W have their first level at W: a layer whose initial weights
+    all lie below W / 2 would start dead (it trained at chance for 6 epochs), so mcel
+    names the layer and the fix instead of training it."""
+    from torch import nn
+
+    def net():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 3000),
+                             nn.BatchNorm1d(3000), nn.Linear(3000, 2))
+
+    with pytest.raises(MCELError, match=r"layer '4'.*rounds to 0.*smaller clip"):
+        quantize_model(net(), QuantSpec("int2", clip=0.1))  # '4': init bound 0.018
+    quantize_model(net(), QuantSpec("int2", clip=0.02))  # first level at 0.02: alive
+    quantize_model(net(), QuantSpec("int4", clip=0.1))  # first level at 0.0125
+    quantize_model(net(), QuantSpec("binary", clip=0.1))  # no zero level
+    with pytest.raises(MCELError, match="rounds to 0"):
+        quantize_model(nn.Linear(3000, 2), QuantSpec("int2", clip=0.1))  # a bare layer
+    rc = main(["train", "--dataset", "digits", "--model", "vgg3", "--quant", "int2",
+               "--clip", "0.5", "--epochs", "1", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "starts dead" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
