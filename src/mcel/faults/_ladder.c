@@ -312,6 +312,16 @@ int64_t mcel_group(const void *pos, int32_t wide, int64_t w, int32_t bits, void 
  * returns how many. */
 #define THIN_AHEAD 16
 
+/* The keep test of a candidate cell (error_map._uniform_of): the 53-bit uniform of
+ * SplitMix64(cell ^ salt) below its ratio. */
+static inline bool kept(int64_t cell, uint64_t salt, double ratio) {
+    uint64_t x = (uint64_t)cell ^ salt;
+    x = (x ^ (x >> 30)) * UINT64_C(0xBF58476D1CE4E5B9);
+    x = (x ^ (x >> 27)) * UINT64_C(0x94D049BB133111EB);
+    x = (x ^ (x >> 31)) >> 11;
+    return (double)x * 0x1p-53 < ratio;
+}
+
 int64_t mcel_thin(const void *pos, int32_t wide, int64_t w, const int64_t *cells,
                   const double *ratio, int64_t stride, uint64_t salt, int64_t *out) {
     int64_t k = 0;
@@ -328,12 +338,8 @@ int64_t mcel_thin(const void *pos, int32_t wide, int64_t w, const int64_t *cells
         }
 #endif
         const int64_t cell = cells[j * stride];
-        uint64_t x = (uint64_t)cell ^ salt;
-        x = (x ^ (x >> 30)) * UINT64_C(0xBF58476D1CE4E5B9);
-        x = (x ^ (x >> 27)) * UINT64_C(0x94D049BB133111EB);
-        x = (x ^ (x >> 31)) >> 11;
         out[k] = cell;
-        k += (double)x * 0x1p-53 < ratio[j * stride];
+        k += kept(cell, salt, ratio[j * stride]);
     }
     return k;
 }
@@ -385,18 +391,14 @@ static void pcg_seeded(const uint64_t *seed, uint64_t *w) {
     w[4] = w[5] = 0;
 }
 
-/* mcel_thin's test for the candidate j of interleaved (cell, ratio) pairs, the cell set
- * in bitmap when kept (no branch on the coin). */
+/* The keep test for the candidate j of interleaved (cell, ratio) pairs, the cell set in
+ * bitmap when kept (no branch on the coin). */
 static inline void thin_to_bitmap(const int64_t *pairs, uint64_t j, uint64_t salt,
                                   uint64_t *bitmap) {
     const int64_t cell = pairs[2 * j];
     double ratio;
     memcpy(&ratio, pairs + 2 * j + 1, sizeof ratio);
-    uint64_t x = (uint64_t)cell ^ salt;
-    x = (x ^ (x >> 30)) * UINT64_C(0xBF58476D1CE4E5B9);
-    x = (x ^ (x >> 27)) * UINT64_C(0x94D049BB133111EB);
-    x = (x ^ (x >> 31)) >> 11;
-    bitmap[cell >> 6] |= (uint64_t)((double)x * 0x1p-53 < ratio) << (cell & 63);
+    bitmap[cell >> 6] |= (uint64_t)kept(cell, salt, ratio) << (cell & 63);
 }
 
 /* a[0..m), all <= top, sorted ascending by LSD radix sort on 11-bit digits (as many
