@@ -76,6 +76,7 @@ def test_accuracies_are_sane_and_fall_with_the_ber(tutorial):
 
 def test_mcel_widens_the_margins_and_holds_up_better_than_ce(tutorial):
     from mcel.analysis import output_margins
+    from mcel.evaluate import t_interval
 
     models, x, y = tutorial["models"], tutorial["x_test"], tutorial["y_test"]
     ce = output_margins(models["CE"], x, y).median()
@@ -83,12 +84,19 @@ def test_mcel_widens_the_margins_and_holds_up_better_than_ce(tutorial):
     assert mc > 1.5 * ce, (float(mc), float(ce))
     worst = tutorial["BERS"][-1]
 
-    def at(name):
-        return next(r for r in tutorial["results"][name].table() if r["ber"] == worst)
+    def drops(name):  # accuracy lost to each trial's flips at the largest BER
+        res = tutorial["results"][name]
+        row = next(r for r in res.results if r.ber == worst)
+        return [res.clean_accuracy - a for a in row.accuracies]
 
-    # at the largest BER, MCEL beats CE by more than CE's own 95% half-width
-    ce_row = at("CE")
-    assert at("MCEL")["mean"] > ce_row["ci_high"]
+    # the same seed flips the same cells of both (equally shaped) models, so the trials
+    # pair: under the same flips MCEL loses less than CE, paired 95% interval above zero.
+    # (Comparing the two means alone hangs on 20 trials' noise and on one training run's
+    # clean accuracy; the paired loss is the tolerance claim itself.)
+    ce, mc = drops("CE"), drops("MCEL")
+    assert len(ce) == len(mc) >= 10
+    _, low, _ = t_interval([c - m for c, m in zip(ce, mc)])
+    assert low > 0, (low, ce, mc)
 
 
 def test_the_plot_was_written_with_the_units_it_names(tutorial):
