@@ -497,6 +497,11 @@ def _sec_precision(r: dict, goals: list) -> list[str]:
               "AMX or `avx512_bf16`, an Ampere or newer GPU) and cannot be met here; the rows "
               "show what bf16 costs on such a machine, and this benchmark reruns as it is "
               "where bf16 pays (`--device cuda`, or `make bench` on such a CPU).", ""]
+    elif r["machine"]["device"] == "cpu" and not f["cpu_flags"].get("amx_bf16"):
+        L += ["This CPU computes bf16 with AVX-512 BF16 dot-product instructions "
+              "(`avx512_bf16`), not with AMX tile units (the matrix units the speed-up goals "
+              "below were set for; none of this project's machines has had them so far). "
+              "The same benchmark on a CPU that emulates bf16 is at the end of this page.", ""]
     L += ["Training step (forward + fp32 loss + backward + Adam step + `loss.item()`), "
           "each variant with its own identically initialised model, taking turns; speed-up "
           "= fp32 time / variant time (> 1: faster than fp32), median of per-round ratios. "
@@ -847,7 +852,22 @@ def render(main_dir: Path, quick_dir: Path, gpu_dir: Path) -> str:
               "Not measured here (no GPU on this machine). `benchmarks/gpu_check.sh DIR` runs "
               "the same benchmarks with `--device cuda` and writes their JSON into DIR; copy "
               "them to `docs/bench/cuda/` and rebuild this page with `--doc-only`.", ""]
+    L += _emulated(main_dir / "emulated")
     return "\n".join(L).rstrip() + "\n"
+
+
+def _emulated(d: Path) -> list[str]:
+    """The record of a CPU without bf16 units (docs/bench/emulated/), kept beside the
+    native one of section 7: what bf16 costs where it is emulated."""
+    res = {k: v for k, v in load_dir(d).items() if k != "run"}
+    if "precision" not in res:
+        return []
+    p = res["precision"]
+    return ["## bf16 on a CPU without bf16 units", "",
+            f"`{p.get('command', '')}` on {p['machine']['date']}; "
+            f"{_machine_line(p['machine'])}; bf16 emulated (no `avx512_bf16`, no AMX), "
+            "so torch runs bf16 convolutions on its slow reference path and every bf16 "
+            f"case is slower than fp32. JSON: `{_rel(d)}`.", ""] + _headline(res)
 
 
 if __name__ == "__main__":
