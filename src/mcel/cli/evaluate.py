@@ -62,6 +62,10 @@ def add_eval_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit-test", type=int, default=None,
                    help="evaluate on the first N test images only, a quick look (default: "
                         "the run's own limit, else all)")
+    p.add_argument("--by-layer", nargs="?", const="", default=None, metavar="PATTERNS",
+                   help="faults in one layer at a time (the rest fault-free), to find the "
+                        "layers that need protection; or in one group per comma-separated "
+                        "pattern, e.g. 'stem.*,layer1.*' (default: off)")
     p.add_argument("--precision", default=DEFAULT_PRECISION, choices=list(PRECISIONS),
                    help="precision of the faulty forward passes; bf16 also reports how "
                         "often its clean predictions agree with fp32")
@@ -80,19 +84,68 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         set_format(model, args.fmt)
     x, y = load_dataset(config.dataset, "test", args.data_dir or config.data_dir,
                         limit=args.limit_test or config.limit_test)
-    res = evaluate(model, x, y, args.ber, em, trials=args.trials, seed=args.seed,
-                   batch_size=args.batch_size, target_half_width=args.adaptive,
-                   progress=sys.stderr.isatty(), trial_batch=args.trial_batch,
-                   precision=args.precision, weights=args.weights)
+    kwargs = dict(trials=args.trials, seed=args.seed, batch_size=args.batch_size,
+                  target_half_width=args.adaptive, progress=sys.stderr.isatty(),
+                  trial_batch=args.trial_batch, precision=args.precision, weights=args.weights)
     fmt = args.fmt or config.fmt
-    res.meta.update(run_dir=str(args.run_dir), samples=len(y),
-                    fmt=fmt if not args.weights else f"{fmt}, float layers {args.weights}",
-                    device=str(next(model.parameters()).device), units=JSON_UNITS)
+    meta = dict(run_dir=str(args.run_dir), samples=len(y),
+                fmt=fmt if not args.weights else f"{fmt}, float layers {args.weights}",
+                device=str(next(model.parameters()).device), units=JSON_UNITS)
+    if args.by_layer is not None:
+        return _by_layer(args, model, em, data=(x, y), kwargs=kwargs, meta=meta)
+    res = evaluate(model, x, y, args.ber, em, **kwargs)
+    res.meta.update(meta)
     print_eval(res)
     if args.json:
         write_json(args.json, res.to_dict())
         print(f"wrote {args.json}")
     return 0
+
+
+def _by_layer(args, model, em, *, data: tuple, kwargs: dict, meta: dict) -> int:
+    """--by-layer: one evaluation per layer group, a table of them, one JSON."""
+    from mcel.io import write_json
+    from mcel.sensitivity import by_layer, layer_groups
+
+    patterns = [p.strip() for p in args.by_layer.split(",") if p.strip()] or None
+    groups = layer_groups(model, patterns, weights=args.weights)
+    (x, y) = data
+    results = by_layer(model, x, y, args.ber, error_model=em, groups=patterns, **kwargs)
+    modules = dict(model.named_modules())
+    sizes = {g: sum(modules[n].weight.numel() for n in names) for g, names in groups.items()}
+    print_by_layer(results, sizes, meta)
+    if args.json:
+        write_json(args.json, {"groups": {g: {"layers": groups[g], "weights": sizes[g],
+                                              **r.to_dict()} for g, r in results.items()},
+                               "meta": meta})
+        print(f"wrote {args.json}")
+    return 0
+
+
+def print_by_layer(results: dict, sizes: dict[str, int], meta: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    first = next(iter(results.values()))
+    bers = [r.ber for r in first.results if r.ber > 0]
+    t = Table(title=f"faults in one layer group at a time; clean accuracy "
+                    f"{100 * first.clean_accuracy:.2f}%",
+              caption=f"{meta['samples']} test images, {meta['fmt']}, fault seed {first.seed}; "
+                      "accuracy % [95% CI] with every other layer fault-free")
+    t.add_column("layers")
+    t.add_column("weights", justify="right")
+    for b in bers:
+        t.add_column(f"BER {b:g}", justify="right")
+    for g, res in results.items():
+        cells = [f"{100 * r.mean:.2f} {_ci(r)}" for r in res.results if r.ber > 0]
+        t.add_row(g, f"{sizes[g]:,}", *cells)
+    Console().print(t)
+
+
+def _ci(r) -> str:
+    """A 95% interval in percent, shown within [0, 100] (a t-interval of few trials can
+    reach past either end; the JSON keeps it as computed)."""
+    return f"[{100 * max(r.ci_low, 0.0):.2f}, {100 * min(r.ci_high, 1.0):.2f}]"
 
 
 def print_eval(res) -> None:
@@ -114,7 +167,7 @@ def print_eval(res) -> None:
     for r in res.results:
         emp = sum(r.empirical_rates) / len(r.empirical_rates)
         t.add_row(f"{r.ber:g}", f"{100 * r.mean:.2f}",
-                  f"[{100 * r.ci_low:.2f}, {100 * r.ci_high:.2f}]", f"{100 * r.std:.2f}",
+                  _ci(r), f"{100 * r.std:.2f}",
                   str(r.trials), f"{emp:.3g}")
     Console().print(t)
     if res.precision != "fp32":
