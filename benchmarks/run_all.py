@@ -841,33 +841,30 @@ def render(main_dir: Path, quick_dir: Path, gpu_dir: Path) -> str:
               f"`{q.get('command', '')}` on {q['machine']['date']}: 2,000 evaluation images, "
               f"1M codes for injection, fewer rounds. JSON: `docs/bench/quick/`.", ""]
         L += _headline(quick)
-    gpu = {k: v for k, v in load_dir(gpu_dir).items() if k != "run"}
-    if gpu:
-        g = next(iter(gpu.values()))
-        L += ["## GPU run", "", f"`{g.get('command', '')}` on {g['machine']['date']}; "
-              f"{_machine_line(g['machine'])}. JSON: `{_rel(gpu_dir)}`.", ""]
-        L += _headline(gpu)
-    else:
+    gpu = _secondary(gpu_dir, "GPU run")
+    L += gpu
+    if not gpu:
         L += ["## GPU", "",
               "Not measured here (no GPU on this machine). `benchmarks/gpu_check.sh DIR` runs "
               "the same benchmarks with `--device cuda` and writes their JSON into DIR; copy "
               "them to `docs/bench/cuda/` and rebuild this page with `--doc-only`.", ""]
-    L += _emulated(main_dir / "emulated")
+    # the record of a CPU without bf16 units, kept beside section 7's native one
+    L += _secondary(main_dir / "emulated", "bf16 on a CPU without bf16 units",
+                    "; bf16 emulated (no `avx512_bf16`, no AMX), so torch runs bf16 "
+                    "convolutions on its slow reference path and every bf16 case is slower "
+                    "than fp32")
     return "\n".join(L).rstrip() + "\n"
 
 
-def _emulated(d: Path) -> list[str]:
-    """The record of a CPU without bf16 units (docs/bench/emulated/), kept beside the
-    native one of section 7: what bf16 costs where it is emulated."""
+def _secondary(d: Path, title: str, note: str = "") -> list[str]:
+    """A run kept beside the main one (GPU, emulated bf16): its command, machine and a
+    few numbers per benchmark; nothing when the folder has no record."""
     res = {k: v for k, v in load_dir(d).items() if k != "run"}
-    if "precision" not in res:
+    if not res:
         return []
-    p = res["precision"]
-    return ["## bf16 on a CPU without bf16 units", "",
-            f"`{p.get('command', '')}` on {p['machine']['date']}; "
-            f"{_machine_line(p['machine'])}; bf16 emulated (no `avx512_bf16`, no AMX), "
-            "so torch runs bf16 convolutions on its slow reference path and every bf16 "
-            f"case is slower than fp32. JSON: `{_rel(d)}`.", ""] + _headline(res)
+    g = next(iter(res.values()))
+    return [f"## {title}", "", f"`{g.get('command', '')}` on {g['machine']['date']}; "
+            f"{_machine_line(g['machine'])}{note}. JSON: `{_rel(d)}`.", ""] + _headline(res)
 
 
 if __name__ == "__main__":
