@@ -106,7 +106,7 @@ def test_tune_margin_command(tmp_path, capsys):
     argv = ["tune-margin", "--dataset", "digits", "--model", "mlp", "--quant", "int4",
             "--epochs", "1", "--lr", "0.01", "--batch-size", "64", "--limit-train", "300",
             "--limit-test", "100", "--ber", "0.01", "--margins", "2", "--normalize", "std",
-            "--trials", "3", "--json", str(js)]
+            "--trials", "3", "--runs", str(tmp_path / "runs"), "--json", str(js)]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "margin search at BER 0.01" in out and "MCEL(m=2, std, s=8)" in out
@@ -114,5 +114,31 @@ def test_tune_margin_command(tmp_path, capsys):
     assert "best" not in verdict or re.search(r"\d+\.\d\d% at BER 0.01", verdict), verdict
     res = json.loads(js.read_text())
     assert [r["method"] for r in res["rows"]] == ["CE", "MCEL(m=2, std, s=8)"]
+    assert {p.name for p in (tmp_path / "runs").iterdir()} == {r["run_id"] for r in res["rows"]}
     assert main(argv[:-2] + ["--ber", "1.5"]) == 2
     assert "outside [0, 1]" in capsys.readouterr().err
+
+
+def test_runs_folder_keeps_the_candidates_and_a_rerun_reuses_them(tmp_path, monkeypatch):
+    import mcel.train
+    from mcel.experiments.grid import expand, load_grid
+
+    small = TrainConfig(dataset="digits", model="mlp", model_kwargs={"hidden": 16},
+                        quant="int4", epochs=1, lr=0.01, batch_size=64, limit_train=400,
+                        limit_test=100)
+    first = tune_margin(small, 0.02, margins=(2,), trials=3, seeds=[0, 1], runs=tmp_path)
+    ids = {p.run_id for r in first.rows for p in r.per_seed}
+    assert {p.name for p in tmp_path.iterdir()} == ids and len(ids) == 4
+    assert all((tmp_path / i / "model.safetensors").exists() for i in ids)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished candidate was trained again")
+
+    monkeypatch.setattr(mcel.train, "_epoch", no_training)
+    again = tune_margin(small, 0.02, margins=(2,), trials=3, seeds=[0, 1], runs=tmp_path)
+    assert again.to_dict()["rows"] == first.to_dict()["rows"]
+    # a sweep over the same settings names its run folders the same way
+    grid = tmp_path / "g.yaml"
+    grid.write_text(json.dumps({"name": "g", "base": small.to_dict(), "grid": {
+        "method": [{"loss": "ce"}, {"loss": "mcel", "margin": 2}], "seed": [0, 1]}}))
+    assert {c.run_id for c in expand(load_grid(grid))} == ids

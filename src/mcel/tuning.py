@@ -20,6 +20,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mcel.checks import ber_range_error
@@ -162,6 +163,7 @@ def tune_margin(
     seed: int = 0,
     seeds: Sequence[int] | None = None,
     val: tuple[Tensor, Tensor] | None = None,
+    runs: str | Path | None = None,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> TuningResult:
@@ -186,6 +188,10 @@ def tune_margin(
             tell a margin's effect from seed-to-seed spread. (The interval is not
             corrected for picking the best of the margins, so a margin no better than
             CE passes somewhat more often than 2.5%; see docs/results.md.)
+        runs: a folder that keeps every trained candidate as a run folder named by its
+            run id (a sweep's ``runs/`` folder has the same names): a candidate found
+            there finished is reused, an unfinished one resumed, a missing one trained
+            and saved there. Without it nothing is written.
 
     Returns a `TuningResult`.
     """
@@ -198,7 +204,7 @@ def tune_margin(
     seeds = _check_seeds(base_config, seeds)
     x, y, where = _selection_data(base_config, val)
     rows = [_candidate(cfg, seeds, (x, y), ber=ber, em=em, trials=trials, seed=seed,
-                       progress=progress, log=log) for cfg in configs]
+                       runs=runs, progress=progress, log=log) for cfg in configs]
     rows, best, beats = _choose(rows, clean_budget, paired=len(seeds) > 1)
     return TuningResult(ber=ber, error_model=em.to_dict(), clean_budget=clean_budget,
                         base_config=base_config, versions=versions(), trials=trials,
@@ -241,7 +247,7 @@ def _check_search(ber: float, margins: Sequence[float], clean_budget: float,
 
 
 def _candidate(cfg: TrainConfig, seeds: list[int], data: tuple[Tensor, Tensor], *, ber: float,
-               em, trials: int, seed: int, progress: bool,
+               em, trials: int, seed: int, runs: str | Path | None, progress: bool,
                log: Callable[[str], None] | None) -> Candidate:
     """One row of the search: ``cfg`` trained at every seed and evaluated at ``ber`` on
     the selection data; accuracies are means over seeds (a t-interval across them when
@@ -255,7 +261,8 @@ def _candidate(cfg: TrainConfig, seeds: list[int], data: tuple[Tensor, Tensor], 
     per_seed = []
     for s in seeds:
         cfg_s = dataclasses.replace(cfg, seed=s)
-        model, metrics = train(cfg_s, progress=progress)
+        out = None if runs is None else Path(runs) / cfg_s.digest()  # train resumes it
+        model, metrics = train(cfg_s, out, progress=progress)
         res = evaluate(model, x, y, [ber], em, trials=trials, seed=seed, progress=progress)
         r = res.results[0]
         per_seed.append(SeedRun(seed=s, clean_acc=res.clean_accuracy, acc=r.mean,

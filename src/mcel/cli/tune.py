@@ -33,7 +33,7 @@ def cmd_tune_margin(args: argparse.Namespace) -> int:
     em = error_model(args.error_model)
     res = tune_margin(base, args.ber, em, margins=args.margins, normalize=None,
                       clean_budget=args.clean_budget, trials=args.trials, seed=args.eval_seed,
-                      seeds=args.seeds, progress=sys.stderr.isatty(), log=log)
+                      seeds=args.seeds, runs=args.runs, progress=sys.stderr.isatty(), log=log)
     print_tuning(res)
     if args.json:
         write_json(args.json, {"units": JSON_UNITS, **res.to_dict()})
@@ -115,6 +115,11 @@ def register(sub) -> None:
     t.add_argument("--error-model", default=None,
                    help="e.g. 'p01=1e-3,p10=1e-2'; --ber then sets its largest rate "
                         "(default: uniform flips in the weights)")
+    t.add_argument("--runs", default=None, metavar="DIR",
+                   help="keep each trained candidate in DIR/RUN_ID and reuse the finished "
+                        "ones: a rerun of the search, or a sweep's runs/ folder that "
+                        "trained the same configs, costs only the evaluations "
+                        "(default: train everything, keep nothing)")
     t.add_argument("--json", default=None, help="write everything tried as JSON here, "
                    "accuracies as fractions (default: none)")
     t.set_defaults(func=cmd_tune_margin)
