@@ -55,7 +55,8 @@ def test_the_json_form_keeps_its_keys(tuned):
     saved = json.loads(json.dumps(tuned.to_dict()))
     assert set(saved) == {"ber", "error_model", "clean_budget", "base_config", "versions",
                           "trials", "seed", "seeds", "selected_on", "n_select", "rows", "ce",
-                          "best", "best_margin", "beats_ce", "recommended_margin"}
+                          "best", "best_margin", "beats_ce", "recommended_margin",
+                          "correction"}
     assert saved["ce"] == saved["rows"][0] and saved["seeds"] == [0]
     assert set(saved["rows"][1]) == {"method", "loss", "margin", "normalize", "clean_acc", "acc",
                                      "ci_low", "ci_high", "test_clean_acc", "train_seconds",
@@ -142,3 +143,45 @@ def test_runs_folder_keeps_the_candidates_and_a_rerun_reuses_them(tmp_path, monk
     grid.write_text(json.dumps({"name": "g", "base": small.to_dict(), "grid": {
         "method": [{"loss": "ce"}, {"loss": "mcel", "margin": 2}], "seed": [0, 1]}}))
     assert {c.run_id for c in expand(load_grid(grid))} == ids
+
+
+def _row(margin, accs):
+    from mcel.tuning import Candidate, SeedRun
+
+    per_seed = tuple(SeedRun(seed=s, clean_acc=0.9, acc=a, ci_low=a, ci_high=a,
+                             test_clean_acc=0.9, train_seconds=1.0, run_id=f"r{s}")
+                     for s, a in enumerate(accs))
+    mean = sum(accs) / len(accs)
+    return Candidate(method="CE" if margin is None else f"MCEL(m={margin:g})",
+                     loss="ce" if margin is None else "mcel", margin=margin, normalize=None,
+                     clean_acc=0.9, acc=mean, ci_low=mean, ci_high=mean, test_clean_acc=0.9,
+                     train_seconds=1.0, run_id="r0", per_seed=per_seed)
+
+
+def test_bonferroni_widens_the_paired_interval_for_the_choice_among_k_margins():
+    from mcel.evaluate import t_interval
+    from mcel.tuning import _choose
+
+    ce = _row(None, [0.50, 0.60, 0.70])
+    # m=3 wins every seed by 4-6 points: significant alone, not as the best of three
+    rows = [ce, _row(1, [0.50, 0.61, 0.69]), _row(2, [0.52, 0.60, 0.71]),
+            _row(3, [0.54, 0.66, 0.74])]
+    plain, best, beats = _choose(rows, 0.005, True)
+    assert best.margin == 3 and beats and plain[3].delta_ci_low > 0
+    wide, best_b, beats_b = _choose(rows, 0.005, True, confidence=1 - 0.05 / 3)
+    diffs = [0.04, 0.06, 0.04]
+    _, lo, hi = t_interval(diffs, 1 - 0.05 / 3)
+    assert wide[3].delta_ci_low == pytest.approx(lo) and wide[3].delta_ci_high == pytest.approx(hi)
+    assert lo < plain[3].delta_ci_low < 0.04 and best_b.margin == 3 and not beats_b
+
+
+def test_correction_is_recorded_and_checked():
+    res = tune_margin(BASE, 0.02, margins=(1, 4), trials=2, seeds=(0, 1),
+                      correction="bonferroni")
+    assert res.to_dict()["correction"] == "bonferroni"
+    for r in res.rows[1:]:  # 2 margins: 97.5% intervals
+        from mcel.evaluate import t_interval
+        diffs = [a.acc - b.acc for a, b in zip(r.per_seed, res.ce.per_seed)]
+        assert r.delta_ci_low == pytest.approx(t_interval(diffs, 0.975)[1])
+    with pytest.raises(MCELError, match="unknown correction 'holm'"):
+        tune_margin(BASE, 0.02, correction="holm")

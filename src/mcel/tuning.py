@@ -37,6 +37,9 @@ MAX_HELD_OUT = 5000
 CANDIDATE_MARGINS = (0.5, 1.0, 2.0, 4.0, 8.0)
 CLEAN_BUDGET = 0.005  # half a point of clean accuracy
 TUNE_TRIALS = 30
+# How the paired interval of the best margin against CE is widened for having picked
+# the best of K margins: not at all, or Bonferroni (confidence 1 - 0.05 / K).
+CORRECTIONS = ("none", "bonferroni")
 
 
 def _selection_data(config: TrainConfig,
@@ -124,6 +127,7 @@ class TuningResult:
     rows: tuple[Candidate, ...]
     best: Candidate | None
     beats_ce: bool
+    correction: str = "none"
 
     @property
     def ce(self) -> Candidate:
@@ -148,7 +152,7 @@ class TuningResult:
                 "ce": self.ce.to_dict(),
                 "best": None if self.best is None else self.best.to_dict(),
                 "best_margin": self.best_margin, "beats_ce": self.beats_ce,
-                "recommended_margin": self.recommended_margin}
+                "recommended_margin": self.recommended_margin, "correction": self.correction}
 
 
 def tune_margin(
@@ -162,6 +166,7 @@ def tune_margin(
     trials: int = TUNE_TRIALS,
     seed: int = 0,
     seeds: Sequence[int] | None = None,
+    correction: str = "none",
     val: tuple[Tensor, Tensor] | None = None,
     runs: str | Path | None = None,
     progress: bool = False,
@@ -181,35 +186,42 @@ def tune_margin(
             minus this (0.005 = half a point).
         trials, seed: Monte-Carlo trials and fault seed of each evaluation (the same
             faults for every candidate: the comparison is paired).
-        seeds: training seeds (default: the base config's). With two or more, every
-            candidate is trained once per seed, accuracies are means over seeds, and a
-            margin only counts as better than CE when its difference to CE, paired by
-            seed, has a 95% interval above zero: a single training seed often cannot
-            tell a margin's effect from seed-to-seed spread. (The interval is not
-            corrected for picking the best of the margins, so a margin no better than
-            CE passes somewhat more often than 2.5%; see docs/results.md.)
-        runs: a folder that keeps every trained candidate as a run folder named by its
-            run id (a sweep's ``runs/`` folder has the same names): a candidate found
-            there finished is reused, an unfinished one resumed, a missing one trained
-            and saved there. Without it nothing is written.
-
-    Returns a `TuningResult`.
+        seeds: training seeds (default: the base config's). With two or more, accuracies
+            are means over seeds and a margin only beats CE when its difference, paired
+            by seed, has a 95% interval above zero (one seed cannot tell a margin's
+            effect from seed-to-seed spread).
+        correction: ``none``: that interval is not corrected for picking the best of K
+            margins (a margin no better than CE passes more often than 2.5%);
+            ``bonferroni``: confidence 1 - 0.05 / K, which holds the rate, costs power.
+        runs: a folder of run folders named by run id (as a sweep's ``runs/``): finished
+            candidates there are reused, unfinished ones resumed, missing ones trained
+            there. Without it nothing is written.
     """
     from mcel.experiments.store import versions
     from mcel.faults import BitErrorModel
 
     ber, margins = _check_search(ber, margins, clean_budget, trials)
+    confidence = _confidence(correction, len(set(margins)))
     em = error_model or BitErrorModel(ber=0.0)
     configs = _configs(base_config, margins, normalize)  # a bad setting fails here
     seeds = _check_seeds(base_config, seeds)
     x, y, where = _selection_data(base_config, val)
     rows = [_candidate(cfg, seeds, (x, y), ber=ber, em=em, trials=trials, seed=seed,
                        runs=runs, progress=progress, log=log) for cfg in configs]
-    rows, best, beats = _choose(rows, clean_budget, paired=len(seeds) > 1)
+    rows, best, beats = _choose(rows, clean_budget, paired=len(seeds) > 1,
+                                confidence=confidence)
     return TuningResult(ber=ber, error_model=em.to_dict(), clean_budget=clean_budget,
                         base_config=base_config, versions=versions(), trials=trials,
                         seed=seed, seeds=tuple(seeds), selected_on=where, n_select=len(y),
-                        rows=tuple(rows), best=best, beats_ce=beats)
+                        rows=tuple(rows), best=best, beats_ce=beats, correction=correction)
+
+
+def _confidence(correction: str, k: int) -> float:
+    """The paired intervals' confidence when the best of ``k`` margins is tested."""
+    if correction not in CORRECTIONS:
+        raise MCELError(f"unknown correction {correction!r}; choose one of "
+                        f"{', '.join(CORRECTIONS)}")
+    return 1 - 0.05 / k if correction == "bonferroni" else 0.95
 
 
 def _configs(base_config: TrainConfig, margins: list[float],
@@ -286,11 +298,11 @@ def _candidate(cfg: TrainConfig, seeds: list[int], data: tuple[Tensor, Tensor], 
                      per_seed=tuple(per_seed))
 
 
-def _choose(rows: list[Candidate], clean_budget: float,
-            paired: bool) -> tuple[list[Candidate], Candidate | None, bool]:
+def _choose(rows: list[Candidate], clean_budget: float, paired: bool, *,
+            confidence: float = 0.95) -> tuple[list[Candidate], Candidate | None, bool]:
     """The rows with their eligibility and difference to CE (``rows[0]``), the best
-    eligible row, and whether it beats CE (with ``paired`` seeds: a 95% interval above
-    zero)."""
+    eligible row, and whether it beats CE (with ``paired`` seeds: an interval at
+    ``confidence`` above zero)."""
     from mcel.evaluate import t_interval
 
     ce = rows[0]
@@ -300,7 +312,7 @@ def _choose(rows: list[Candidate], clean_budget: float,
         delta: dict[str, Any] = {}
         if paired:  # by training seed
             diffs = [a.acc - b.acc for a, b in zip(row.per_seed, ce.per_seed)]
-            _, delta["delta_ci_low"], delta["delta_ci_high"] = t_interval(diffs)
+            _, delta["delta_ci_low"], delta["delta_ci_high"] = t_interval(diffs, confidence)
         # A tiny tolerance: equal accuracies computed on the same samples must pass.
         judged.append(dataclasses.replace(
             row, eligible=row.loss == "mcel" and row.clean_acc >= floor - 1e-12,

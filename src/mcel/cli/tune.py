@@ -19,6 +19,7 @@ from mcel.console import log
 from mcel.tuning import (
     CANDIDATE_MARGINS,
     CLEAN_BUDGET,
+    CORRECTIONS,
     TUNE_TRIALS,
     Candidate,
     TuningResult,
@@ -33,7 +34,8 @@ def cmd_tune_margin(args: argparse.Namespace) -> int:
     em = error_model(args.error_model)
     res = tune_margin(base, args.ber, em, margins=args.margins, normalize=None,
                       clean_budget=args.clean_budget, trials=args.trials, seed=args.eval_seed,
-                      seeds=args.seeds, runs=args.runs, progress=sys.stderr.isatty(), log=log)
+                      seeds=args.seeds, correction=args.correction, runs=args.runs,
+                      progress=sys.stderr.isatty(), log=log)
     print_tuning(res)
     if args.json:
         write_json(args.json, {"units": JSON_UNITS, **res.to_dict()})
@@ -49,7 +51,8 @@ def print_tuning(res: TuningResult) -> None:
     t = Table(title=f"margin search at BER {res.ber:g} ({over}{res.trials} trials; chosen "
                     f"on {res.n_select} samples: {res.selected_on})")
     t.add_column("method", no_wrap=True)
-    for col in ("clean %", f"BER {res.ber:g}: acc % [95% CI]", "Δ vs CE", "in budget",
+    delta = "Δ vs CE" + (" [Bonferroni]" if res.correction == "bonferroni" else "")
+    for col in ("clean %", f"BER {res.ber:g}: acc % [95% CI]", delta, "in budget",
                 "test clean %", "train s"):
         t.add_column(col, justify="right")
     for r in res.rows:
@@ -112,6 +115,10 @@ def register(sub) -> None:
                         "95%% interval (paired by seed) above zero; where CE's accuracy under "
                         "faults varies much by seed, three seeds are rarely enough "
                         "(default: --seed only)")
+    t.add_argument("--correction", choices=CORRECTIONS, default="none",
+                   help="with --seeds: widen the paired intervals for picking the best of "
+                        "K margins (bonferroni: 95%% for the whole search, fewer "
+                        "recommendations; default: none)")
     t.add_argument("--error-model", default=None,
                    help="e.g. 'p01=1e-3,p10=1e-2'; --ber then sets its largest rate "
                         "(default: uniform flips in the weights)")
