@@ -196,6 +196,27 @@ def test_headline_configs_differ_only_in_the_loss():
     assert (ce.digest(), mcel.digest()) == ("698bd80e76d5ef72", "097fe567c3f8ecae")
 
 
+def test_resnet20_headline_configs_are_the_grid_runs():
+    # configs/headline/fashion-resnet20-*.yaml: the 28x28 headline, CE against the recipe
+    import dataclasses
+    from pathlib import Path
+
+    import yaml
+
+    from mcel.experiments.grid import expand, load_grid
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    ce, rec = (TrainConfig.from_dict(yaml.safe_load(
+        (root / "headline" / f"fashion-resnet20-{n}.yaml").read_text()))
+        for n in ("ce", "mcel-clip"))
+    differ = {k for k, v in ce.to_dict().items() if rec.to_dict()[k] != v}
+    assert differ == {"loss", "margin", "clip_auto"}
+    cells = {c.run_id for c in expand(load_grid(root / "study" / "fashion-resnet20-full.yaml"))}
+    for s in (0, 1, 2):
+        assert {dataclasses.replace(ce, seed=s).digest(),
+                dataclasses.replace(rec, seed=s).digest()} <= cells
+
+
 def test_faults_during_in_your_own_loop():
     import mcel
     from mcel.engine import faults_during
