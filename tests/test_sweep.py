@@ -153,6 +153,29 @@ def test_dry_run_counts_and_creates_nothing(reference, tmp_path, capsys):
     assert not (tmp_path / "new").exists()
 
 
+def test_only_runs_a_part_into_the_same_database(reference, tmp_path, capsys):
+    grid, out, _ = reference
+    part = tmp_path / "part"
+    argv = ["sweep", str(grid), "--out", str(part)]
+    assert main(argv + ["--only", "method=CE*", "--only", "seed=1", "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert re.findall(r"to run: (.*)", printed) == ["mlp/int4 CE seed 1",
+                                                    "mlp/int4 CE+EI(p=0.01) seed 1"]
+    assert "2 cells: 0 complete, 2 to run" in printed and not part.exists()
+    # two selectors of one key are alternatives; the parts add up to the whole grid
+    assert main(argv + ["--only", "method=MCEL*", "--only", "method=CE"]) == 0
+    assert main(argv + ["--only", "seed=0"]) == 0  # MCEL and CE seed 0 already ran
+    assert "3 cells: 1 run, 2 already complete" in capsys.readouterr().out
+    assert main(argv) == 0
+    assert _snapshot(_db(part)) == _snapshot(_db(out))
+    for bad, needle in ((["--only", "seed=7"], "no cell matches --only seed=7; the grid has "
+                                               "seed: 0, 1"),
+                        (["--only", "sed=1"], "unknown key 'sed'"),
+                        (["--only", "seed"], "KEY=PATTERN")):
+        assert main(argv + bad) == 2
+        assert needle in capsys.readouterr().err
+
+
 def test_jobs_2_gives_the_same_rows(reference, tmp_path, capsys):
     grid, out, _ = reference
     out2 = tmp_path / "out"

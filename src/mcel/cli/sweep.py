@@ -42,7 +42,12 @@ def register(sub: Any) -> None:
                         "default: $RAY_ADDRESS, else a private Ray instance on this machine)")
     p.add_argument("--threads", type=positive_int, default=1,
                    help="torch threads per cell; results depend on it on CPU (default 1)")
-    p.add_argument("--dry-run", action="store_true", help="only count what would run")
+    p.add_argument("--only", action="append", default=[], metavar="KEY=PATTERN",
+                   help="run only the matching cells, into the grid's database: KEY is "
+                        "method (e.g. 'MCEL(m=30)', 'CE*') or a training field (seed=2); "
+                        "repeat it: the same key gives alternatives, different keys must "
+                        "all match (default: every cell)")
+    p.add_argument("--dry-run", action="store_true", help="only list what would run")
     p.set_defaults(func=cmd_sweep)
 
 
@@ -58,8 +63,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     s = run_sweep(args.grid, Path(out), args.jobs, backend=args.backend,
                   backend_options={"address": args.address},
                   data_dir=args.data_dir, threads=args.threads, dry_run=args.dry_run,
-                  progress=sys.stderr.isatty(), log=log)
+                  only=args.only, progress=sys.stderr.isatty(), log=log)
     if args.dry_run:
+        for label in s.pending:
+            print(f"to run: {label}")
         print(f"{s.cells} cells: {s.skipped} complete, {s.cells - s.skipped} to run; "
               f"database {s.db}")
         return 0

@@ -455,3 +455,43 @@ def _distinct_fmts(fmts: list[str], config: TrainConfig, ems: list) -> tuple[str
 
 
 __all__: Sequence[str] = ["Cell", "EvalPlan", "Grid", "expand", "load_grid"]
+
+
+def select(cells: Sequence[Cell], only: Sequence[str]) -> list[Cell]:
+    """The cells that match every ``KEY=PATTERN`` of ``only`` (fnmatch patterns; KEY is
+    ``method``, the method label as reports show it, e.g. ``MCEL(m=30)``, or any training
+    field, e.g. ``seed=2``). Selectors with the same key are alternatives, different
+    keys must all match. A grid file thus runs in any order, a part at a time, into the
+    same database.
+
+    >>> cells = expand({"grid": {"loss": ["ce", "mcel"], "seed": [0, 1, 2]}})
+    >>> [(c.config.loss, c.config.seed) for c in select(cells, ["method=MCEL*", "seed=2"])]
+    [('mcel', 2)]
+    """
+    from fnmatch import fnmatchcase
+
+    wanted: dict[str, list[str]] = {}
+    for sel in only:
+        key, sep, pattern = sel.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise MCELError(f"--only takes KEY=PATTERN (e.g. seed=2 or 'method=MCEL*'), "
+                            f"got {sel!r}")
+        if key != "method" and key not in _FIELDS:
+            raise MCELError(f"--only: unknown key {key!r}; use method or a training field"
+                            + did_you_mean(key, ["method", *_FIELDS]))
+        wanted.setdefault(key, []).append(pattern.strip())
+
+    def value(cell: Cell, key: str) -> str:
+        from mcel.experiments.store import method_label
+
+        return (method_label(cell.config.to_dict()) if key == "method"
+                else str(getattr(cell.config, key)))
+
+    kept = [c for c in cells if all(any(fnmatchcase(value(c, k), p) for p in pats)
+                                    for k, pats in wanted.items())]
+    if cells and not kept:
+        seen = {k: sorted({value(c, k) for c in cells}) for k in wanted}
+        raise MCELError("no cell matches --only " + " ".join(only) + "; the grid has "
+                        + "; ".join(f"{k}: {', '.join(v)}" for k, v in seen.items()))
+    return kept

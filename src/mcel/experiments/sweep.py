@@ -41,7 +41,7 @@ from mcel.experiments.backends import (
     prepare_backend,
 )
 from mcel.experiments.cell import CellFailure, CellJob, CellResult, run_cell
-from mcel.experiments.grid import Cell, Grid, expand, load_grid
+from mcel.experiments.grid import Cell, Grid, expand, load_grid, select
 from mcel.experiments.store import (
     connect,
     dumps,
@@ -50,6 +50,7 @@ from mcel.experiments.store import (
     transaction,
     versions,
 )
+from mcel.io import check_writable
 
 ERROR_FILE = "error.txt"  # in a failed cell's run folder: what failed, and the traceback
 
@@ -68,6 +69,7 @@ class SweepSummary:
     trials_written: int = 0
     seconds: float = 0.0
     run_ids: list[str] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)  # labels of the cells still to run
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -146,6 +148,7 @@ def run_sweep(
     data_dir: str | None = None,
     threads: int = 1,
     dry_run: bool = False,
+    only: Sequence[str] = (),
     progress: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> SweepSummary:
@@ -153,29 +156,27 @@ def run_sweep(
 
     ``out_dir`` receives ``runs/<run_id>/`` folders and (by default) the database.
     ``jobs`` cells run at once through ``backend`` (``backend_options``, e.g. Ray's
-    ``address``, go to it); ``data_dir`` overrides the grid's
-    data folder; ``threads`` is the torch thread count of each cell (see module doc).
-    ``dry_run`` only counts what would run. Returns the counts of cells done/skipped and
-    rows written, and the cells that raised (``failed``: each a `CellFailure`, its
-    traceback also in ``out/runs/<run_id>/error.txt``); a failed cell does not stop the
-    others and writes nothing to the database. Mistakes in the grid or the options raise
-    `MCELError` before any cell runs.
-    """
+    ``address``, go to it); ``data_dir`` overrides the grid's data folder; ``threads`` is
+    each cell's torch thread count (see module doc); ``dry_run`` only counts what would
+    run; ``only`` (``KEY=PATTERN``, `grid.select`) runs a part into the same database.
+    Returns the counts of cells done/skipped and rows written, and the cells that raised
+    (``failed``: `CellFailure`, traceback also in ``out/runs/<run_id>/error.txt``); a
+    failed cell does not stop the others and writes nothing to the database. Mistakes
+    in the grid or the options raise `MCELError` before any cell runs."""
     t0 = time.perf_counter()
     _check_counts(jobs=jobs, threads=threads)
     options = {k: v for k, v in (backend_options or {}).items() if v is not None}
     executor = prepare_backend(backend, options)
     grid_path = Path(grid_path)
     grid = load_grid(grid_path)
-    cells = expand(grid, data_dir=data_dir)
+    cells = select(expand(grid, data_dir=data_dir), only)
     if not dry_run:
         _check_data(cells)
-    from mcel.io import check_writable
-
     out = Path(out_dir) if dry_run else check_writable(out_dir)
     db = db_path(grid, grid_path, out)
     summary = SweepSummary(grid=grid.name, db=str(db), out=str(out), cells=len(cells),
-                           run_ids=[c.run_id for c in cells])
+                           run_ids=[c.run_id for c in cells],
+                           pending=[c.label for c in cells])
     if dry_run and not db.exists():  # a dry run creates nothing
         summary.seconds = time.perf_counter() - t0
         return summary
@@ -183,6 +184,7 @@ def run_sweep(
     try:
         todo = _jobs(con, cells, out, threads)
         summary.skipped = len(cells) - len(todo)
+        summary.pending = [j.cell.label for j in todo]
         _warn_stale(con, cells, log)
         if log:
             log(f"sweep {grid.name}: {len(cells)} cells, {summary.skipped} already done, "
