@@ -185,3 +185,9 @@ def test_correction_is_recorded_and_checked():
         assert r.delta_ci_low == pytest.approx(t_interval(diffs, 0.975)[1])
     with pytest.raises(MCELError, match="unknown correction 'holm'"):
         tune_margin(BASE, 0.02, correction="holm")
+
+
+def test_a_runs_path_that_is_a_file_fails_before_training(tmp_path):
+    (tmp_path / "f").write_text("")
+    with pytest.raises(MCELError, match="is a file; give a folder"):
+        tune_margin(BASE, 0.02, runs=tmp_path / "f")

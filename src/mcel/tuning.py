@@ -201,7 +201,7 @@ def tune_margin(
     from mcel.faults import BitErrorModel
 
     ber, margins = _check_search(ber, margins, clean_budget, trials)
-    confidence = _confidence(correction, len(set(margins)))
+    confidence = _check_options(correction, len(set(margins)), runs)
     em = error_model or BitErrorModel(ber=0.0)
     configs = _configs(base_config, margins, normalize)  # a bad setting fails here
     seeds = _check_seeds(base_config, seeds)
@@ -216,8 +216,12 @@ def tune_margin(
                         rows=tuple(rows), best=best, beats_ce=beats, correction=correction)
 
 
-def _confidence(correction: str, k: int) -> float:
-    """The paired intervals' confidence when the best of ``k`` margins is tested."""
+def _check_options(correction: str, k: int, runs: str | Path | None) -> float:
+    """The paired intervals' confidence when the best of ``k`` margins is tested; a bad
+    correction or ``runs`` path fails here, before any training."""
+    if runs is not None and Path(runs).exists() and not Path(runs).is_dir():
+        raise MCELError(f"runs folder {runs} is a file; give a folder for the trained "
+                        "candidates (it is created when missing)")
     if correction not in CORRECTIONS:
         raise MCELError(f"unknown correction {correction!r}; choose one of "
                         f"{', '.join(CORRECTIONS)}")
