@@ -42,7 +42,7 @@ def register(sub: Any) -> None:
                         "default: $RAY_ADDRESS, else a private Ray instance on this machine)")
     p.add_argument("--threads", type=positive_int, default=1,
                    help="torch threads per cell; results depend on it on CPU (default 1)")
-    p.add_argument("--only", action="append", default=[], metavar="KEY=PATTERN",
+    p.add_argument("--only", action="append", default=None, metavar="KEY=PATTERN",
                    help="run only the matching cells, into the grid's database: KEY is "
                         "method (e.g. 'MCEL(m=30)', 'CE*') or a training field (seed=2); "
                         "repeat it: the same key gives alternatives, different keys must "
@@ -63,7 +63,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     s = run_sweep(args.grid, Path(out), args.jobs, backend=args.backend,
                   backend_options={"address": args.address},
                   data_dir=args.data_dir, threads=args.threads, dry_run=args.dry_run,
-                  only=args.only, progress=sys.stderr.isatty(), log=log)
+                  only=args.only or (), progress=sys.stderr.isatty(), log=log)
     if args.dry_run:
         for label in s.pending:
             print(f"to run: {label}")

@@ -118,7 +118,7 @@ def register(sub) -> None:
     t.add_argument("--correction", choices=CORRECTIONS, default="none",
                    help="with --seeds: widen the paired intervals for picking the best of "
                         "K margins (bonferroni: 95%% for the whole search, fewer "
-                        "recommendations; default: none)")
+                        "recommendations) (default none)")
     t.add_argument("--error-model", default=None,
                    help="e.g. 'p01=1e-3,p10=1e-2'; --ber then sets its largest rate "
                         "(default: uniform flips in the weights)")
