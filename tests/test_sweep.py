@@ -146,8 +146,11 @@ def test_rerun_skips_everything(reference):
 
 def test_dry_run_counts_and_creates_nothing(reference, tmp_path, capsys):
     grid, out, _ = reference
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     assert main(["sweep", str(grid), "--out", str(out), "--dry-run"]) == 0
     assert "6 cells: 6 complete, 0 to run" in capsys.readouterr().out
+    # a committed snapshot of a study can be checked without touching a byte of it
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
     assert main(["sweep", str(grid), "--out", str(tmp_path / "new"), "--dry-run"]) == 0
     assert "6 cells: 0 complete, 6 to run" in capsys.readouterr().out
     assert not (tmp_path / "new").exists()

@@ -180,7 +180,7 @@ def run_sweep(
     if dry_run and not db.exists():  # a dry run creates nothing
         summary.seconds = time.perf_counter() - t0
         return summary
-    con = connect(db)
+    con = store.open_readonly(db) if dry_run else connect(db)  # a dry run changes nothing
     try:
         todo = _jobs(con, cells, out, threads)
         summary.skipped = len(cells) - len(todo)
