@@ -11,7 +11,7 @@ EXTRAS  ?= test
 comma   := ,
 STAMP   := $(VENV)/.stamp-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test bench venv clean study-index
 
 # The interpreter is a prerequisite too: a venv whose python is gone (deleted, or its
 # base Python removed or upgraded) is rebuilt instead of failing with "No such file".
@@ -36,6 +36,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(VPY) benchmarks/bench_load.py
 	$(VPY) benchmarks/run_all.py
+
+# docs/study/README.md: which study grids are complete in their committed snapshots
+study-index: $(STAMP)
+	$(VPY) tools/study_index.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache

@@ -384,3 +384,15 @@ def test_energy_verdict_names_voltages_against_ce():
     assert "EI lets this memory run at 0.750 V instead of CE's 0.700 V: " \
            f"{100 * ((0.75 / 0.7) ** 2 - 1):.1f}% more dynamic energy" in text
     assert energy_verdict([ei], None, curve) == ""
+
+
+def test_the_study_index_is_current():
+    # docs/study/README.md says which grids are complete; it must follow the snapshots
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "study_index.py"
+    spec = importlib.util.spec_from_file_location("study_index", path)
+    index = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(index)
+    assert index.main(["--check"]) == 0, "run: python tools/study_index.py"
