@@ -133,8 +133,12 @@ def test_report_numbers_files_and_provenance(db, tmp_path):
     bi = 2
     diffs = [sum(_trial_accs(1, s, bi)) / 4 - sum(_trial_accs(0, s, bi)) / 4 for s in SEEDS]
     lo, hi = _t(diffs)
-    assert cells[2 + len(BERS) - 1 + bi] == (f"{100 * sum(diffs) / 2:+.2f} "
-                                         f"[{100 * lo:+.2f}, {100 * hi:+.2f}]")
+    assert cells[2 + len(BERS) + bi] == (f"{100 * sum(diffs) / 2:+.2f} "
+                                     f"[{100 * lo:+.2f}, {100 * hi:+.2f}]")
+    # ... and the clean accuracy's, paired the same way (the goal: within half a point)
+    assert "| Δ vs CE clean (points) | Δ vs CE @ 0.01 (points) |" in header
+    assert cells[2 + len(BERS)] == "-0.50 [-0.50, -0.50]"
+    assert _row(md, "CE")[2 + len(BERS)] == "—"
     # One seed: the run's own interval over its trials.
     accs = _trial_accs(3, 0, 1)
     lo, hi = _t01(accs)

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from mcel.report.stats import CE_LABEL, Cell, Group, Line, delta, uniform_spec
+from mcel.report.stats import CE_LABEL, Cell, Group, Line, delta, paired_delta, uniform_spec
 
 
 def best_mcel(group: Group) -> str:
@@ -202,6 +202,11 @@ def faults_text(g: Group) -> str:
     return f"Faults: error model {g.error_model}; each BER sets its largest rate."
 
 
+def _clean(ln: Line) -> Cell | None:
+    """A method's clean accuracy: measured without faults, else its curve at BER 0."""
+    return ln.clean or ln.curve.get(0.0)
+
+
 def group_blocks(i: int, g: Group, out_dir: Path, images: dict[str, bytes]) -> list[Block]:
     """Group ``i``'s section: heading, figures, table, the best MCEL against CE, and where
     every number came from."""
@@ -210,12 +215,16 @@ def group_blocks(i: int, g: Group, out_dir: Path, images: dict[str, bytes]) -> l
     # BER 0 is the clean accuracy again (no flips): one column for both
     bers = [b for b in g.bers if b > 0]
     header = (["method", "seeds", "clean acc %"] + [f"BER {b:g}: acc %" for b in bers]
-              + [f"Δ vs CE @ {b:g} (points)" for b in bers] + ["train s", "tolerable BER"])
+              + ["Δ vs CE clean (points)"] + [f"Δ vs CE @ {b:g} (points)" for b in bers]
+              + ["train s", "tolerable BER"])
     rows = []
     for ln in g.lines:
-        deltas = [fmt_delta(delta(ln, ce, b)) if ce is not None and ln is not ce else "—"
-                  for b in bers]
-        rows.append([ln.label, seeds_text(ln), fmt_cell(ln.clean or ln.curve.get(0.0))]
+        vs_ce = ce is not None and ln is not ce
+        clean, ce_clean = _clean(ln), (_clean(ce) if ce is not None else None)
+        deltas = [fmt_delta(paired_delta(clean, ce_clean))
+                  if vs_ce and clean and ce_clean else "—"]
+        deltas += [fmt_delta(delta(ln, ce, b)) if vs_ce else "—" for b in bers]
+        rows.append([ln.label, seeds_text(ln), fmt_cell(clean)]
                     + [fmt_cell(ln.curve.get(b)) for b in bers] + deltas
                     + ["—" if ln.train_seconds is None else f"{ln.train_seconds:.1f}",
                        fmt_tolerable(ln.tolerable, bool(ln.censored_seeds))])
