@@ -454,9 +454,6 @@ def _distinct_fmts(fmts: list[str], config: TrainConfig, ems: list) -> tuple[str
     return fmts_unique
 
 
-__all__: Sequence[str] = ["Cell", "EvalPlan", "Grid", "expand", "load_grid"]
-
-
 def select(cells: Sequence[Cell], only: Sequence[str]) -> list[Cell]:
     """The cells that match every ``KEY=PATTERN`` of ``only`` (fnmatch patterns; KEY is
     ``method``, the method label as reports show it, e.g. ``MCEL(m=30)``, or any training
@@ -495,3 +492,6 @@ def select(cells: Sequence[Cell], only: Sequence[str]) -> list[Cell]:
         raise MCELError("no cell matches --only " + " ".join(only) + "; the grid has "
                         + "; ".join(f"{k}: {', '.join(v)}" for k, v in seen.items()))
     return kept
+
+
+__all__: Sequence[str] = ["Cell", "EvalPlan", "Grid", "expand", "load_grid", "select"]
