@@ -1,5 +1,6 @@
 """Training runs, run folders, resume and error-injection training."""
 
+import dataclasses
 import json
 
 import pytest
@@ -280,3 +281,17 @@ def test_headline_baselines_grid_reuses_the_study_runs():
     assert ids[("mcel", 30.0, None, 0.0, 0)] == "097fe567c3f8ecae"
     assert ids[("ce", None, None, 0.01, 0)] == "51f4bb5abebcc26b"
     assert ids[("ce", None, None, 0.0, 1)] == "701132a6a769e7e4"
+
+
+def test_a_clip_that_keeps_the_margin_out_of_reach_is_flagged(recwarn):
+    # clipped weights bound the logits: a margin the model cannot reach is said, once
+    tight = TrainConfig(dataset="digits", model="mlp", model_kwargs={"hidden": 16},
+                        quant="int4", epochs=1, lr=0.01, batch_size=64, limit_train=300,
+                        limit_test=100, loss="mcel", margin=10, clip=0.005)
+    with pytest.warns(UserWarning, match="margin 10 is out of reach under the weight clip"):
+        train(tight)
+    lines = []
+    train(dataclasses.replace(tight, clip=None), log=lines.append)  # no clip: no check
+    train(dataclasses.replace(tight, margin=1, clip=0.5, epochs=5, limit_train=None),
+          log=lines.append)
+    assert not [ln for ln in lines if "out of reach" in ln]
