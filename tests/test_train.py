@@ -220,6 +220,7 @@ def test_resnet20_headline_configs_are_the_grid_runs():
 
 @pytest.mark.parametrize("name, grid, margins", [
     ("fashion-vgg3", "fashion-vgg3-full", (None, 10.0, 30.0)),
+    ("mnist-vgg3", "mnist-vgg3-full", (None, 10.0, 30.0)),
     ("fashion-resnet20", "fashion-resnet20-full", (None, 10.0, 30.0)),
     ("fashion-resnet20-clip", "fashion-resnet20-full", (None, 10.0))])
 def test_tune_configs_name_the_grid_runs(name, grid, margins):
