@@ -56,11 +56,11 @@ def test_the_json_form_keeps_its_keys(tuned):
     assert set(saved) == {"ber", "error_model", "clean_budget", "base_config", "versions",
                           "trials", "seed", "seeds", "selected_on", "n_select", "rows", "ce",
                           "best", "best_margin", "beats_ce", "recommended_margin",
-                          "correction"}
+                          "recommended", "correction"}
     assert saved["ce"] == saved["rows"][0] and saved["seeds"] == [0]
     assert set(saved["rows"][1]) == {"method", "loss", "margin", "normalize", "clean_acc", "acc",
                                      "ci_low", "ci_high", "test_clean_acc", "train_seconds",
-                                     "run_id", "per_seed", "eligible", "delta_vs_ce"}
+                                     "run_id", "per_seed", "eligible", "delta_vs_ce", "clip"}
     assert set(saved["rows"][1]["per_seed"][0]) == {"seed", "clean_acc", "acc", "ci_low",
                                                     "ci_high", "test_clean_acc",
                                                     "train_seconds", "run_id"}
@@ -191,3 +191,74 @@ def test_a_runs_path_that_is_a_file_fails_before_training(tmp_path):
     (tmp_path / "f").write_text("")
     with pytest.raises(MCELError, match="is a file; give a folder"):
         tune_margin(BASE, 0.02, runs=tmp_path / "f")
+
+
+def test_parse_clip_reads_each_kind_and_rejects_the_rest():
+    from mcel.tuning import parse_clip
+
+    assert parse_clip("none") == {"clip": None, "clip_auto": None, "clip_rel": None}
+    assert parse_clip("0.025")["clip"] == 0.025
+    assert parse_clip("auto:2")["clip_auto"] == 2.0 and parse_clip("AUTO:2")["clip"] is None
+    assert parse_clip(" rel:1.5 ")["clip_rel"] == 1.5
+    for bad in ("", "auto", "auto:", "auto:-1", "rel:0", "max:1", "nan", "inf", "0"):
+        with pytest.raises(MCELError, match="bad candidate clip"):
+            parse_clip(bad)
+
+
+def test_clip_search_crosses_the_clips_with_ce_and_every_margin(tmp_path):
+    res = tune_margin(BASE, 0.05, margins=(2,), clips=("none", "0.05"), clean_budget=1.0,
+                      trials=3, runs=tmp_path)
+    got = [(r.method, r.clip["clip"]) for r in res.rows]
+    # plain CE is the baseline; CE under the base config's (no) clip is not tried twice
+    assert got == [("CE", None), ("MCEL(m=2)", None), ("CE+clip(0.05)", 0.05),
+                   ("MCEL(m=2)+clip(0.05)", 0.05)]
+    assert [r.eligible for r in res.rows] == [False, True, True, True]  # budget 1.0: all
+    best = max(res.rows[1:], key=lambda r: (r.acc, r.clean_acc, -(r.margin or 0.0)))
+    assert res.best is not None and res.best.method == best.method
+    want = ({"loss": best.loss, "margin": best.margin, **best.clip} if res.beats_ce else
+            {"loss": "ce", "margin": None, "clip": None, "clip_auto": None, "clip_rel": None})
+    assert res.recommended == want
+    assert res.recommended_margin == ((best.margin or 0.0) if res.beats_ce else 0.0)
+    assert json.loads(json.dumps(res.to_dict()))["recommended"] == want
+    assert {p.name for p in tmp_path.iterdir()} == {r.run_id for r in res.rows}
+
+
+def test_clip_candidates_name_the_resnet20_grid_runs():
+    # tune-margin --clips over the ResNet-20 grid's runs/ reuses all but CE + clip_auto 1
+    from pathlib import Path
+
+    import yaml
+
+    from mcel.experiments.grid import expand, load_grid
+    from mcel.tuning import _configs
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "study"
+    base = TrainConfig.from_dict(
+        yaml.safe_load((root / "tune-fashion-resnet20.yaml").read_text()))
+    cfgs = _configs(base, [10.0], None, ["none", "0.025", "auto:2", "auto:1"])
+    assert len(cfgs) == 8
+    cells = {c.run_id for c in expand(load_grid(root / "fashion-resnet20-full.yaml"))}
+    missing = [c for c in cfgs if c.digest() not in cells]
+    assert [(c.loss, c.clip_auto) for c in missing] == [("ce", 1.0)]
+
+
+def test_cli_clip_search_says_which_flags_to_train_with(tmp_path, capsys):
+    args = ["tune-margin", "--dataset", "digits", "--model", "mlp", "--quant", "int4",
+            "--epochs", "1", "--limit-train", "400", "--limit-test", "100", "--ber", "0.05",
+            "--margins", "2", "--clips", "none,auto:1", "--trials", "2",
+            "--clean-budget", "1", "--json", str(tmp_path / "t.json")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "margin and clip search" in out
+    line = re.search(r"recommended: (.*)", out).group(1)
+    saved = json.loads((tmp_path / "t.json").read_text())
+    rec = saved["recommended"]
+    assert line.startswith(f"--loss {rec['loss']}")
+    assert ("--clip-auto 1" in line) == (rec["clip_auto"] == 1.0)
+
+
+def test_cli_rejects_a_bad_clip_before_training(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["tune-margin", "--dataset", "digits", "--ber", "0.01", "--clips", "auto:x"])
+    assert e.value.code == 2
+    assert "bad candidate clip 'auto:x'" in capsys.readouterr().err

@@ -7,6 +7,13 @@ clean accuracy is at most ``clean_budget`` below CE's. A larger margin buys tole
 and eventually costs clean accuracy; the budget says how much clean accuracy the user
 will trade.
 
+With ``clips`` the search also picks the weight clip (`--clip`, `--clip-auto`,
+`--clip-rel`): CE and every margin are trained under each candidate clip, and the best
+eligible combination is compared with the base config's CE. On the full-width ResNet-20
+of the study the clip value mattered more than the margin (a tight clip kept 81% at 1%
+BER, ``--clip-auto 2`` 60%, CE 19%), and a margin must fit inside the logits a clip
+allows, so the two are chosen together.
+
 Selection data: choosing on the test split and then reporting test accuracy would
 flatter the winner, so by default the choice is made on training samples the runs never
 saw (those past ``limit_train``) when there are at least ``MIN_HELD_OUT`` of them, and on
@@ -40,6 +47,8 @@ TUNE_TRIALS = 30
 # How the paired interval of the best margin against CE is widened for having picked
 # the best of K margins: not at all, or Bonferroni (confidence 1 - 0.05 / K).
 CORRECTIONS = ("none", "bonferroni")
+# Candidate clips: "none", a number (`clip`), "auto:C" (`clip_auto`), "rel:C" (`clip_rel`).
+_CLIP_KEYS = {"auto": "clip_auto", "rel": "clip_rel"}
 
 
 def _selection_data(config: TrainConfig,
@@ -93,6 +102,7 @@ class Candidate:
     train_seconds: float
     run_id: str  # of the first seed
     per_seed: tuple[SeedRun, ...]
+    clip: dict[str, float | None] = dataclasses.field(default_factory=dict)  # its 3 keys
     eligible: bool = False  # set by the choice, against CE
     delta_vs_ce: float = 0.0
     delta_ci_low: float | None = None
@@ -135,13 +145,20 @@ class TuningResult:
 
     @property
     def best_margin(self) -> float | None:
-        return None if self.best is None else self.best.margin
+        return None if self.best is None else (self.best.margin or 0.0)
 
     @property
     def recommended_margin(self) -> float:
         """The best margin if it beats CE, else 0: MCEL at margin 0 is CE exactly, so
         the tuned loss is never chosen worse than CE on the selection data."""
-        return self.best.margin if self.beats_ce and self.best is not None else 0.0
+        return (self.best.margin or 0.0) if self.beats_ce and self.best is not None else 0.0
+
+    @property
+    def recommended(self) -> dict[str, Any]:
+        """The training settings to use: the best candidate's loss, margin and clip if it
+        beats CE, else the base config's CE (``loss``, ``margin`` and the clip keys)."""
+        pick = self.best if self.beats_ce and self.best is not None else self.ce
+        return {"loss": pick.loss, "margin": pick.margin, **pick.clip}
 
     def to_dict(self) -> dict[str, Any]:
         return {"ber": self.ber, "error_model": self.error_model,
@@ -152,7 +169,8 @@ class TuningResult:
                 "ce": self.ce.to_dict(),
                 "best": None if self.best is None else self.best.to_dict(),
                 "best_margin": self.best_margin, "beats_ce": self.beats_ce,
-                "recommended_margin": self.recommended_margin, "correction": self.correction}
+                "recommended_margin": self.recommended_margin,
+                "recommended": self.recommended, "correction": self.correction}
 
 
 def tune_margin(
@@ -169,6 +187,7 @@ def tune_margin(
     correction: str = "none",
     val: tuple[Tensor, Tensor] | None = None,
     runs: str | Path | None = None,
+    clips: Sequence[str] | None = None,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> TuningResult:
@@ -180,12 +199,11 @@ def tune_margin(
         ber: the bit error rate to tune for (sets the largest rate of ``error_model``;
             default: uniform persistent weight faults).
         margins: candidate MCEL margins (finite, >= 0).
-        normalize: logit scale of the margin (``none``, ``l2``, ``std``); None keeps the
-            base config's.
+        normalize: logit scale of the margin (``none``, ``l2``, ``std``; None: the base's).
         clean_budget: a candidate is eligible when its clean accuracy is at least CE's
             minus this (0.005 = half a point).
         trials, seed: Monte-Carlo trials and fault seed of each evaluation (the same
-            faults for every candidate: the comparison is paired).
+            faults for every candidate: paired).
         seeds: training seeds (default: the base config's). With two or more, accuracies
             are means over seeds and a margin only beats CE when its difference, paired
             by seed, has a 95% interval above zero (one seed cannot tell a margin's
@@ -194,18 +212,19 @@ def tune_margin(
             margins (a margin no better than CE passes more often than 2.5%);
             ``bonferroni``: confidence 1 - 0.05 / K, which holds the rate, costs power.
         runs: a folder of run folders named by run id (as a sweep's ``runs/``): finished
-            candidates there are reused, unfinished ones resumed, missing ones trained
-            there. Without it nothing is written.
+            candidates are reused, unfinished ones resumed, missing ones trained there.
+        clips: candidate clips (``"none"``, ``"0.025"``, ``"auto:1"``, ``"rel:2"``): CE
+            and each margin under each, against the base config's CE (None: its clip).
     """
     from mcel.experiments.store import versions
     from mcel.faults import BitErrorModel
 
     ber, margins = _check_search(ber, margins, clean_budget, trials)
-    confidence = _check_options(correction, len(set(margins)), runs)
-    em = error_model or BitErrorModel(ber=0.0)
-    configs = _configs(base_config, margins, normalize)  # a bad setting fails here
+    configs = _configs(base_config, margins, normalize, clips)  # a bad setting fails here
+    confidence = _check_options(correction, len(configs) - 1, runs)
     seeds = _check_seeds(base_config, seeds)
     x, y, where = _selection_data(base_config, val)
+    em = error_model or BitErrorModel(ber=0.0)
     rows = [_candidate(cfg, seeds, (x, y), ber=ber, em=em, trials=trials, seed=seed,
                        runs=runs, progress=progress, log=log) for cfg in configs]
     rows, best, beats = _choose(rows, clean_budget, paired=len(seeds) > 1,
@@ -228,13 +247,45 @@ def _check_options(correction: str, k: int, runs: str | Path | None) -> float:
     return 1 - 0.05 / k if correction == "bonferroni" else 0.95
 
 
-def _configs(base_config: TrainConfig, margins: list[float],
-             normalize: str | None) -> list[TrainConfig]:
-    """CE, then MCEL at each distinct margin; everything else as in ``base_config``."""
+def parse_clip(spec: str) -> dict[str, float | None]:
+    """A candidate clip as the three TrainConfig keys it sets.
+
+    >>> parse_clip("auto:1")
+    {'clip': None, 'clip_auto': 1.0, 'clip_rel': None}
+    """
+    keys: dict[str, float | None] = {"clip": None, "clip_auto": None, "clip_rel": None}
+    word = str(spec).strip().lower()
+    if word == "none":
+        return keys
+    kind, _, value = word.rpartition(":")
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if kind not in ("", *_CLIP_KEYS) or not (math.isfinite(number) and number > 0):
+        raise MCELError(f"bad candidate clip {spec!r}: give none, a number (a fixed clip, "
+                        "e.g. 0.025), auto:C (--clip-auto C) or rel:C (--clip-rel C), C > 0")
+    keys[_CLIP_KEYS.get(kind, "clip")] = number
+    return keys
+
+
+def _configs(base_config: TrainConfig, margins: list[float], normalize: str | None,
+             clips: Sequence[str] | None = None) -> list[TrainConfig]:
+    """The base config's CE, then CE and MCEL at each distinct margin under each clip
+    (without ``clips``: MCEL at each margin under the base config's clip)."""
     norm = base_config.normalize if normalize is None else normalize
-    return [dataclasses.replace(base_config, loss="ce", margin=None)] + [
-        dataclasses.replace(base_config, loss="mcel", margin=m, normalize=norm)
-        for m in dict.fromkeys(margins)]
+    ce = dataclasses.replace(base_config, loss="ce", margin=None)
+    settings = [{"loss": "mcel", "margin": m, "normalize": norm}
+                for m in dict.fromkeys(margins)]
+    if clips is None:
+        return [ce] + [dataclasses.replace(base_config, **k) for k in settings]
+    out = [ce]
+    for clip in [parse_clip(c) for c in clips]:
+        for k in [{"loss": "ce", "margin": None}] + settings:
+            cfg = dataclasses.replace(base_config, **k, **clip)
+            if cfg not in out:  # CE under the base config's own clip is the baseline
+                out.append(cfg)
+    return out
 
 
 def _check_seeds(base_config: TrainConfig, seeds: Sequence[int] | None) -> list[int]:
@@ -296,6 +347,7 @@ def _candidate(cfg: TrainConfig, seeds: list[int], data: tuple[Tensor, Tensor], 
 
     return Candidate(method=label, loss=cfg.loss, margin=cfg.margin,
                      normalize=cfg.normalize if cfg.loss == "mcel" else None,
+                     clip={k: getattr(cfg, k) for k in ("clip", "clip_auto", "clip_rel")},
                      clean_acc=mean("clean_acc"), acc=acc, ci_low=lo, ci_high=hi,
                      test_clean_acc=mean("test_clean_acc"),
                      train_seconds=mean("train_seconds"), run_id=per_seed[0].run_id,
@@ -312,18 +364,19 @@ def _choose(rows: list[Candidate], clean_budget: float, paired: bool, *,
     ce = rows[0]
     floor = ce.clean_acc - clean_budget
     judged = []
-    for row in rows:
+    for i, row in enumerate(rows):
         delta: dict[str, Any] = {}
         if paired:  # by training seed
             diffs = [a.acc - b.acc for a, b in zip(row.per_seed, ce.per_seed)]
             _, delta["delta_ci_low"], delta["delta_ci_high"] = t_interval(diffs, confidence)
         # A tiny tolerance: equal accuracies computed on the same samples must pass.
         judged.append(dataclasses.replace(
-            row, eligible=row.loss == "mcel" and row.clean_acc >= floor - 1e-12,
+            row, eligible=i > 0 and row.clean_acc >= floor - 1e-12,
             delta_vs_ce=row.acc - ce.acc, **delta))
     eligible = [r for r in judged if r.eligible]
     # Best accuracy under errors; ties go to higher clean accuracy, then a smaller margin.
-    best = max(eligible, key=lambda r: (r.acc, r.clean_acc, -r.margin), default=None)
+    best = max(eligible, key=lambda r: (r.acc, r.clean_acc, -(r.margin or 0.0)),
+               default=None)
     beats = best is not None and best.acc > judged[0].acc
     if beats and paired:
         beats = best.delta_ci_low > 0

@@ -35,7 +35,7 @@ def cmd_tune_margin(args: argparse.Namespace) -> int:
     res = tune_margin(base, args.ber, em, margins=args.margins, normalize=None,
                       clean_budget=args.clean_budget, trials=args.trials, seed=args.eval_seed,
                       seeds=args.seeds, correction=args.correction, runs=args.runs,
-                      progress=sys.stderr.isatty(), log=log)
+                      clips=args.clips, progress=sys.stderr.isatty(), log=log)
     print_tuning(res)
     if args.json:
         write_json(args.json, {"units": JSON_UNITS, **res.to_dict()})
@@ -48,21 +48,22 @@ def print_tuning(res: TuningResult) -> None:
     from rich.table import Table
 
     over = f"{len(res.seeds)} training seeds, " if len(res.seeds) > 1 else ""
-    t = Table(title=f"margin search at BER {res.ber:g} ({over}{res.trials} trials; chosen "
+    what = "margin" if all(r.clip == res.ce.clip for r in res.rows) else "margin and clip"
+    t = Table(title=f"{what} search at BER {res.ber:g} ({over}{res.trials} trials; chosen "
                     f"on {res.n_select} samples: {res.selected_on})")
     t.add_column("method", no_wrap=True)
     delta = "Δ vs CE" + (" [Bonferroni]" if res.correction == "bonferroni" else "")
     for col in ("clean %", f"BER {res.ber:g}: acc % [95% CI]", delta, "in budget",
                 "test clean %", "train s"):
         t.add_column(col, justify="right")
-    for r in res.rows:
+    for i, r in enumerate(res.rows):
         mark = " *" if res.best is r else ""
         t.add_row(r.method + mark, f"{100 * r.clean_acc:.2f}",
                   # an accuracy lives in [0, 100]: a t-interval over few seeds may not
                   f"{100 * r.acc:.2f} [{100 * max(0.0, r.ci_low):.2f}, "
                   f"{100 * min(1.0, r.ci_high):.2f}]",
-                  _delta(r),
-                  "CE" if r.loss == "ce" else ("yes" if r.eligible else "no"),
+                  "—" if i == 0 else _delta(r),
+                  "CE" if i == 0 else ("yes" if r.eligible else "no"),
                   f"{100 * r.test_clean_acc:.2f}", f"{r.train_seconds:.1f}")
     c = console()
     c.print(t)
@@ -71,8 +72,6 @@ def print_tuning(res: TuningResult) -> None:
 
 
 def _delta(r: Candidate) -> str:
-    if r.loss == "ce":
-        return "—"
     ci = ("" if r.delta_ci_low is None else
           f" [{100 * r.delta_ci_low:+.2f}, {100 * r.delta_ci_high:+.2f}]")
     return f"{100 * r.delta_vs_ce:+.2f}{ci}"
@@ -81,6 +80,11 @@ def _delta(r: Candidate) -> str:
 def _verdict(res: TuningResult) -> list[str]:
     """The choice in words: the best margin against CE, and the recommendation."""
     b = res.best
+    margins_only = all(r.clip == res.ce.clip for r in res.rows)
+    if b is None and not margins_only:
+        return [f"no candidate keeps clean accuracy within {100 * res.clean_budget:g} points "
+                f"of {res.ce.method}; try smaller margins, looser clips or a larger "
+                "--clean-budget", f"recommended: {_flags(res.recommended)}"]
     if b is None:
         return [f"no margin keeps clean accuracy within {100 * res.clean_budget:g} points of "
                 "CE; try smaller margins or a larger --clean-budget",
@@ -91,10 +95,37 @@ def _verdict(res: TuningResult) -> list[str]:
         verdict = "better than"
     else:
         verdict = "not significantly better than" if len(res.seeds) > 1 else "not better than"
-    return [f"best margin {b.margin:g} ({b.method}): {100 * b.acc:.2f}% at BER {res.ber:g}, "
-            f"{verdict} CE's {100 * res.ce.acc:.2f}% ({100 * b.delta_vs_ce:+.2f} points)",
-            f"recommended: margin {res.recommended_margin:g}"
-            + ("" if res.beats_ce else " (MCEL at margin 0 is CE: no margin beat it)")]
+    what = f"margin {b.margin:g}" if margins_only else "candidate"
+    head = (f"best {what} ({b.method}): {100 * b.acc:.2f}% at BER {res.ber:g}, {verdict} "
+            f"{res.ce.method}'s {100 * res.ce.acc:.2f}% ({100 * b.delta_vs_ce:+.2f} points)")
+    if margins_only:  # the answer is a margin
+        return [head, f"recommended: margin {res.recommended_margin:g}"
+                + ("" if res.beats_ce else " (MCEL at margin 0 is CE: no margin beat it)")]
+    return [head, f"recommended: {_flags(res.recommended)}"
+            + ("" if res.beats_ce else f" ({res.ce.method}: no candidate beat it)")]
+
+
+def _flags(settings: dict) -> str:
+    """Training settings as the `mcel train` flags that set them."""
+    words = [f"--loss {settings['loss']}"]
+    words += [f"--{k.replace('_', '-')} {v:g}" for k, v in settings.items()
+              if k != "loss" and v is not None]
+    return " ".join(words)
+
+
+def _words(text: str) -> list[str]:
+    from mcel.errors import MCELError
+    from mcel.tuning import parse_clip
+
+    words = [w.strip() for w in text.split(",") if w.strip()]
+    if not words:
+        raise argparse.ArgumentTypeError("give at least one clip, e.g. none,auto:1")
+    for w in words:  # a bad word fails here, before any training
+        try:
+            parse_clip(w)
+        except MCELError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return words
 
 
 def register(sub) -> None:
@@ -119,6 +150,12 @@ def register(sub) -> None:
                    help="with --seeds: widen the paired intervals for picking the best of "
                         "K margins (bonferroni: 95%% for the whole search, fewer "
                         "recommendations) (default none)")
+    t.add_argument("--clips", type=_words, default=None, metavar="LIST",
+                   help="comma-separated candidate weight clips (none, a number = --clip, "
+                        "auto:C = --clip-auto C, rel:C = --clip-rel C), e.g. "
+                        "none,0.025,auto:1: CE and every margin are trained under each and "
+                        "compared with plain CE, so the search picks the clip with the margin "
+                        "(default: the --clip settings given, margins only)")
     t.add_argument("--error-model", default=None,
                    help="e.g. 'p01=1e-3,p10=1e-2'; --ber then sets its largest rate "
                         "(default: uniform flips in the weights)")
