@@ -262,3 +262,27 @@ def test_cli_rejects_a_bad_clip_before_training(capsys):
         main(["tune-margin", "--dataset", "digits", "--ber", "0.01", "--clips", "auto:x"])
     assert e.value.code == 2
     assert "bad candidate clip 'auto:x'" in capsys.readouterr().err
+
+
+def test_dry_run_lists_what_would_be_reused_and_trained(tmp_path, capsys):
+    from mcel.tuning import plan
+
+    small = TrainConfig(dataset="digits", model="mlp", model_kwargs={"hidden": 16},
+                        quant="int4", epochs=1, lr=0.01, batch_size=64, limit_train=400,
+                        limit_test=100)
+    done = tune_margin(small, 0.02, margins=(2,), trials=2, seeds=[0, 1], runs=tmp_path)
+    rows = plan(small, (2, 3), seeds=[0, 1], runs=tmp_path)
+    assert [(m, s, st) for m, s, _, st in rows] == [
+        ("CE", 0, "reuse"), ("CE", 1, "reuse"), ("MCEL(m=2)", 0, "reuse"),
+        ("MCEL(m=2)", 1, "reuse"), ("MCEL(m=3)", 0, "train"), ("MCEL(m=3)", 1, "train")]
+    assert {r[2] for r in rows[:4]} == {p.run_id for r in done.rows for p in r.per_seed}
+    assert all(st == "train" for *_, st in plan(small, (2,), seeds=[0, 1]))  # no runs folder
+    before = sorted(p.name for p in tmp_path.iterdir())
+    cfg = tmp_path.parent / f"{tmp_path.name}-small.yaml"
+    cfg.write_text(json.dumps(small.to_dict()))
+    args = ["tune-margin", "--config", str(cfg), "--ber", "0.02", "--margins", "2,3",
+            "--seeds", "0,1", "--runs", str(tmp_path), "--dry-run"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "6 runs: 4 to reuse, 0 to resume, 2 to train" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing trained

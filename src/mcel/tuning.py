@@ -235,6 +235,28 @@ def tune_margin(
                         rows=tuple(rows), best=best, beats_ce=beats, correction=correction)
 
 
+def plan(base_config: TrainConfig, margins: Sequence[float] = CANDIDATE_MARGINS, *,
+         normalize: str | None = None, clips: Sequence[str] | None = None,
+         seeds: Sequence[int] | None = None,
+         runs: str | Path | None = None) -> list[tuple[str, int, str, str]]:
+    """What `tune_margin` with these settings would train, without training:
+    ``(method, seed, run_id, status)`` per candidate and seed, status ``reuse`` (a
+    finished run folder in ``runs``), ``resume`` (a checkpoint there) or ``train``."""
+    from mcel.experiments.store import method_label
+
+    _check_search(0.0, margins, 0.0, 1)
+    out = []
+    for cfg in _configs(base_config, [float(m) for m in margins], normalize, clips):
+        for s in _check_seeds(base_config, seeds):
+            run_id = dataclasses.replace(cfg, seed=s).digest()
+            folder = None if runs is None else Path(runs) / run_id
+            status = ("train" if folder is None else "reuse"
+                      if (folder / "model.safetensors").exists() else "resume"
+                      if (folder / "last.safetensors").exists() else "train")
+            out.append((method_label(cfg.to_dict()), s, run_id, status))
+    return out
+
+
 def _check_options(correction: str, k: int, runs: str | Path | None) -> float:
     """The paired intervals' confidence when the best of ``k`` margins is tested; a bad
     correction or ``runs`` path fails here, before any training."""

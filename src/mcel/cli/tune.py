@@ -31,6 +31,8 @@ def cmd_tune_margin(args: argparse.Namespace) -> int:
     from mcel.tuning import tune_margin
 
     base = train_config(args)
+    if args.dry_run:
+        return _print_plan(base, args)
     em = error_model(args.error_model)
     res = tune_margin(base, args.ber, em, margins=args.margins, normalize=None,
                       clean_budget=args.clean_budget, trials=args.trials, seed=args.eval_seed,
@@ -40,6 +42,21 @@ def cmd_tune_margin(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, {"units": JSON_UNITS, **res.to_dict()})
         print(f"wrote {args.json}")
+    return 0
+
+
+def _print_plan(base, args: argparse.Namespace) -> int:
+    """``--dry-run``: each candidate and seed, and whether it would be trained."""
+    from collections import Counter
+
+    from mcel.tuning import plan
+
+    rows = plan(base, args.margins, clips=args.clips, seeds=args.seeds, runs=args.runs)
+    for method, seed, run_id, status in rows:
+        print(f"{status:6s} {method} seed {seed} ({run_id})")
+    n = Counter(status for *_, status in rows)
+    print(f"{len(rows)} runs: {n['reuse']} to reuse, {n['resume']} to resume, "
+          f"{n['train']} to train" + (f" in {args.runs}" if args.runs else ""))
     return 0
 
 
@@ -164,6 +181,9 @@ def register(sub) -> None:
                         "ones: a rerun of the search, or a sweep's runs/ folder that "
                         "trained the same configs, costs only the evaluations "
                         "(default: train everything, keep nothing)")
+    t.add_argument("--dry-run", action="store_true",
+                   help="only list each candidate and seed and whether it would be reused, "
+                        "resumed or trained (default: run the search)")
     t.add_argument("--json", default=None, help="write everything tried as JSON here, "
                    "accuracies as fractions (default: none)")
     t.set_defaults(func=cmd_tune_margin)
