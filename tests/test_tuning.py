@@ -13,6 +13,10 @@ from mcel.tuning import tune_margin
 BASE = TrainConfig(dataset="digits", model="mlp", model_kwargs={"hidden": 32}, quant="int4",
                    epochs=3, lr=0.01, batch_size=64, limit_train=512, limit_test=200)
 
+# a one-epoch model for the tests that train into a runs folder
+SMALL = TrainConfig(dataset="digits", model="mlp", model_kwargs={"hidden": 16}, quant="int4",
+                    epochs=1, lr=0.01, batch_size=64, limit_train=400, limit_test=100)
+
 
 @pytest.fixture(scope="module")
 def tuned():
@@ -124,9 +128,7 @@ def test_runs_folder_keeps_the_candidates_and_a_rerun_reuses_them(tmp_path, monk
     import mcel.train
     from mcel.experiments.grid import expand, load_grid
 
-    small = TrainConfig(dataset="digits", model="mlp", model_kwargs={"hidden": 16},
-                        quant="int4", epochs=1, lr=0.01, batch_size=64, limit_train=400,
-                        limit_test=100)
+    small = SMALL
     first = tune_margin(small, 0.02, margins=(2,), trials=3, seeds=[0, 1], runs=tmp_path)
     ids = {p.run_id for r in first.rows for p in r.per_seed}
     assert {p.name for p in tmp_path.iterdir()} == ids and len(ids) == 4
@@ -267,9 +269,7 @@ def test_cli_rejects_a_bad_clip_before_training(capsys):
 def test_dry_run_lists_what_would_be_reused_and_trained(tmp_path, capsys):
     from mcel.tuning import plan
 
-    small = TrainConfig(dataset="digits", model="mlp", model_kwargs={"hidden": 16},
-                        quant="int4", epochs=1, lr=0.01, batch_size=64, limit_train=400,
-                        limit_test=100)
+    small = SMALL
     done = tune_margin(small, 0.02, margins=(2,), trials=2, seeds=[0, 1], runs=tmp_path)
     rows = plan(small, (2, 3), seeds=[0, 1], runs=tmp_path)
     assert [(m, s, st) for m, s, _, st in rows] == [
