@@ -193,7 +193,7 @@ def _check_margin_reached(config: TrainConfig, model: nn.Module,
     from mcel.losses import DEFAULT_MARGIN
 
     margin = DEFAULT_MARGIN if config.margin is None else config.margin
-    clipped = config.clip or config.clip_auto or config.clip_rel
+    clipped = config.quant_spec().clipped
     if not (config.loss == "mcel" and config.normalize == "none" and clipped and margin):
         return
     from mcel.analysis import output_margins

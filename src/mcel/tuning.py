@@ -154,6 +154,11 @@ class TuningResult:
         return (self.best.margin or 0.0) if self.beats_ce and self.best is not None else 0.0
 
     @property
+    def searched_clips(self) -> bool:
+        """Whether candidates differ in their clip (``clips`` given), not only in margin."""
+        return any(r.clip != self.ce.clip for r in self.rows)
+
+    @property
     def recommended(self) -> dict[str, Any]:
         """The training settings to use: the best candidate's loss, margin and clip if it
         beats CE, else the base config's CE (``loss``, ``margin`` and the clip keys)."""
@@ -245,9 +250,9 @@ def plan(base_config: TrainConfig, margins: Sequence[float] = CANDIDATE_MARGINS,
     from mcel.experiments.store import method_label
 
     _check_search(0.0, margins, 0.0, 1)
-    out = []
+    out, seeds = [], _check_seeds(base_config, seeds)
     for cfg in _configs(base_config, [float(m) for m in margins], normalize, clips):
-        for s in _check_seeds(base_config, seeds):
+        for s in seeds:
             run_id = dataclasses.replace(cfg, seed=s).digest()
             folder = None if runs is None else Path(runs) / run_id
             status = ("train" if folder is None else "reuse"

@@ -65,7 +65,7 @@ def print_tuning(res: TuningResult) -> None:
     from rich.table import Table
 
     over = f"{len(res.seeds)} training seeds, " if len(res.seeds) > 1 else ""
-    what = "margin" if all(r.clip == res.ce.clip for r in res.rows) else "margin and clip"
+    what = "margin and clip" if res.searched_clips else "margin"
     t = Table(title=f"{what} search at BER {res.ber:g} ({over}{res.trials} trials; chosen "
                     f"on {res.n_select} samples: {res.selected_on})")
     t.add_column("method", no_wrap=True)
@@ -97,7 +97,7 @@ def _delta(r: Candidate) -> str:
 def _verdict(res: TuningResult) -> list[str]:
     """The choice in words: the best margin against CE, and the recommendation."""
     b = res.best
-    margins_only = all(r.clip == res.ce.clip for r in res.rows)
+    margins_only = not res.searched_clips
     if b is None and not margins_only:
         return [f"no candidate keeps clean accuracy within {100 * res.clean_budget:g} points "
                 f"of {res.ce.method}; try smaller margins, looser clips or a larger "
