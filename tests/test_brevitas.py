@@ -141,3 +141,22 @@ def test_mcel_loss_trains_a_brevitas_model_unchanged():
     xt, yt = load_dataset("digits", "test")
     r = evaluate(net.eval(), xt, yt, [0.0], trials=1)
     assert r.clean_accuracy > 0.8
+
+
+def test_brevitas_conv1d_weights_are_stored_codes():
+    torch.manual_seed(0)
+    net = nn.Sequential(qnn.QuantConv1d(1, 4, 3, weight_bit_width=4), nn.Flatten(),
+                        qnn.QuantLinear(32, 3, bias=True)).eval()
+    x = torch.randn(8, 1, 10)
+    clean = net(x)
+    em = BitErrorModel(ber=0.05, include=("0",))
+    with MemoryImage(net, em) as image:
+        assert [layer for layer, _ in image.weights] == [net[0], net[2]]
+        layer, slot = image.weights[0]
+        assert slot.qt.bits == 4
+        assert torch.equal(decode(slot.qt.codes, 4, "twos_complement"),
+                           layer.quant_weight().int().long())
+        image.inject(em, seed=0, trial=0)
+        assert not torch.equal(net(x), clean)
+        image.restore()
+        assert torch.equal(net(x), clean)

@@ -152,15 +152,23 @@ def test_adaptive_mode_never_stops_on_trials_that_all_agree():
         evaluate(model, x, y, [0.01], trials=5, target_half_width=0.01, min_trials=1)
 
 
-@pytest.mark.parametrize("targets", [("weights",), ("weights", "biases")])
-def test_batched_trials_equal_sequential_trials(targets):
-    """vmapped trials see exactly the faults of the sequential path: same per-sample
-    predictions, same empirical rates, and the model is untouched."""
+def _conv_net(dims: int) -> tuple[nn.Module, torch.Tensor]:
+    """A quantized Conv{dims}d + BatchNorm + Linear model and inputs of 16 values each."""
     torch.manual_seed(0)
-    conv = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-                         nn.Flatten(), nn.Linear(64, 4))
-    model = quantize_model(conv, QuantSpec("int4")).eval()
-    x, _ = _data()
+    conv, norm = {1: (nn.Conv1d, nn.BatchNorm1d), 2: (nn.Conv2d, nn.BatchNorm2d),
+                  3: (nn.Conv3d, nn.BatchNorm3d)}[dims]
+    net = nn.Sequential(conv(1, 4, 3, padding=1), norm(4), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(64, 4))
+    shape = {1: (16,), 2: (4, 4), 3: (2, 2, 4)}[dims]
+    return quantize_model(net, QuantSpec("int4")).eval(), _data()[0].reshape(-1, 1, *shape)
+
+
+@pytest.mark.parametrize("targets,dims", [(("weights",), 2), (("weights", "biases"), 2),
+                                          (("weights", "biases"), 1), (("weights",), 3)])
+def test_batched_trials_equal_sequential_trials(targets, dims):
+    """vmapped trials see exactly the faults of the sequential path: same per-sample
+    predictions, same empirical rates, and the model is untouched (1d, 2d, 3d convs)."""
+    model, x = _conv_net(dims)
     with torch.no_grad():
         y = model(x).argmax(1)  # clean accuracy 1, so faults show
     em = BitErrorModel(ber=0.0, targets=targets)

@@ -168,6 +168,24 @@ def test_exponent_flips_are_catastrophic_and_protecting_the_exponent_keeps_accur
     assert safe.results[0].mean > plain.clean_accuracy - 0.01
 
 
+def test_float_conv1d_and_conv3d_are_stored_and_restored():
+    torch.manual_seed(0)
+    for conv, x in ((nn.Conv1d(1, 4, 3), torch.randn(16, 1, 10)),
+                    (nn.Conv3d(1, 4, 3), torch.randn(16, 1, 3, 3, 3))):
+        net = nn.Sequential(conv, nn.Flatten(), nn.LazyLinear(3)).eval()
+        with torch.no_grad():
+            clean = net(x)
+            em = BitErrorModel(ber=0.05, include=("0",))  # the conv alone
+            with MemoryImage(net, em, weights="float16") as image:
+                assert [layer for layer, _ in image.weights] == [net[0], net[2]]
+                stored = net(x)
+                image.inject(em, seed=0, trial=0)
+                assert not torch.equal(net(x), stored)  # the conv reads its faulty values
+                image.restore()
+                assert torch.equal(net(x), stored)
+            assert torch.equal(net(x), clean)  # float32 again, bit for bit
+
+
 def test_batched_trials_equal_sequential_trials_on_a_float_model():
     net, x = _net(), torch.randn(64, 1, 8, 8)
     y = net(x).argmax(1)

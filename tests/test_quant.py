@@ -249,8 +249,34 @@ def test_layers_mcel_cannot_quantize_are_named_not_skipped():
     from mcel.errors import MCELError
     from mcel.quant import QuantSpec, quant_layers, quantize_model
 
-    net = nn.Sequential(nn.Conv1d(1, 4, 3), nn.Flatten(), nn.Linear(8, 2))
-    with pytest.raises(MCELError, match="layer '0' is a Conv1d.*exclude=\\('0',\\)"):
+    net = nn.Sequential(nn.ConvTranspose1d(1, 4, 3), nn.Flatten(), nn.Linear(28, 2))
+    with pytest.raises(MCELError, match="layer '0' is a ConvTranspose1d.*exclude=\\('0',\\)"):
         quantize_model(net, "int4")
     quantize_model(net, QuantSpec("int4", exclude=("0",)))
     assert [n for n, _ in quant_layers(net)] == ["2"]
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+@pytest.mark.parametrize("granularity", ["tensor", "channel"])
+def test_every_convolution_quantizes_to_its_twin(dims, granularity):
+    """Conv1d/2d/3d become QuantConv1d/2d/3d with the very Parameters and settings of the
+    float layer; their forward is the float convolution of the dequantized codes."""
+    from torch.nn import functional as F
+
+    from mcel.quant import QuantConv1d, QuantConv3d
+
+    torch.manual_seed(dims)
+    float_cls = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dims]
+    twin = {1: QuantConv1d, 2: QuantConv2d, 3: QuantConv3d}[dims]
+    conv = float_cls(2, 4, 3, stride=2, padding=1, dilation=1, groups=2)
+    weight = conv.weight
+    net = quantize_model(nn.Sequential(conv, nn.ReLU()), QuantSpec("int4", granularity=granularity))
+    q = net[0]
+    assert type(q) is twin and q.weight is weight
+    assert (q.stride, q.padding, q.groups) == ((2,) * dims, (1,) * dims, 2)
+    x = torch.randn(3, 2, *[7] * dims)
+    conv_fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[dims]
+    ref = conv_fn(x, q.quantized_weight().dequantize(), q.bias, stride=2, padding=1, groups=2)
+    torch.testing.assert_close(q(x), ref)
+    assert q.quantized_weight().codes.shape == weight.shape
+    assert int(q.quantized_weight().codes.max()) < 16

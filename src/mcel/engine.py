@@ -117,7 +117,7 @@ class MemoryImage:
     ``error_model`` is needed here only when it targets biases (their codes are then kept
     too); leaving the block undoes every flip. The stored layers are mcel's quantized
     layers, Brevitas layers, and, when ``weights`` names an IEEE format (``"float32"``,
-    ``"bfloat16"``, ``"float16"``), plain ``nn.Linear``/``nn.Conv2d`` layers, whose
+    ``"bfloat16"``, ``"float16"``), plain ``nn.Linear``/``nn.Conv1d``/``2d``/``3d`` layers, whose
     codes are their weights' bit patterns (`mcel.quant.stored`).
 
     >>> import torch

@@ -330,9 +330,9 @@ def evaluate(
     dequantized weights are rounded inside the forward) and reports in ``agreement`` the
     fraction of samples whose clean prediction matches fp32.
 
-    ``weights`` stores the plain ``nn.Linear``/``nn.Conv2d`` layers of a float model in
-    an IEEE format (``"float32"``, ``"bfloat16"``, ``"float16"``) and flips those bits;
-    mcel's and Brevitas' quantized layers carry their own stored form
+    ``weights`` stores the plain ``nn.Linear``/``nn.Conv1d``/``2d``/``3d`` layers of a
+    float model in an IEEE format (``"float32"``, ``"bfloat16"``, ``"float16"``) and flips
+    those bits; mcel's and Brevitas' quantized layers carry their own stored form
     (`mcel.quant.stored`). A sample whose logits hold a NaN counts as wrong.
     """
     bers = check_bers(bers)

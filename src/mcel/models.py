@@ -3,8 +3,8 @@
 timm-style surface: every architecture is a function decorated with `@register_model`,
 `list_models("vgg*")` finds names and `create_model(name, num_classes, in_shape, **kw)`
 builds one. Models are plain float modules; quantization is applied afterwards by
-swapping their `nn.Conv2d` / `nn.Linear` layers, so those are the only classes that hold
-weights (besides BatchNorm affine parameters).
+swapping their `nn.Conv2d` / `nn.Linear` layers (`quantize_model` also takes Conv1d and
+Conv3d), so those are the only classes that hold weights (besides BatchNorm affine parameters).
 
 Layer names follow one convention so that include/exclude patterns work across models:
 convolutional trunks live in `features` (or `stem`/`layer1..3` for ResNet), fully

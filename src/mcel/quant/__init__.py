@@ -13,7 +13,9 @@ from mcel.quant.core import (
 )
 from mcel.quant.formats import decode, encode, list_formats
 from mcel.quant.layers import (
+    QuantConv1d,
     QuantConv2d,
+    QuantConv3d,
     QuantLinear,
     QuantSpec,
     auto_clip,
@@ -27,7 +29,8 @@ from mcel.quant.layers import (
 __all__ = [
     "INT_BITS", "QuantizedTensor", "code_dtype", "fake_quantize", "parse_scheme", "quantize",
     "quantize_values", "scheme_words",
-    "value_table", "decode", "encode", "list_formats", "QuantConv2d", "QuantLinear",
+    "value_table", "decode", "encode", "list_formats", "QuantConv1d", "QuantConv2d",
+    "QuantConv3d", "QuantLinear",
     "QuantSpec", "quant_layers", "quantize_model", "set_format", "clip_weights",
     "layer_clip", "auto_clip",
 ]

@@ -27,15 +27,19 @@ from mcel.quant.formats import decode, encode
 
 MAX_BITS = 8
 DEFAULT_FORMAT = "twos_complement"
+# the Brevitas layers whose weights mcel reads; older releases lack some convs
+_KINDS = ("QuantLinear", "QuantConv1d", "QuantConv2d", "QuantConv3d")
 
 
 def is_layer(module: nn.Module) -> bool:
-    """A Brevitas QuantLinear/QuantConv2d (False whenever Brevitas is not imported)."""
+    """A Brevitas QuantLinear or QuantConv1d/2d/3d (False whenever Brevitas is not
+    imported)."""
     if sys.modules.get("brevitas") is None:  # not imported (or blocked)
         return False
-    from brevitas.nn import QuantConv2d, QuantLinear
+    import brevitas.nn as qnn
 
-    return isinstance(module, (QuantLinear, QuantConv2d))
+    kinds = tuple(getattr(qnn, k) for k in _KINDS if hasattr(qnn, k))
+    return isinstance(module, kinds)
 
 
 def layers(model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -123,7 +123,7 @@ class QuantSpec:
 
 
 class _QuantMixin:
-    """Shared fake-quant logic of QuantLinear and QuantConv2d."""
+    """Shared fake-quant logic of QuantLinear and the QuantConv layers."""
 
     weight: nn.Parameter
     bias: nn.Parameter | None
@@ -205,8 +205,8 @@ class QuantLinear(_QuantMixin, nn.Linear):
         return f"{super().extra_repr()}, {self.quant_repr()}"
 
 
-class QuantConv2d(_QuantMixin, nn.Conv2d):
-    """``nn.Conv2d`` whose weights are quantized in every forward."""
+class _QuantConv(_QuantMixin):
+    """The quantized forward of every convolution; the class below it names the shape."""
 
     def __init__(self, *args, scheme: str = "int", bits: int = 8, fmt: str = "twos_complement",
                  granularity: str = "tensor", act_bits: int | None = None,
@@ -223,7 +223,28 @@ class QuantConv2d(_QuantMixin, nn.Conv2d):
         return f"{super().extra_repr()}, {self.quant_repr()}"
 
 
-QUANT_LAYERS = (QuantLinear, QuantConv2d)
+class QuantConv1d(_QuantConv, nn.Conv1d):
+    """``nn.Conv1d`` whose weights are quantized in every forward (audio, time series)."""
+
+
+class QuantConv2d(_QuantConv, nn.Conv2d):
+    """``nn.Conv2d`` whose weights are quantized in every forward."""
+
+
+class QuantConv3d(_QuantConv, nn.Conv3d):
+    """``nn.Conv3d`` whose weights are quantized in every forward (video, volumes)."""
+
+
+# float layer type -> its quantized twin; isinstance order: a subclass of nn.Conv2d
+# converts as a Conv2d, as before
+QUANT_TWINS: dict[type[nn.Module], type[nn.Module]] = {
+    nn.Linear: QuantLinear, nn.Conv1d: QuantConv1d, nn.Conv2d: QuantConv2d,
+    nn.Conv3d: QuantConv3d,
+}
+QUANTIZABLE = tuple(QUANT_TWINS)
+
+
+QUANT_LAYERS = (QuantLinear, QuantConv1d, QuantConv2d, QuantConv3d)
 
 
 def layer_clip(spec: QuantSpec, weight: Tensor) -> float | None:
@@ -295,10 +316,10 @@ def _convert(m: nn.Module, spec: QuantSpec) -> nn.Module:
     if isinstance(m, nn.Linear):
         q: nn.Module = QuantLinear(m.in_features, m.out_features, m.bias is not None, **kw)
     else:
-        assert isinstance(m, nn.Conv2d)
-        q = QuantConv2d(m.in_channels, m.out_channels, m.kernel_size, stride=m.stride,
-                        padding=m.padding, dilation=m.dilation, groups=m.groups,
-                        bias=m.bias is not None, padding_mode=m.padding_mode, **kw)
+        twin = next(t for f, t in QUANT_TWINS.items() if isinstance(m, f))
+        q = twin(m.in_channels, m.out_channels, m.kernel_size, stride=m.stride,
+                 padding=m.padding, dilation=m.dilation, groups=m.groups,
+                 bias=m.bias is not None, padding_mode=m.padding_mode, **kw)
     # the very Parameter objects of the layer: their dtype, device and requires_grad,
     # weights tied to other modules and an optimizer built beforehand all stay valid
     q.weight = m.weight
@@ -312,8 +333,9 @@ def _convert(m: nn.Module, spec: QuantSpec) -> nn.Module:
 
 
 def quantize_model(model: nn.Module, spec: QuantSpec | str) -> nn.Module:
-    """Replace the ``nn.Linear``/``nn.Conv2d`` layers selected by ``spec`` with quantized
-    ones, in place, and return the model (the new layer when ``model`` is itself one).
+    """Replace the ``nn.Linear``/``nn.Conv1d``/``nn.Conv2d``/``nn.Conv3d`` layers selected
+    by ``spec`` with quantized ones, in place, and return the model (the new layer when
+    ``model`` is itself one).
 
     The new layers take over the old ones' Parameter objects, so dtype, device,
     ``requires_grad``, tied weights and an existing optimizer carry over; a layer used
@@ -333,14 +355,14 @@ def quantize_model(model: nn.Module, spec: QuantSpec | str) -> nn.Module:
                         f"{spec!r}")
     if spec.scheme == "float":
         return model
-    if isinstance(model, (nn.Linear, nn.Conv2d)) and not isinstance(model, QUANT_LAYERS):
+    if isinstance(model, QUANTIZABLE) and not isinstance(model, QUANT_LAYERS):
         return _check_alive(type(model).__name__,
                             _convert(model, _resolve_auto_clip(spec, [model])))  # a bare layer
     candidates = [(name, module)
                   for name, module in model.named_modules(remove_duplicate=False)
-                  if isinstance(module, (nn.Linear, nn.Conv2d))
+                  if isinstance(module, QUANTIZABLE)
                   and not isinstance(module, QUANT_LAYERS)]
-    # patterns may name any layer with weights (a Conv1d to keep in float, say)
+    # patterns may name any layer with weights (a ConvTranspose2d to keep in float, say)
     names = [name for name, m in model.named_modules()
              if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd, nn.Bilinear))]
     for p in (*spec.exclude, *(q for q in spec.include if q != "*")):
@@ -349,10 +371,10 @@ def quantize_model(model: nn.Module, spec: QuantSpec | str) -> nn.Module:
                             f"{names_shown(names)}")
     odd = next(((n, m) for n, m in model.named_modules()
                 if isinstance(m, (nn.modules.conv._ConvNd, nn.Bilinear))
-                and not isinstance(m, (nn.Conv2d, *QUANT_LAYERS)) and spec.selects(n)), None)
+                and not isinstance(m, (*QUANTIZABLE, *QUANT_LAYERS)) and spec.selects(n)), None)
     if odd is not None:  # better than a model that is quietly half float
         raise MCELError(f"layer '{odd[0]}' is a {type(odd[1]).__name__}, which mcel does not "
-                        "quantize (Linear and Conv2d only); keep it in float with "
+                        "quantize (Linear and Conv1d/2d/3d only); keep it in float with "
                         f"QuantSpec(..., exclude=('{odd[0]}',))")
     _warn_without_norm(model, spec)
     # clip_auto: one range for all, from the shapes of the layers it quantizes
@@ -395,7 +417,8 @@ def set_format(model: nn.Module, fmt: str) -> None:
 
 
 __all__: Sequence[str] = [
-    "QuantSpec", "QuantLinear", "QuantConv2d", "quantize_model", "quant_layers", "set_format",
+    "QuantSpec", "QuantLinear", "QuantConv1d", "QuantConv2d", "QuantConv3d", "quantize_model",
+    "quant_layers", "set_format",
     "clip_weights",
     "layer_clip",
     "auto_clip",

@@ -93,7 +93,7 @@ def _mcel_bias(layer, weights: str | None) -> Stored:
 # Exact types: a subclass may not call its own forward (MultiheadAttention's out_proj
 # is read by F.multi_head_attention_forward), and an override it never reads would
 # count flips that change nothing.
-_FLOAT_TYPES = (nn.Linear, nn.Conv2d)
+_FLOAT_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def _override_forward(layer: nn.Module, x: Tensor) -> Tensor:
