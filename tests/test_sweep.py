@@ -65,7 +65,7 @@ def _snapshot(db: Path) -> tuple[dict, dict]:
                              "WHERE eval_id = ? ORDER BY trial", (e["eval_id"],)).fetchall()
         key = (e["run_id"], e["fmt"], e["error_model"], e["ber"], e["eval_seed"])
         evals[key] = (e["mean"], e["std"], e["ci_low"], e["ci_high"], e["trials"],
-                      e["clean_acc"], [tuple(t) for t in trials])
+                      e["clean_acc"], e["images"], e["plan"], [tuple(t) for t in trials])
     runs = {r["run_id"]: (r["method"], r["config"], r["clean_acc"], r["margins"], r["grid"])
             for r in con.execute("SELECT * FROM runs")}
     con.close()
@@ -124,7 +124,9 @@ def test_end_to_end_rows(reference):
         # clean accuracy = share of positive margins (ties aside), in every format
         assert abs(sum(m > 0 for m in margins) / 360 - r["clean_acc"]) < 0.01
         assert set(json.loads(r["versions"])) >= {"mcel", "torch", "python"}
-    for (_run_id, _fmt, _em, ber, _seed), (mean, _sd, lo, hi, n, clean, trials) in evals.items():
+    for (_run_id, _fmt, _em, ber, _seed), (mean, _sd, lo, hi, n, clean, images, _plan,
+                                           trials) in evals.items():
+        assert images == 360
         assert lo <= mean <= hi and n == TRIALS
         assert mean == pytest.approx(sum(t[1] for t in trials) / n)
         if ber == 0:
@@ -195,6 +197,50 @@ def test_jobs_2_gives_the_same_rows(reference, tmp_path, capsys):
     assert sorted(p.name for p in out2.iterdir()) == ["grid.db", "runs"]
 
 
+def test_rows_record_their_eval_plan_and_another_test_set_is_flagged(reference, tmp_path):
+    from mcel.data import load_dataset
+    from mcel.experiments.sweep import audit
+
+    grid, out, _ = reference
+    con = sqlite3.connect(_db(out))
+    rows = con.execute("SELECT DISTINCT images, plan FROM evals").fetchall()
+    con.close()
+    assert rows == [(len(load_dataset("digits", "test")[1]),
+                     '{"adaptive":null,"limit_test":null,"min_trials":10,"trials":5}')]
+    # the same trial count on fewer test images: other numbers, so flagged, never mixed
+    out2 = tmp_path / "out"
+    shutil.copytree(out, out2)
+    grid2 = _grid(tmp_path, grid.read_text().replace("trials: 5", "trials: 5\n  limit_test: 100"))
+    logs = []
+    assert run_sweep(grid2, out2, log=logs.append).done == 0
+    assert any("another eval plan" in m and '"limit_test":100' in m for m in logs)
+    assert any("another eval plan" in p for p in audit(grid2, out2)["problems"])
+
+
+def test_a_database_from_before_eval_plans_were_recorded_still_resumes(reference, tmp_path):
+    """Older databases lack the images/plan columns: a sweep adds them, keeps the old rows
+    (NULL there) and still flags only what it can tell: another trial count."""
+    from mcel.experiments.sweep import audit
+
+    grid, out, _ = reference
+    out2 = tmp_path / "out"
+    shutil.copytree(out, out2)
+    con = sqlite3.connect(_db(out2))
+    con.execute("ALTER TABLE evals DROP COLUMN plan")
+    con.execute("ALTER TABLE evals DROP COLUMN images")
+    con.commit()
+    con.close()
+    logs = []
+    assert run_sweep(grid, out2, log=logs.append).done == 0
+    assert not any("warning" in m for m in logs) and not audit(grid, out2)["problems"]
+    con = sqlite3.connect(_db(out2))
+    assert con.execute("SELECT COUNT(*) FROM evals WHERE plan IS NULL").fetchone()[0] == (
+        CELLS * FMTS * BERS)
+    con.close()
+    grid2 = _grid(tmp_path, grid.read_text().replace("trials: 5", "trials: 7"))
+    assert any("another eval plan" in p for p in audit(grid2, out2)["problems"])
+
+
 def test_a_grid_whose_trial_count_changed_is_flagged_not_silently_kept(reference, tmp_path):
 
     from mcel.experiments.sweep import audit
@@ -205,8 +251,8 @@ def test_a_grid_whose_trial_count_changed_is_flagged_not_silently_kept(reference
     grid2 = _grid(tmp_path, grid.read_text().replace("trials: 5", "trials: 7"))
     logs = []
     summary = run_sweep(grid2, out2, log=logs.append)
-    assert summary.done == 0 and any("another trial count" in m for m in logs)
-    assert any("another trial count" in p for p in audit(grid2, out2)["problems"])
+    assert summary.done == 0 and any("another eval plan" in m for m in logs)
+    assert any("another eval plan" in p for p in audit(grid2, out2)["problems"])
     assert not audit(grid, out)["problems"]
     versions = json.loads(sqlite3.connect(_db(out)).execute(
         "SELECT versions FROM runs LIMIT 1").fetchone()[0])
@@ -230,7 +276,7 @@ def test_new_format_evaluates_only_what_is_missing(reference, tmp_path):
     # (uniform-BER) flips with the same masks they give identical accuracies; sign-
     # magnitude does not.
     def by_fmt(fmt):
-        return {k[:1] + k[2:]: v[6] for k, v in evals.items() if k[1] == fmt}
+        return {k[:1] + k[2:]: v[-1] for k, v in evals.items() if k[1] == fmt}
 
     assert by_fmt("offset_binary") == by_fmt("twos_complement") != by_fmt("sign_magnitude")
 

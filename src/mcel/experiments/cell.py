@@ -119,6 +119,7 @@ def run_cell(job: CellJob) -> CellResult:
                         "fmt": fmt, "error_model": spec, "ber": r.ber, "eval_seed": plan.seed,
                         "mean": r.mean, "std": r.std, "ci_low": r.ci_low, "ci_high": r.ci_high,
                         "trials": r.trials, "clean_acc": res.clean_accuracy,
+                        "images": len(y), "plan": plan.settings(),
                         # one evaluate() call covers all BERs; share its time equally
                         "seconds": res.seconds / len(res.results),
                         "accuracies": list(r.accuracies),

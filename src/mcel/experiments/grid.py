@@ -82,6 +82,12 @@ class EvalPlan:
     seed: int = 0
     limit_test: int | None = None
 
+    def settings(self) -> dict[str, Any]:
+        """What decides an evals row's numbers beside its key; stored with the row, so that
+        rows written under another ``eval`` section are noticed, not silently mixed."""
+        return {"trials": self.trials, "adaptive": self.target_half_width,
+                "min_trials": self.min_trials, "limit_test": self.limit_test}
+
     def keys(self) -> list[tuple[str, str, float, int]]:
         """(fmt, error_model, ber, eval_seed) of every evals row the plan produces."""
         return [(f, e, b, self.seed) for f in self.fmts for e in self.error_models

@@ -5,7 +5,9 @@ Tables (one row per ...):
 * ``runs``   trained model (``run_id`` = hash of its TrainConfig), its config, clean
   accuracy, training time, method label and per-sample clean output margins;
 * ``evals``  (run, number format, error model, BER, eval seed): mean accuracy,
-  standard deviation, 95% interval, trial count;
+  standard deviation, 95% interval, trial count, test images and the eval plan it was
+  made under (trials, adaptive target, min_trials, limit_test; NULL in rows written
+  before mcel recorded them);
 * ``trials`` (eval, trial): accuracy and empirical bit error rate of each trial.
 
 Every write of a cell happens in one transaction, and keys are unique, so a sweep
@@ -51,6 +53,7 @@ CREATE TABLE IF NOT EXISTS evals (
     eval_seed INTEGER NOT NULL,
     mean REAL, std REAL, ci_low REAL, ci_high REAL,
     trials INTEGER, clean_acc REAL, seconds REAL,
+    images INTEGER, plan TEXT,
     UNIQUE (run_id, fmt, error_model, ber, eval_seed)
 );
 CREATE TABLE IF NOT EXISTS trials (
@@ -61,6 +64,8 @@ CREATE TABLE IF NOT EXISTS trials (
     PRIMARY KEY (eval_id, trial)
 );
 """
+# columns added after the first release: connect() adds them to an older database
+ADDED_COLUMNS = {"evals": (("images", "INTEGER"), ("plan", "TEXT"))}
 
 
 def method_label(config: dict[str, Any]) -> str:
@@ -133,6 +138,11 @@ def connect(path: str | Path) -> sqlite3.Connection:
         con.execute("PRAGMA journal_mode=WAL")
         con.execute("PRAGMA synchronous=FULL")
         con.executescript(SCHEMA)
+        for table, cols in ADDED_COLUMNS.items():
+            have = _columns(con, table)
+            for name, kind in cols:
+                if name not in have:
+                    con.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
     except (sqlite3.DatabaseError, OSError) as e:  # OperationalError is a DatabaseError
         raise MCELError(f"cannot use {path} as a results database ({e}); give another "
                         "--out or move that file away") from None
@@ -219,11 +229,12 @@ def add_eval(con: sqlite3.Connection, run_id: str, ev: dict[str, Any]) -> int | 
     row is there already (from an earlier plan: the first answer is kept)."""
     cur = con.execute(
         "INSERT OR IGNORE INTO evals (run_id, fmt, error_model, ber, eval_seed, mean, std, "
-        "ci_low, ci_high, trials, clean_acc, seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-        "?, ?)",
+        "ci_low, ci_high, trials, clean_acc, seconds, images, plan) VALUES (?, ?, ?, ?, ?, "
+        "?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (run_id, ev["fmt"], ev["error_model"], ev["ber"], ev["eval_seed"], ev["mean"],
          ev["std"], ev["ci_low"], ev["ci_high"], ev["trials"], ev["clean_acc"],
-         ev["seconds"]))
+         ev["seconds"], ev.get("images"),
+         None if ev.get("plan") is None else dumps(ev["plan"])))
     if cur.rowcount != 1:
         return None
     con.executemany(
@@ -276,6 +287,15 @@ def trial_counts(con: sqlite3.Connection, run_id: str) -> set[int]:
                                       (run_id,))}
 
 
+def eval_plans(con: sqlite3.Connection, run_id: str) -> set[str]:
+    """The eval plans (canonical JSON) ``run_id``'s evals rows were made under, where
+    recorded (a database opened read-only may predate the column)."""
+    if "plan" not in _columns(con, "evals"):
+        return set()
+    return {r[0] for r in con.execute("SELECT DISTINCT plan FROM evals WHERE run_id = ? "
+                                      "AND plan IS NOT NULL", (run_id,))}
+
+
 def mean_accuracy(con: sqlite3.Connection, run_ids: list[str]) -> list[sqlite3.Row]:
     """Mean accuracy and clean accuracy of ``run_ids`` per (model, quant, method, fmt,
     error model, BER), with the number of runs averaged (``n``)."""
@@ -294,9 +314,9 @@ def run_ids(con: sqlite3.Connection) -> set[str]:
 
 
 def evals(con: sqlite3.Connection) -> list[sqlite3.Row]:
-    """Every evals row: its key, mean, trial count and clean accuracy."""
+    """Every evals row: its key, mean, trial count, clean accuracy and eval plan."""
     return con.execute("SELECT eval_id, run_id, fmt, error_model, ber, eval_seed, mean, "
-                       "trials, clean_acc FROM evals").fetchall()
+                       "trials, clean_acc, plan FROM evals").fetchall()
 
 
 def trial_groups(con: sqlite3.Connection) -> dict[int, sqlite3.Row]:

@@ -210,15 +210,25 @@ def _jobs(con: sqlite3.Connection, cells: Sequence[Cell], out: Path,
     return todo
 
 
+def _stale(con: sqlite3.Connection, cell: Cell) -> bool:
+    """Whether ``cell`` holds evaluations made under another eval plan than the grid's:
+    a recorded plan that differs, or (rows from before plans were recorded) another
+    fixed trial count."""
+    if store.eval_plans(con, cell.run_id) - {dumps(cell.plan.settings())}:
+        return True
+    return (cell.plan.target_half_width is None
+            and bool(store.trial_counts(con, cell.run_id) - {cell.plan.trials}))
+
+
 def _warn_stale(con: sqlite3.Connection, cells: Sequence[Cell],
                 log: Callable[[str], None] | None) -> None:
     """Finished evaluations are never redone: say where they differ from the grid."""
-    stale = [c for c in cells if c.plan.target_half_width is None
-             and store.trial_counts(con, c.run_id) - {c.plan.trials}]
+    stale = [c for c in cells if _stale(con, c)]
     if stale and log:
-        log(f"warning: {len(stale)} cell(s) hold evaluations of another trial count than "
-            f"the grid's {stale[0].plan.trials}; they are kept as they are (write to a "
-            "new --out to recompute them)")
+        log(f"warning: {len(stale)} cell(s) hold evaluations made under another eval plan "
+            f"(trial count, adaptive, min_trials or limit_test) than the grid's "
+            f"{dumps(stale[0].plan.settings())}; they are kept as they are (write to a new "
+            "--out to recompute them)")
 
 
 def _run_jobs(con: sqlite3.Connection, results: Iterator[CellResult | CellFailure],
@@ -324,10 +334,12 @@ def _eval_problems(evals: list, want: dict[str, Cell]) -> list[str]:
                 problems.append(f"run {run_id}: no evals row for {key}")
     fixed = {run_id: c.plan.trials for run_id, c in want.items()
              if c.plan.target_half_width is None}
-    stale = sorted({e["run_id"] for e in evals
-                    if e["run_id"] in fixed and e["trials"] != fixed[e["run_id"]]})
-    problems += [f"run {r}: evals rows of another trial count than the grid's "
-                 f"{fixed[r]} (the grid changed after they were written)" for r in stale]
+    plans = {run_id: dumps(c.plan.settings()) for run_id, c in want.items()}
+    stale = sorted({e["run_id"] for e in evals if e["run_id"] in want and (
+        e["plan"] is not None and e["plan"] != plans[e["run_id"]]
+        or e["plan"] is None and e["run_id"] in fixed and e["trials"] != fixed[e["run_id"]])})
+    problems += [f"run {r}: evals rows made under another eval plan than the grid's "
+                 f"{plans[r]} (the grid changed after they were written)" for r in stale]
     return problems
 
 
