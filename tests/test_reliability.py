@@ -553,6 +553,7 @@ def test_report_names_seeds_versions_and_config_hashes(load_sweep, tmp_path, cap
         assert run_id in md
     assert f"torch {torch.__version__}" in md and "python " in md and "mcel 0.1.0" in md
     assert "training seeds 0, 1, 2, 3, 4, 5" in md and "evaluation seeds 0" in md
+    assert "test images 100," in md  # limit_test of the grid, read from the evals rows
     capsys.readouterr()
 
 

@@ -259,10 +259,12 @@ def read_runs(con: sqlite3.Connection) -> Iterator[sqlite3.Row]:
 
 
 def read_evals(con: sqlite3.Connection) -> Iterator[sqlite3.Row]:
-    """Every evals row, by eval_id (``clean_acc`` is NULL where older databases lack it)."""
-    clean = "clean_acc" if "clean_acc" in _columns(con, "evals") else "NULL AS clean_acc"
+    """Every evals row, by eval_id (``clean_acc`` and ``images`` are NULL where older
+    databases lack them)."""
+    have = _columns(con, "evals")
+    extra = ", ".join(c if c in have else f"NULL AS {c}" for c in ("clean_acc", "images"))
     yield from con.execute(f"SELECT eval_id, run_id, fmt, error_model, ber, eval_seed, mean, "
-                           f"ci_low, ci_high, trials, {clean} FROM evals ORDER BY eval_id")
+                           f"ci_low, ci_high, trials, {extra} FROM evals ORDER BY eval_id")
 
 
 def read_trials(con: sqlite3.Connection) -> Iterator[sqlite3.Row]:

@@ -54,6 +54,7 @@ class Eval:
     ci_high: float | None
     trials: int | None
     clean_acc: float | None
+    images: int | None = None  # test images (NULL in rows written before it was recorded)
     accuracies: list[float] = field(default_factory=list)  # from the trials table
 
 
@@ -145,7 +146,8 @@ def _load_one(db_path: str | Path) -> tuple[dict[str, Run], list[Eval], list[str
                 continue
             evals[r["eval_id"]] = Eval(r["eval_id"], r["run_id"], r["fmt"], r["error_model"],
                                        float(r["ber"]), r["eval_seed"], float(r["mean"]),
-                                       r["ci_low"], r["ci_high"], r["trials"], r["clean_acc"])
+                                       r["ci_low"], r["ci_high"], r["trials"], r["clean_acc"],
+                                       r["images"])
         for r in store.read_trials(con):
             if r["eval_id"] in evals:
                 evals[r["eval_id"]].accuracies.append(float(r["accuracy"]))

@@ -233,9 +233,10 @@ def group_blocks(i: int, g: Group, out_dir: Path, images: dict[str, bytes]) -> l
     seeds_note = []
     for ln in g.lines:
         trials = sorted(set(ln.trials))
+        images = f", test images {', '.join(map(str, ln.images))}" if ln.images else ""
         seeds_note.append(f"{ln.label}: training seeds {seeds_text(ln)}, evaluation seeds "
                           f"{', '.join(map(str, ln.eval_seeds))}, trials per run and BER "
-                          f"{', '.join(map(str, trials))}, runs "
+                          f"{', '.join(map(str, trials))}{images}, runs "
                           f"{', '.join(r.run_id for r in ln.runs)}")
     blocks.append(("p", "Accuracy: mean over training seeds of each run's mean over trials; "
                         "[95% t-interval across seeds], or the run's own interval over trials "

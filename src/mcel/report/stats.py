@@ -39,6 +39,7 @@ class Line:
     margins: list[float]
     eval_seeds: list[int]
     trials: list[int]  # trial counts per (run, BER), for the provenance line
+    images: list[int] = field(default_factory=list)  # test image counts, where recorded
     tolerable: Cell | None = None  # tolerable BER, per seed and over seeds
     # seeds that never lost a point on their grid: their value is its top, a lower bound
     censored_seeds: list[Any] = field(default_factory=list)
@@ -196,6 +197,7 @@ def _line(label: str, line_runs: list[Run], run_evals: dict[str, list[Eval]],
         train_seconds=sum(secs) / len(secs) if secs else None,
         margins=[m for r in line_runs for m in (r.margins or [])],
         eval_seeds=sorted(eval_seeds), trials=trials,
+        images=sorted({e.images for r in line_runs for e in run_evals[r.run_id] if e.images}),
         # a BER cannot be negative: seed_cell's clip to [0, 1] fits it as well
         tolerable=seed_cell(tolerable, None) if tolerable else None,
         censored_seeds=sorted(censored, key=str),
