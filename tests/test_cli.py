@@ -284,3 +284,40 @@ def test_evaluate_json_says_its_units_and_device(run_dir, tmp_path):
     import torch
 
     assert meta["device"] == ("cuda:0" if torch.cuda.is_available() else "cpu")  # auto
+
+
+def test_threads_are_set_for_the_command_recorded_and_given_back(tmp_path, capsys):
+    """--threads pins torch's CPU threads for one command (float sums depend on it), the
+    run's epoch rows and the evaluation's JSON record the count, and the process gets its
+    own count back."""
+    import torch
+
+    before = torch.get_num_threads()
+    out, js = tmp_path / "run", tmp_path / "eval.json"
+    assert main(TRAIN + ["--epochs", "1", "--threads", "1", "--out", str(out)]) == 0
+    assert torch.get_num_threads() == before
+    rows = json.loads((out / "metrics.json").read_text())["epochs"]
+    assert [r["threads"] for r in rows] == [1]
+    assert main(["evaluate", str(out), "--ber", "0.01", "--trials", "2", "--threads", "1",
+                 "--json", str(js)]) == 0
+    assert json.loads(js.read_text())["meta"]["torch_threads"] == 1
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--ber", "0.01", "--threads", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err == "mcel evaluate: error: --threads must be a positive integer, got 0\n"
+
+
+def test_a_run_resumed_at_another_thread_count_says_so():
+    import torch
+
+    from mcel.precision import cpu_threads
+    from mcel.train import _check_threads
+
+    cpu, logs = torch.device("cpu"), []
+    with cpu_threads(1):
+        _check_threads({"epochs": [{"threads": 1}]}, cpu, logs.append)
+        _check_threads({"epochs": [{"epoch": 1}]}, cpu, logs.append)  # older runs: unknown
+        assert logs == []
+    with cpu_threads(2):
+        _check_threads({"epochs": [{"threads": 1}]}, cpu, logs.append)
+    assert len(logs) == 1 and "trained with 1 CPU thread(s) so far and resumes with 2" in logs[0]

@@ -28,6 +28,20 @@ PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat1
 DEFAULT_PRECISION = "fp32"
 
 
+@contextlib.contextmanager
+def cpu_threads(n: int | None) -> Iterator[None]:
+    """torch's CPU thread count set to ``n`` inside the block and put back after (None:
+    left as it is). Float sums on a CPU depend on the count, so a seed reproduces its
+    numbers only at the same count."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def check_precision(precision: str) -> str:
     """``precision`` if it is a known name, else one MCELError line."""
     if precision not in PRECISIONS:

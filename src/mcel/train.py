@@ -112,6 +112,7 @@ def _train(config: TrainConfig, out: Path | None, *, device: torch.device, info,
     start_epoch = 0
     if out is not None:
         start_epoch = resume(out, config, model, opt=opt, gen=gen, metrics=metrics)
+        _check_threads(metrics, device, log)
     writer = out if info.is_main else None  # one rank writes the run folder
     net = _data_parallel(model, device, info)
 
@@ -136,7 +137,8 @@ def _train(config: TrainConfig, out: Path | None, *, device: torch.device, info,
             seconds = time.perf_counter() - t0
             test_acc = accuracy(model, x_te, y_te)
             row = {"epoch": epoch + 1, "loss": total / seen, "train_acc": correct / seen,
-                   "test_acc": test_acc, "seconds": seconds}
+                   "test_acc": test_acc, "seconds": seconds,
+                   "threads": torch.get_num_threads()}  # CPU sums depend on it
             metrics["epochs"].append(row)
             bar.update(task, advance=1, info=f"loss {row['loss']:.3f} test {test_acc:.3f}")
             if log:
@@ -149,6 +151,17 @@ def _train(config: TrainConfig, out: Path | None, *, device: torch.device, info,
     _finish(config, model, metrics, test_data=(x_te, y_te), info=info, writer=writer)
     _check_margin_reached(config, model, (x_te, y_te), log)
     return model, metrics
+
+
+def _check_threads(metrics: dict[str, Any], device: torch.device, log) -> None:
+    """A run resumed at another CPU thread count goes on with other float sums: it will
+    not equal an uninterrupted run. Say so; the epoch rows record each count."""
+    before = {r.get("threads") for r in metrics["epochs"]} - {None}
+    now = torch.get_num_threads()
+    if log and device.type == "cpu" and before and before != {now}:
+        log(f"warning: this run was trained with {', '.join(map(str, sorted(before)))} CPU "
+            f"thread(s) so far and resumes with {now}; its weights will differ from an "
+            "uninterrupted run's (set --threads to resume as it was)")
 
 
 def _finish(config: TrainConfig, model: nn.Module, metrics: dict[str, Any], *,

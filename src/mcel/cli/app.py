@@ -12,6 +12,7 @@ library inside their functions: building the parser stays fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from mcel.cli import attack, demo, evaluate, maps, margins, report, sweep, train, tune
@@ -94,6 +95,18 @@ def _check_common_flags(args: argparse.Namespace) -> None:
         from mcel.io import check_can_create
 
         check_can_create(args.json)
+    threads = getattr(args, "torch_threads", None)
+    if threads is not None and threads < 1:
+        raise MCELError(f"--threads must be a positive integer, got {threads}")
+
+
+def _threads(n: int | None):
+    """--threads for the command's duration (torch is imported only when it is given)."""
+    if n is None:
+        return contextlib.nullcontext()
+    from mcel.precision import cpu_threads
+
+    return cpu_threads(n)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         _check_common_flags(args)
-        return int(args.func(args) or 0)
+        with _threads(getattr(args, "torch_threads", None)):
+            return int(args.func(args) or 0)
     except MCELError as e:
         print(f"mcel {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE

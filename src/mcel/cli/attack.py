@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from mcel.cli.common import add_device_flag, floats, listed
+from mcel.cli.common import add_device_flag, add_threads_flag, floats, listed
 from mcel.console import log
 from mcel.errors import MCELError
 
@@ -96,6 +96,7 @@ def register(sub) -> None:
                    help="stop once accuracy reaches the lowest level")
     a.add_argument("--seed", type=int, default=d.seed, help="seed of the attack batch draw")
     add_device_flag(a)
+    add_threads_flag(a)
     a.add_argument("--data-dir", default=None,
                    help="folder with the dataset files (default: the run's own)")
     a.add_argument("--json", default=None, help="write every flip and accuracy (fractions) "

@@ -165,6 +165,14 @@ def _shown(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def add_threads_flag(p: argparse.ArgumentParser) -> None:
+    """``--threads``: torch's CPU threads for this command (applied by `mcel.cli.app`)."""
+    p.add_argument("--threads", dest="torch_threads", type=int, default=None, metavar="N",
+                   help="torch CPU threads; float sums on a CPU depend on the count, so the "
+                        "same seed gives the same numbers only at the same count, which is "
+                        "recorded with the result (default: torch's, one per core)")
+
+
 def add_device_flag(p: argparse.ArgumentParser) -> None:
     """``--device`` with the one default every command shares: `TrainConfig`'s."""
     from mcel.config import TrainConfig
@@ -204,6 +212,7 @@ def console():
     return Console() if sys.stdout.isatty() else Console(width=140)
 
 
-__all__ = ["DEVICE_HELP", "JSON_UNITS", "TRAIN_FLAGS", "add_device_flag", "add_train_flags",
+__all__ = ["DEVICE_HELP", "JSON_UNITS", "TRAIN_FLAGS", "add_device_flag", "add_threads_flag",
+           "add_train_flags",
            "console", "error_model", "floats", "ints", "listed", "load_yaml", "positive_int",
            "split_list", "train_config"]

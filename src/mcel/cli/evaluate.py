@@ -7,7 +7,7 @@ import dataclasses
 import sys
 from typing import Any
 
-from mcel.cli.common import JSON_UNITS, add_device_flag, floats, listed
+from mcel.cli.common import JSON_UNITS, add_device_flag, add_threads_flag, floats, listed
 from mcel.quant.floats import FLOAT_FORMATS
 
 
@@ -57,6 +57,7 @@ def add_eval_flags(p: argparse.ArgumentParser) -> None:
                    help="run K trials as one batched forward (K weight copies; for small "
                         "models on a GPU; persistent weight/bias faults only)")
     add_device_flag(p)
+    add_threads_flag(p)
     p.add_argument("--data-dir", default=None,
                    help="folder with the dataset files (default: the run's own)")
     p.add_argument("--limit-test", type=int, default=None,
@@ -72,6 +73,8 @@ def add_eval_flags(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    import torch
+
     from mcel.data import load_dataset
     from mcel.evaluate import evaluate
     from mcel.io import write_json
@@ -90,7 +93,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     fmt = args.fmt or config.fmt
     meta = dict(run_dir=str(args.run_dir), samples=len(y),
                 fmt=fmt if not args.weights else f"{fmt}, float layers {args.weights}",
-                device=str(next(model.parameters()).device), units=JSON_UNITS)
+                device=str(next(model.parameters()).device), units=JSON_UNITS,
+                torch_threads=torch.get_num_threads())
     if args.by_layer is not None:
         return _by_layer(args, model, em, data=(x, y), kwargs=kwargs, meta=meta)
     res = evaluate(model, x, y, args.ber, em, **kwargs)

@@ -9,7 +9,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mcel.cli.common import JSON_UNITS, add_device_flag, console, error_model
+from mcel.cli.common import (
+    JSON_UNITS,
+    add_device_flag,
+    add_threads_flag,
+    console,
+    error_model,
+)
 
 if TYPE_CHECKING:  # the command line loads torch only when a command runs
     from mcel.analysis import Survival
@@ -153,5 +159,6 @@ def register(sub) -> None:
                         "else all)")
     m.add_argument("--batch-size", type=int, default=1024, help="images per forward")
     add_device_flag(m)
+    add_threads_flag(m)
     m.set_defaults(func=cmd_margins)
 

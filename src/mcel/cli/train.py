@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mcel.cli.common import add_train_flags, train_config
+from mcel.cli.common import add_threads_flag, add_train_flags, train_config
 from mcel.console import log
 
 
@@ -24,5 +24,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     t = sub.add_parser("train", help="train a quantized model (CE, MCEL, MHL, error injection)")
     add_train_flags(t)
+    add_threads_flag(t)
     t.add_argument("--out", required=True, help="run folder (resumes if it holds this config)")
     t.set_defaults(func=cmd_train)

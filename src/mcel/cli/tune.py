@@ -8,6 +8,7 @@ import sys
 
 from mcel.cli.common import (
     JSON_UNITS,
+    add_threads_flag,
     add_train_flags,
     console,
     error_model,
@@ -149,6 +150,7 @@ def register(sub) -> None:
     t = sub.add_parser("tune-margin", help="pick the MCEL margin: CE vs MCEL at candidate "
                                            "margins, evaluated at one BER")
     add_train_flags(t, skip=("loss", "margin"))  # the tuner sets both per candidate
+    add_threads_flag(t)
     t.add_argument("--ber", type=float, required=True,
                    help="bit error rate to tune for, a fraction (0.01 = 1%%)")
     t.add_argument("--margins", type=floats, default=list(CANDIDATE_MARGINS),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 import traceback
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,18 +75,6 @@ def one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {first}" if first else type(err).__name__
 
 
-@contextmanager
-def _torch_threads(n: int):
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def run_cell(job: CellJob) -> CellResult:
     """Train (or resume) one cell, take its margins, evaluate each missing format.
 
@@ -97,12 +84,13 @@ def run_cell(job: CellJob) -> CellResult:
     from mcel.data import load_dataset
     from mcel.evaluate import evaluate
     from mcel.faults import parse_error_model
+    from mcel.precision import cpu_threads
     from mcel.quant import set_format
     from mcel.train import train
 
     config, plan = job.cell.config, job.cell.plan
     t0 = time.perf_counter()
-    with _torch_threads(job.threads):
+    with cpu_threads(job.threads):
         model, metrics = train(config, out=job.run_dir)
         x, y = load_dataset(config.dataset, "test", config.data_dir, limit=plan.limit_test)
         margins = output_margins(model, x, y)

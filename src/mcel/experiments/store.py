@@ -113,14 +113,15 @@ def method_label(config: dict[str, Any]) -> str:
     return label
 
 
-def versions() -> dict[str, str]:
+def versions() -> dict[str, Any]:
     import numpy
     import torch
 
     from mcel import __version__
 
+    # CPU float sums depend on the thread count: part of what reproduces a number
     return {"mcel": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
-            "python": platform.python_version()}
+            "python": platform.python_version(), "torch_threads": torch.get_num_threads()}
 
 
 def dumps(obj: Any) -> str:
