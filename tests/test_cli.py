@@ -298,9 +298,11 @@ def test_threads_are_set_for_the_command_recorded_and_given_back(tmp_path, capsy
     assert torch.get_num_threads() == before
     rows = json.loads((out / "metrics.json").read_text())["epochs"]
     assert [r["threads"] for r in rows] == [1]
+    assert rows[0]["cpu"] == torch.backends.cpu.get_cpu_capability()  # e.g. AVX2, AVX512
     assert main(["evaluate", str(out), "--ber", "0.01", "--trials", "2", "--threads", "1",
                  "--json", str(js)]) == 0
-    assert json.loads(js.read_text())["meta"]["torch_threads"] == 1
+    meta = json.loads(js.read_text())["meta"]
+    assert meta["torch_threads"] == 1 and meta["cpu"] == rows[0]["cpu"]
     capsys.readouterr()
     assert main(["evaluate", str(out), "--ber", "0.01", "--threads", "0"]) == 2
     err = capsys.readouterr().err

@@ -123,7 +123,8 @@ def test_end_to_end_rows(reference):
         assert all(m == round(m, 4) for m in margins)
         # clean accuracy = share of positive margins (ties aside), in every format
         assert abs(sum(m > 0 for m in margins) / 360 - r["clean_acc"]) < 0.01
-        assert set(json.loads(r["versions"])) >= {"mcel", "torch", "python"}
+        assert set(json.loads(r["versions"])) >= {"mcel", "torch", "python", "torch_threads",
+                                                  "cpu"}
     for (_run_id, _fmt, _em, ber, _seed), (mean, _sd, lo, hi, n, clean, images, _plan,
                                            trials) in evals.items():
         assert images == 360

@@ -137,8 +137,9 @@ def _train(config: TrainConfig, out: Path | None, *, device: torch.device, info,
             seconds = time.perf_counter() - t0
             test_acc = accuracy(model, x_te, y_te)
             row = {"epoch": epoch + 1, "loss": total / seen, "train_acc": correct / seen,
-                   "test_acc": test_acc, "seconds": seconds,
-                   "threads": torch.get_num_threads()}  # CPU sums depend on it
+                   "test_acc": test_acc, "seconds": seconds,  # CPU sums depend on these:
+                   "threads": torch.get_num_threads(),
+                   "cpu": torch.backends.cpu.get_cpu_capability()}
             metrics["epochs"].append(row)
             bar.update(task, advance=1, info=f"loss {row['loss']:.3f} test {test_acc:.3f}")
             if log:

@@ -94,7 +94,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     meta = dict(run_dir=str(args.run_dir), samples=len(y),
                 fmt=fmt if not args.weights else f"{fmt}, float layers {args.weights}",
                 device=str(next(model.parameters()).device), units=JSON_UNITS,
-                torch_threads=torch.get_num_threads())
+                torch_threads=torch.get_num_threads(),
+                cpu=torch.backends.cpu.get_cpu_capability())
     if args.by_layer is not None:
         return _by_layer(args, model, em, data=(x, y), kwargs=kwargs, meta=meta)
     res = evaluate(model, x, y, args.ber, em, **kwargs)

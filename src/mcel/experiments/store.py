@@ -119,9 +119,12 @@ def versions() -> dict[str, Any]:
 
     from mcel import __version__
 
-    # CPU float sums depend on the thread count: part of what reproduces a number
+    # CPU float sums depend on the thread count and on the vector unit torch's kernels use
+    # (an AVX2 and an AVX-512 CPU train the same seed into other weights): both are part
+    # of what reproduces a number
     return {"mcel": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
-            "python": platform.python_version(), "torch_threads": torch.get_num_threads()}
+            "python": platform.python_version(), "torch_threads": torch.get_num_threads(),
+            "cpu": torch.backends.cpu.get_cpu_capability()}
 
 
 def dumps(obj: Any) -> str:
