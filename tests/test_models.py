@@ -142,3 +142,91 @@ def test_lenet5_classic_shape_on_mnist() -> None:
     # 28 -> conv(pad 2) 28 -> pool 14 -> conv 10 -> pool 5: fc1 sees 16*5*5 = 400 inputs.
     model = create_model("lenet5", in_shape=(1, 28, 28))
     assert model.classifier[0].in_features == 400
+
+
+USER_MODEL = '''
+from torch import nn
+
+
+def tiny(num_classes, in_shape, hidden=16):
+    c, h, w = in_shape
+    return nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, hidden), nn.BatchNorm1d(hidden),
+                         nn.ReLU(), nn.Linear(hidden, num_classes))
+
+
+def classes_only(num_classes=10):  # torchvision-style: no in_shape
+    return nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))
+
+
+def not_a_model(num_classes, in_shape):
+    return "a string"
+
+
+raise_here = None
+'''
+
+
+@pytest.fixture
+def user_models(tmp_path, monkeypatch):
+    """Your own model as a file and as an importable module."""
+    (tmp_path / "my_models.py").write_text(USER_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path / "my_models.py"
+
+
+def test_your_own_model_by_file_or_module_path(user_models) -> None:
+    from mcel.models import resolve_model
+
+    for name in (f"{user_models}:tiny", "my_models:tiny"):
+        model = create_model(name, num_classes=4, in_shape=(1, 8, 8), hidden=8)
+        assert model[1].in_features == 64 and model[1].out_features == 8
+        assert model[-1].out_features == 4
+    assert resolve_model(f"{user_models}:tiny") is resolve_model(f"{user_models}:tiny")
+    model = create_model("my_models:classes_only", num_classes=3, in_shape=(1, 8, 8))
+    assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 3)
+
+
+@pytest.mark.parametrize("name,needle", [
+    ("no_such_module_here:tiny", "cannot import no_such_module_here (ModuleNotFoundError"),
+    ("/no/such/file.py:tiny", "the file /no/such/file.py does not exist"),
+    ("my_models:nope", "my_models has no function 'nope'"),
+    ("my_models:raise_here", "my_models has no function 'raise_here'"),
+    ("my_models:not_a_model", "returned str, not an nn.Module"),
+])
+def test_your_own_model_mistakes_are_one_line(user_models, name, needle) -> None:
+    with pytest.raises(MCELError, match=re_escape(needle)):
+        create_model(name, num_classes=4, in_shape=(1, 8, 8))
+    with pytest.raises(MCELError, match="unknown option"):
+        create_model("my_models:tiny", num_classes=4, in_shape=(1, 8, 8), depth=3)
+
+
+def re_escape(text: str) -> str:
+    import re
+
+    return re.escape(text)
+
+
+def test_your_own_model_trains_sweeps_and_evaluates_from_the_command_line(
+        user_models, tmp_path, capsys) -> None:
+    """The whole CLI path: a grid naming a model file, the sweep (worker processes load
+    the file themselves), and `mcel evaluate` of a run it trained."""
+    from mcel.cli import main
+
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(f"""\
+name: own
+base: {{dataset: digits, model: "{user_models}:tiny", model_kwargs: {{hidden: 16}},
+       quant: int4, epochs: 2, lr: 0.01, limit_train: 300, limit_test: 100}}
+grid:
+  method: [{{loss: ce}}, {{loss: mcel, margin: 5}}]
+eval: {{bers: [0, 0.02], trials: 3}}
+""")
+    out = tmp_path / "out"
+    assert main(["sweep", str(grid), "--out", str(out), "--jobs", "2"]) == 0
+    run = next((out / "runs").iterdir())
+    assert main(["evaluate", str(run), "--ber", "0.02", "--trials", "2"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--model", "my_models:nope", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().endswith("my_models has no function 'nope'") and len(err.splitlines()) == 1
+    assert not (tmp_path / "x").exists()

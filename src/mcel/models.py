@@ -20,12 +20,22 @@ Fashion-MNIST (1, 28, 28), CIFAR-10 and SVHN (3, 32, 32).
 torch.Size([2, 10])
 >>> list_models("vgg*")
 ['vgg3', 'vgg7']
+
+Your own architecture needs no registration to go through the command line, sweeps and
+reports: name it as ``package.module:function`` (importable) or
+``path/to/file.py:function``, a function that returns the float model and may take
+``num_classes`` and ``in_shape`` (`resolve_model`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import importlib.util
 import inspect
+import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -39,6 +49,7 @@ __all__ = [
     "create_model",
     "list_models",
     "register_model",
+    "resolve_model",
 ]
 
 ModelFn = Callable[..., nn.Module]
@@ -59,6 +70,47 @@ def list_models(pattern: str = "*") -> list[str]:
     return MODELS.names(pattern)
 
 
+def resolve_model(name: str) -> ModelFn:
+    """The factory ``name`` stands for: a registered model, or your own function as
+    ``package.module:function`` or ``path/to/file.py:function`` (one MCELError line when
+    it cannot be found). mcel does not see edits inside your function: a run's id comes
+    from the name, so give a changed model a new name or a new run folder."""
+    if ":" not in name:
+        return MODELS.get(name)
+    where, _, attr = name.rpartition(":")
+    module = _load_file(where, name) if where.endswith(".py") else _import(where, name)
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise MCELError(f"model '{name}': {where} has no function '{attr}'")
+    return fn
+
+
+def _import(module: str, name: str):
+    try:
+        return importlib.import_module(module)
+    except Exception as e:  # the user's module: any error in it is theirs to see
+        raise MCELError(f"model '{name}': cannot import {module} ({type(e).__name__}: {e}); "
+                        "put its folder on PYTHONPATH, or name the file: "
+                        "path/to/file.py:function") from None
+
+
+def _load_file(path: str, name: str):
+    file = Path(path).resolve()
+    if not file.is_file():
+        raise MCELError(f"model '{name}': the file {path} does not exist")
+    key = "mcel_user_model_" + hashlib.sha256(str(file).encode()).hexdigest()[:12]
+    if key not in sys.modules:  # load once per process, as an import would
+        spec = importlib.util.spec_from_file_location(key, file)
+        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        try:
+            spec.loader.exec_module(module)  # type: ignore[union-attr]
+        except Exception as e:
+            raise MCELError(f"model '{name}': running {path} failed ({type(e).__name__}: "
+                            f"{e})") from None
+        sys.modules[key] = module
+    return sys.modules[key]
+
+
 def create_model(
     name: str,
     num_classes: int = 10,
@@ -68,7 +120,9 @@ def create_model(
     """Build the float model `name` for inputs of shape (N, *in_shape).
 
     Args:
-        name: a name from `list_models()`.
+        name: a name from `list_models()`, or your own ``module:function`` /
+            ``file.py:function`` (`resolve_model`; it gets ``num_classes`` and
+            ``in_shape`` where its signature takes them).
         num_classes: size of the logit vector the model returns.
         in_shape: (channels, height, width) of one input; height and width >= 8.
         **kwargs: architecture options of that model (see its docstring), e.g.
@@ -81,18 +135,24 @@ def create_model(
         MCELError: unknown name, bad shape or class count, or an option the model
             does not take.
     """
-    fn = MODELS.get(name)
+    fn = resolve_model(name)
     shape = _check_shape(in_shape)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise MCELError(f"num_classes must be a positive integer, got {num_classes!r}")
     params = inspect.signature(fn).parameters
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
     options = [p for p in params if p not in ("num_classes", "in_shape")]
     unknown = sorted(set(kwargs) - set(options))
-    if unknown:
+    if unknown and not takes_any:
         valid = ", ".join(options) or "none"
         raise MCELError(f"model '{name}' got unknown option(s) {', '.join(unknown)}; "
                         f"valid: {valid}")
-    return fn(num_classes=num_classes, in_shape=shape, **kwargs)
+    given = {"num_classes": num_classes, "in_shape": shape}
+    shape_args = {k: v for k, v in given.items() if k in params or takes_any}
+    model = fn(**shape_args, **kwargs)
+    if not isinstance(model, nn.Module):
+        raise MCELError(f"model '{name}' returned {type(model).__name__}, not an nn.Module")
+    return model
 
 
 def count_parameters(model: nn.Module) -> int:

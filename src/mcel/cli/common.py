@@ -98,7 +98,9 @@ TRAIN_FLAGS = {
     "dataset": (str, "dataset name", _names("mcel.data", "list_datasets")),
     "data_dir": (str, "folder with the dataset files (default: $MCEL_DATA, then "
                       "~/.cache/mcel/datasets)", None),
-    "model": (str, "model name", _names("mcel.models", "list_models")),
+    "model": (str, "model name, or your own as package.module:function or "
+                   "file.py:function (a function returning the float model)",
+              _names("mcel.models", "list_models")),
     "quant": (str, "weight quantization ('float': none)", _names("mcel.quant", "scheme_words")),
     "fmt": (str, "number format of the stored codes", _names("mcel.quant", "list_formats")),
     "granularity": (str, "scale per 'tensor' or per output 'channel'",
