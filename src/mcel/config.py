@@ -69,7 +69,7 @@ class TrainConfig:
     def validate(self) -> None:
         from mcel.data import list_datasets
         from mcel.losses import list_losses
-        from mcel.models import list_models, resolve_model
+        from mcel.models import resolve_model
 
         def one_of(value: str, valid, what: str) -> None:
             if value not in valid:
@@ -78,10 +78,7 @@ class TrainConfig:
 
         _check_types(self)
         one_of(self.dataset, list_datasets(), "dataset")
-        if ":" in self.model:  # your own: module:function or file.py:function
-            resolve_model(self.model)
-        else:
-            one_of(self.model, list_models(), "model")
+        resolve_model(self.model)  # a registered name, or your own module:function
         one_of(self.loss, list_losses(), "loss")
         one_of(self.optimizer, OPTIMIZERS, "optimizer")
         one_of(self.schedule, SCHEDULES, "schedule")

@@ -117,8 +117,7 @@ def _train(config: TrainConfig, out: Path | None, *, device: torch.device, info,
     net = _data_parallel(model, device, info)
 
     em = config.error_model()
-    if em is not None:
-        _check_injection(model, em)
+    _check_injection(model, em)
     steps_per_epoch = math.ceil(len(x_tr) / config.batch_size)
     with progress_bar(progress) as bar:
         task = bar.add_task(f"train {config.model}/{config.loss}", total=config.epochs,
@@ -225,6 +224,10 @@ def _check_margin_reached(config: TrainConfig, model: nn.Module,
 
 
 def _check_injection(model: nn.Module, em) -> None:
+    """Error-injection training (``em``; None: none) has codes to flip in every layer it
+    targets."""
+    if em is None:
+        return
     if not quant_layers(model):  # e.g. quant_exclude took every layer
         raise MCELError("error-injection training needs quantized layers, and every "
                         "layer was kept in float")
