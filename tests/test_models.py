@@ -147,6 +147,8 @@ def test_lenet5_classic_shape_on_mnist() -> None:
 USER_MODEL = '''
 from torch import nn
 
+from my_blocks import BLOCK_NAME  # a file beside it, as researchers split their code
+
 
 def tiny(num_classes, in_shape, hidden=16):
     c, h, w = in_shape
@@ -170,6 +172,7 @@ raise_here = None
 def user_models(tmp_path, monkeypatch):
     """Your own model as a file and as an importable module."""
     (tmp_path / "my_models.py").write_text(USER_MODEL)
+    (tmp_path / "my_blocks.py").write_text("BLOCK_NAME = 'block'\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     return tmp_path / "my_models.py"
 
@@ -230,3 +233,20 @@ eval: {{bers: [0, 0.02], trials: 3}}
     err = capsys.readouterr().err
     assert err.strip().endswith("my_models has no function 'nope'") and len(err.splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_a_model_file_imports_the_files_beside_it(tmp_path, monkeypatch) -> None:
+    import sys
+
+    monkeypatch.setattr(sys, "path", list(sys.path))  # restored after the test
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "net.py").write_text("from blocks import head\n\n"
+                                 "def build(num_classes, in_shape):\n"
+                                 "    return head(in_shape[0] * in_shape[1] * in_shape[2], "
+                                 "num_classes)\n")
+    (proj / "blocks.py").write_text("from torch import nn\n\n"
+                                    "def head(n, k):\n"
+                                    "    return nn.Sequential(nn.Flatten(), nn.Linear(n, k))\n")
+    model = create_model(f"{proj / 'net.py'}:build", num_classes=5, in_shape=(1, 8, 8))
+    assert model[1].out_features == 5

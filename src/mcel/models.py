@@ -100,6 +100,8 @@ def _load_file(path: str, name: str):
         raise MCELError(f"model '{name}': the file {path} does not exist")
     key = "mcel_user_model_" + hashlib.sha256(str(file).encode()).hexdigest()[:12]
     if key not in sys.modules:  # load once per process, as an import would
+        if str(file.parent) not in sys.path:  # its own imports of files beside it work,
+            sys.path.insert(0, str(file.parent))  # as when python runs it as a script
         spec = importlib.util.spec_from_file_location(key, file)
         module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
         try:
