@@ -286,3 +286,26 @@ def test_dry_run_lists_what_would_be_reused_and_trained(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "6 runs: 4 to reuse, 0 to resume, 2 to train" in out
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing trained
+
+
+def test_jobs_train_the_candidates_in_parallel_as_one_thread_would(tmp_path):
+    """--jobs 2 trains the missing candidates in two worker processes, one CPU thread each
+    (a sweep cell's setting), and the search then reuses them: the same models, so the
+    same numbers, as a search that trains them one after the other at one thread."""
+    from mcel.precision import cpu_threads
+
+    par = tune_margin(SMALL, 0.02, margins=(2,), trials=3, seeds=[0, 1], runs=tmp_path / "p",
+                      jobs=2)
+    with cpu_threads(1):
+        seq = tune_margin(SMALL, 0.02, margins=(2,), trials=3, seeds=[0, 1],
+                          runs=tmp_path / "s")
+
+    def numbers(res):
+        return [(p.run_id, p.clean_acc, p.acc, p.test_clean_acc)
+                for r in res.rows for p in r.per_seed]
+
+    assert numbers(par) == numbers(seq) and len(numbers(par)) == 4
+    with pytest.raises(MCELError, match="give runs"):
+        tune_margin(SMALL, 0.02, margins=(2,), jobs=2)
+    with pytest.raises(MCELError, match="jobs must be a positive integer, got 0"):
+        tune_margin(SMALL, 0.02, margins=(2,), jobs=0, runs=tmp_path / "p")

@@ -193,6 +193,7 @@ def tune_margin(
     val: tuple[Tensor, Tensor] | None = None,
     runs: str | Path | None = None,
     clips: Sequence[str] | None = None,
+    jobs: int = 1,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> TuningResult:
@@ -209,31 +210,30 @@ def tune_margin(
             minus this (0.005 = half a point).
         trials, seed: Monte-Carlo trials and fault seed of each evaluation (the same
             faults for every candidate: paired).
-        seeds: training seeds (default: the base config's). With two or more, accuracies
-            are means over seeds and a margin only beats CE when its difference, paired
-            by seed, has a 95% interval above zero (one seed cannot tell a margin's
-            effect from seed-to-seed spread).
+        seeds: training seeds (default: the base config's); with two or more, a margin
+            beats CE only when its difference, paired by seed, has a 95% interval above
+            zero (one seed cannot tell a margin's effect from seed-to-seed spread).
         correction: ``none``: that interval is not corrected for picking the best of K
-            margins (a margin no better than CE passes more often than 2.5%);
-            ``bonferroni``: confidence 1 - 0.05 / K, which holds the rate, costs power.
-        runs: a folder of run folders named by run id (as a sweep's ``runs/``): finished
-            candidates are reused, unfinished ones resumed, missing ones trained there.
+            (a useless margin passes > 2.5%); ``bonferroni``: confidence 1 - 0.05 / K.
         clips: candidate clips (``"none"``, ``"0.025"``, ``"auto:1"``, ``"rel:2"``): CE
             and each margin under each, against the base config's CE (None: its clip).
+        runs, jobs: a folder of run folders named by run id (a sweep's ``runs/``): finished
+            candidates are reused, the rest trained there (``jobs`` > 1: that many at a
+            time first, in processes of one CPU thread each, as a sweep's cells).
     """
     from mcel.experiments.store import versions
     from mcel.faults import BitErrorModel
 
     ber, margins = _check_search(ber, margins, clean_budget, trials)
     configs = _configs(base_config, margins, normalize, clips)  # a bad setting fails here
-    confidence = _check_options(correction, len(configs) - 1, runs)
+    confidence = _check_options(correction, len(configs) - 1, runs, jobs)
     seeds = _check_seeds(base_config, seeds)
     x, y, where = _selection_data(base_config, val)
     em = error_model or BitErrorModel(ber=0.0)
+    _train_ahead(configs, seeds, runs=runs, jobs=jobs, log=log)
     rows = [_candidate(cfg, seeds, (x, y), ber=ber, em=em, trials=trials, seed=seed,
                        runs=runs, progress=progress, log=log) for cfg in configs]
-    rows, best, beats = _choose(rows, clean_budget, paired=len(seeds) > 1,
-                                confidence=confidence)
+    rows, best, beats = _choose(rows, clean_budget, paired=len(seeds) > 1, confidence=confidence)
     return TuningResult(ber=ber, error_model=em.to_dict(), clean_budget=clean_budget,
                         base_config=base_config, versions=versions(), trials=trials,
                         seed=seed, seeds=tuple(seeds), selected_on=where, n_select=len(y),
@@ -262,12 +262,17 @@ def plan(base_config: TrainConfig, margins: Sequence[float] = CANDIDATE_MARGINS,
     return out
 
 
-def _check_options(correction: str, k: int, runs: str | Path | None) -> float:
+def _check_options(correction: str, k: int, runs: str | Path | None, jobs: int = 1) -> float:
     """The paired intervals' confidence when the best of ``k`` margins is tested; a bad
-    correction or ``runs`` path fails here, before any training."""
+    correction, ``runs`` path or ``jobs`` fails here, before any training."""
     if runs is not None and Path(runs).exists() and not Path(runs).is_dir():
         raise MCELError(f"runs folder {runs} is a file; give a folder for the trained "
                         "candidates (it is created when missing)")
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise MCELError(f"jobs must be a positive integer, got {jobs!r}")
+    if jobs > 1 and runs is None:
+        raise MCELError("training candidates in parallel hands them to the search through "
+                        "a runs folder: give runs (--runs DIR) with jobs > 1")
     if correction not in CORRECTIONS:
         raise MCELError(f"unknown correction {correction!r}; choose one of "
                         f"{', '.join(CORRECTIONS)}")
@@ -338,6 +343,46 @@ def _check_search(ber: float, margins: Sequence[float], clean_budget: float,
     if trials < 1:
         raise MCELError(f"trials must be >= 1, got {trials}")
     return ber, margins
+
+
+def _train_ahead(configs: list[TrainConfig], seeds: list[int], *, runs: str | Path | None,
+                 jobs: int, log: Callable[[str], None] | None) -> None:
+    """With ``jobs`` > 1: train every candidate and seed that ``runs`` lacks, that many at
+    a time in spawned worker processes (one CPU thread each), so that the search then
+    finds them finished and only evaluates."""
+    if jobs <= 1 or runs is None:  # _check_options asks for runs with jobs > 1
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from mcel.experiments.store import method_label
+
+    folder = Path(runs)
+    todo = [c for c in (dataclasses.replace(cfg, seed=s) for cfg in configs for s in seeds)
+            if not (folder / c.digest() / "model.safetensors").exists()]
+    if not todo:
+        return
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=ctx) as pool:
+        futures = {pool.submit(_train_one, c.to_dict(), str(folder / c.digest())): c
+                   for c in todo}
+        for fut in as_completed(futures):
+            acc = fut.result()  # a worker's MCELError comes back as itself
+            if log:
+                c = futures[fut]
+                log(f"trained {method_label(c.to_dict())} seed {c.seed}: clean test "
+                    f"{acc:.4f} ({c.digest()})")
+
+
+def _train_one(config: dict[str, Any], out: str) -> float:
+    """A worker's job: train one candidate into ``out`` at one CPU thread."""
+    from mcel.config import TrainConfig
+    from mcel.precision import cpu_threads
+    from mcel.train import train
+
+    with cpu_threads(1):
+        _, metrics = train(TrainConfig.from_dict(config), out)
+    return float(metrics["test_acc"])
 
 
 def _candidate(cfg: TrainConfig, seeds: list[int], data: tuple[Tensor, Tensor], *, ber: float,

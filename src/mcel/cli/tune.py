@@ -38,7 +38,7 @@ def cmd_tune_margin(args: argparse.Namespace) -> int:
     res = tune_margin(base, args.ber, em, margins=args.margins, normalize=None,
                       clean_budget=args.clean_budget, trials=args.trials, seed=args.eval_seed,
                       seeds=args.seeds, correction=args.correction, runs=args.runs,
-                      clips=args.clips, progress=sys.stderr.isatty(), log=log)
+                      clips=args.clips, jobs=args.jobs, progress=sys.stderr.isatty(), log=log)
     print_tuning(res)
     if args.json:
         write_json(args.json, {"units": JSON_UNITS, **res.to_dict()})
@@ -183,6 +183,10 @@ def register(sub) -> None:
                         "ones: a rerun of the search, or a sweep's runs/ folder that "
                         "trained the same configs, costs only the evaluations "
                         "(default: train everything, keep nothing)")
+    t.add_argument("--jobs", type=int, default=1,
+                   help="train the candidates missing in --runs this many at a time first, "
+                        "one CPU thread each (as a sweep's cells; needs --runs), then "
+                        "evaluate them; 1: one after the other, at --threads (default 1)")
     t.add_argument("--dry-run", action="store_true",
                    help="only list each candidate and seed and whether it would be reused, "
                         "resumed or trained (default: run the search)")
