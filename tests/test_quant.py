@@ -280,3 +280,20 @@ def test_every_convolution_quantizes_to_its_twin(dims, granularity):
     torch.testing.assert_close(q(x), ref)
     assert q.quantized_weight().codes.shape == weight.shape
     assert int(q.quantized_weight().codes.max()) < 16
+
+
+def test_hooks_of_a_float_layer_carry_over_and_their_handles_still_remove_them():
+    seen = []
+    net = nn.Sequential(nn.Linear(4, 3), nn.ReLU())
+    fwd = net[0].register_forward_hook(lambda m, i, o: seen.append(("fwd", type(m).__name__)))
+    pre = net[0].register_forward_pre_hook(lambda m, i: seen.append(("pre", type(m).__name__)))
+    net[0].register_full_backward_hook(lambda m, gi, go: seen.append(("bwd", type(m).__name__)))
+    quantize_model(net, "int4")
+    x = torch.randn(2, 4, requires_grad=True)
+    net(x).sum().backward()
+    assert seen == [("pre", "QuantLinear"), ("fwd", "QuantLinear"), ("bwd", "QuantLinear")]
+    fwd.remove()
+    pre.remove()
+    seen.clear()
+    net(x)
+    assert seen == []

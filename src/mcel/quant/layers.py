@@ -309,6 +309,15 @@ def _check_alive(name: str, q: nn.Module) -> nn.Module:
     return q
 
 
+def _share_hooks(old: nn.Module, new: nn.Module) -> None:
+    """The quantized layer takes over the float layer's hooks (forward, backward,
+    state-dict): the very dicts, so the handles the user holds still remove them."""
+    for name, value in vars(old).items():
+        if name.endswith("_hooks") or name.endswith("_hooks_with_kwargs") \
+                or name in ("_forward_hooks_always_called", "_is_full_backward_hook"):
+            setattr(new, name, value)
+
+
 def _convert(m: nn.Module, spec: QuantSpec) -> nn.Module:
     scheme, bits = parse_scheme(spec.weights)
     kw = dict(scheme=scheme, bits=bits, fmt=spec.fmt, granularity=spec.granularity,
@@ -324,6 +333,7 @@ def _convert(m: nn.Module, spec: QuantSpec) -> nn.Module:
     # weights tied to other modules and an optimizer built beforehand all stay valid
     q.weight = m.weight
     q.bias = m.bias
+    _share_hooks(m, q)
     for name, buf in q.named_buffers():  # act_max: on the layer's device, in its dtype
         setattr(q, name, buf.to(device=m.weight.device, dtype=m.weight.dtype))
     q.train(m.training)
@@ -340,7 +350,7 @@ def quantize_model(model: nn.Module, spec: QuantSpec | str) -> nn.Module:
     The new layers take over the old ones' Parameter objects, so dtype, device,
     ``requires_grad``, tied weights and an existing optimizer carry over; a layer used
     twice is replaced by one quantized layer in both places. Hooks registered on an old
-    layer do not carry over. Layers that are already quantized are left as they are
+    layer carry over (their handles still remove them). Layers that are already quantized are left as they are
     (convert a float model to change the scheme).
 
     >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
