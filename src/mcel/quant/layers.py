@@ -350,8 +350,8 @@ def quantize_model(model: nn.Module, spec: QuantSpec | str) -> nn.Module:
     The new layers take over the old ones' Parameter objects, so dtype, device,
     ``requires_grad``, tied weights and an existing optimizer carry over; a layer used
     twice is replaced by one quantized layer in both places. Hooks registered on an old
-    layer carry over (their handles still remove them). Layers that are already quantized are left as they are
-    (convert a float model to change the scheme).
+    layer carry over (their handles still remove them). Layers that are already
+    quantized are left as they are (convert a float model to change the scheme).
 
     >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     >>> _ = quantize_model(net, QuantSpec("int4", exclude=("0",)))
