@@ -287,19 +287,12 @@ def eval_keys(con: sqlite3.Connection, run_id: str) -> tuple[bool, set[tuple]]:
     return has_run is not None, keys
 
 
-def trial_counts(con: sqlite3.Connection, run_id: str) -> set[int]:
-    """The trial counts of ``run_id``'s evals rows."""
-    return {r[0] for r in con.execute("SELECT DISTINCT trials FROM evals WHERE run_id = ?",
-                                      (run_id,))}
-
-
-def eval_plans(con: sqlite3.Connection, run_id: str) -> set[str]:
-    """The eval plans (canonical JSON) ``run_id``'s evals rows were made under, where
-    recorded (a database opened read-only may predate the column)."""
-    if "plan" not in _columns(con, "evals"):
-        return set()
-    return {r[0] for r in con.execute("SELECT DISTINCT plan FROM evals WHERE run_id = ? "
-                                      "AND plan IS NOT NULL", (run_id,))}
+def eval_plans(con: sqlite3.Connection, run_id: str) -> set[tuple[str | None, int]]:
+    """(eval plan as canonical JSON, trial count) of ``run_id``'s evals rows; the plan is
+    None where not recorded (rows, or a database opened read-only, from before)."""
+    plan = "plan" if "plan" in _columns(con, "evals") else "NULL AS plan"
+    return {(r[0], r[1]) for r in con.execute(
+        f"SELECT DISTINCT {plan}, trials FROM evals WHERE run_id = ?", (run_id,))}
 
 
 def mean_accuracy(con: sqlite3.Connection, run_ids: list[str]) -> list[sqlite3.Row]:

@@ -210,20 +210,20 @@ def _jobs(con: sqlite3.Connection, cells: Sequence[Cell], out: Path,
     return todo
 
 
-def _stale(con: sqlite3.Connection, cell: Cell) -> bool:
-    """Whether ``cell`` holds evaluations made under another eval plan than the grid's:
-    a recorded plan that differs, or (rows from before plans were recorded) another
-    fixed trial count."""
-    if store.eval_plans(con, cell.run_id) - {dumps(cell.plan.settings())}:
-        return True
-    return (cell.plan.target_half_width is None
-            and bool(store.trial_counts(con, cell.run_id) - {cell.plan.trials}))
+def _off_plan(cell: Cell, plan: str | None, trials: int) -> bool:
+    """Whether an evals row of ``cell`` was made under another eval plan than the grid's:
+    its recorded plan differs, or (rows from before plans were recorded) its trial count
+    differs from a fixed one."""
+    if plan is not None:
+        return plan != dumps(cell.plan.settings())
+    return cell.plan.target_half_width is None and trials != cell.plan.trials
 
 
 def _warn_stale(con: sqlite3.Connection, cells: Sequence[Cell],
                 log: Callable[[str], None] | None) -> None:
     """Finished evaluations are never redone: say where they differ from the grid."""
-    stale = [c for c in cells if _stale(con, c)]
+    stale = [c for c in cells
+             if any(_off_plan(c, p, t) for p, t in store.eval_plans(con, c.run_id))]
     if stale and log:
         log(f"warning: {len(stale)} cell(s) hold evaluations made under another eval plan "
             f"(trial count, adaptive, min_trials or limit_test) than the grid's "
@@ -332,14 +332,11 @@ def _eval_problems(evals: list, want: dict[str, Cell]) -> list[str]:
         for key in cell.plan.keys():
             if (run_id, *key) not in have:
                 problems.append(f"run {run_id}: no evals row for {key}")
-    fixed = {run_id: c.plan.trials for run_id, c in want.items()
-             if c.plan.target_half_width is None}
-    plans = {run_id: dumps(c.plan.settings()) for run_id, c in want.items()}
-    stale = sorted({e["run_id"] for e in evals if e["run_id"] in want and (
-        e["plan"] is not None and e["plan"] != plans[e["run_id"]]
-        or e["plan"] is None and e["run_id"] in fixed and e["trials"] != fixed[e["run_id"]])})
+    stale = sorted({e["run_id"] for e in evals if e["run_id"] in want
+                    and _off_plan(want[e["run_id"]], e["plan"], e["trials"])})
     problems += [f"run {r}: evals rows made under another eval plan than the grid's "
-                 f"{plans[r]} (the grid changed after they were written)" for r in stale]
+                 f"{dumps(want[r].plan.settings())} (the grid changed after they were "
+                 "written)" for r in stale]
     return problems
 
 
