@@ -400,3 +400,28 @@ def test_the_study_index_is_current():
     index = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(index)
     assert index.main(["--check"]) == 0, "run: python tools/study_index.py"
+
+
+def test_another_baseline_for_the_differences(db, tmp_path, capsys):
+    """--baseline: the Δ columns compare with another method, paired by seed the same way
+    (here MCEL(m=2) against CE is the negative of CE against MCEL(m=2))."""
+    path, _ = db
+    assert main(["report", str(path), "--out", str(tmp_path / "r"),
+                 "--baseline", "MCEL(m=2)"]) == 0
+    md = (tmp_path / "r" / "report.md").read_text()
+    header = next(ln for ln in md.splitlines() if ln.startswith("| method |"))
+    assert "| Δ vs MCEL(m=2) clean (points) | Δ vs MCEL(m=2) @ 0.01 (points) |" in header
+    bi = 2
+    diffs = [sum(_trial_accs(0, s, bi)) / 4 - sum(_trial_accs(1, s, bi)) / 4 for s in SEEDS]
+    lo, hi = _t(diffs)
+    assert _row(md, "CE")[2 + len(BERS) + bi] == (f"{100 * sum(diffs) / 2:+.2f} "
+                                                  f"[{100 * lo:+.2f}, {100 * hi:+.2f}]")
+    assert _row(md, "MCEL(m=2)")[2 + len(BERS)] == "—"
+    assert "Best MCEL vs MCEL(m=2): MCEL(m=4)" in md
+    capsys.readouterr()
+    assert main(["report", str(path), "--out", str(tmp_path / "r2"),
+                 "--baseline", "MCEL(m=3)"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mcel report: error: no method 'MCEL(m=3)' in this study")
+    assert "the methods: CE, MCEL(m=2), MCEL(m=4)" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "r2").exists()

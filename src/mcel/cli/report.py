@@ -9,7 +9,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from mcel.report.build import build_report
 
     dbs = args.db[0] if len(args.db) == 1 else args.db
-    md = build_report(dbs, args.out, voltage_curve=args.voltage_curve)
+    md = build_report(dbs, args.out, voltage_curve=args.voltage_curve, baseline=args.baseline)
     print(f"wrote {md}, {md.with_name('report.html')} and the plots beside them")
     return 0
 
@@ -22,4 +22,7 @@ def register(sub) -> None:
     r.add_argument("--voltage-curve", default=None, metavar="CSV",
                    help="a memory's 'voltage,ber' curve: adds each method's lowest safe "
                         "voltage and dynamic energy saving (default: none)")
+    r.add_argument("--baseline", default=None, metavar="METHOD",
+                   help="the method the Δ columns compare with, as the tables name it, e.g. "
+                        "'CE+clip(0.025)' (does MCEL add to the clip?) (default CE)")
     r.set_defaults(func=cmd_report)

@@ -22,6 +22,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from mcel.errors import MCELError
+from mcel.registry import did_you_mean
+
 # the report's parts, importable from here as before
 from mcel.report.read import Eval, Run, load_results
 from mcel.report.render import (
@@ -41,22 +44,27 @@ from mcel.report.stats import CE_LABEL, Cell, Group, Line, aggregate, delta
 
 
 def build_report(db_path: str | Path | Sequence[str | Path], out_dir: str | Path, *,
-                 voltage_curve: str | Path | None = None) -> Path:
+                 voltage_curve: str | Path | None = None, baseline: str | None = None) -> Path:
     """Write ``report.md``, ``report.html`` and the PNGs for the study in ``db_path``
     (one database, or several read as one study: sister grids whose runs pair by seed)
     into ``out_dir``; returns the path of ``report.md``. With ``voltage_curve`` (a
     ``voltage,ber`` CSV, `mcel.energy`) it adds each method's lowest safe voltage and
-    energy saving.
+    energy saving. The Δ columns compare every method with ``baseline`` (None: CE where
+    there is one; else a method label as the tables name it, e.g. ``CE+clip(0.025)``:
+    does MCEL add to the clip?).
 
-    Raises :class:`MCELError` (one line) for a missing, empty or foreign database.
+    Raises :class:`MCELError` (one line) for a missing, empty or foreign database, or a
+    baseline that no group holds.
     """
     from mcel.energy import read_voltage_curve
     from mcel.io import atomic_write_bytes, check_writable
 
     curve = read_voltage_curve(voltage_curve) if voltage_curve is not None else None
     runs, evals, notes = load_results(db_path)
-    out = check_writable(out_dir)
     groups, agg_notes = aggregate(runs, evals)
+    if baseline is not None:  # before the out folder exists
+        _check_baseline(baseline, groups)
+    out = check_writable(out_dir)
     notes += agg_notes
     images: dict[str, bytes] = {}
     paths = [db_path] if isinstance(db_path, (str, Path)) else list(db_path)
@@ -64,7 +72,7 @@ def build_report(db_path: str | Path | Sequence[str | Path], out_dir: str | Path
     blocks: list[Block] = [("h1", title),
                            *_header(paths, out, runs, n_evals=len(evals), n_groups=len(groups))]
     for i, g in enumerate(groups, 1):
-        blocks += group_blocks(i, g, out, images)
+        blocks += group_blocks(i, g, out, images, baseline=baseline or CE_LABEL)
     if curve is not None:
         blocks += energy_blocks(groups, curve, out, images)
     used = {r.run_id for g in groups for ln in g.lines for r in ln.runs}
@@ -91,6 +99,13 @@ def build_report(db_path: str | Path | Sequence[str | Path], out_dir: str | Path
     atomic_write_bytes(out / "report.md", to_markdown(blocks).encode())
     atomic_write_bytes(out / "report.html", to_html(blocks, images, title).encode())
     return out / "report.md"
+
+
+def _check_baseline(baseline: str, groups: list[Group]) -> None:
+    methods = sorted({ln.label for g in groups for ln in g.lines})
+    if baseline not in methods:
+        raise MCELError(f"no method '{baseline}' in this study{did_you_mean(baseline, methods)}; "
+                        f"the methods: {', '.join(methods)}")
 
 
 def _header(paths: list, out: Path, runs: dict[str, Run], *, n_evals: int,

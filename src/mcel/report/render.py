@@ -15,13 +15,14 @@ from typing import Any
 from mcel.report.stats import CE_LABEL, Cell, Group, Line, delta, paired_delta, uniform_spec
 
 
-def best_mcel(group: Group) -> str:
+def best_mcel(group: Group, baseline: str = CE_LABEL) -> str:
     """One sentence: the MCEL variant with the highest mean accuracy over the group's
-    nonzero BERs, against CE."""
-    ce = group.line(CE_LABEL)
-    mcel = [ln for ln in group.lines if ln.label.startswith("MCEL")]
+    nonzero BERs, against the ``baseline`` method (CE unless told)."""
+    ce = group.line(baseline)
+    mcel = [ln for ln in group.lines if ln.label.startswith("MCEL") and ln is not ce]
     if ce is None or not mcel:
-        return "Best MCEL vs CE: not available (this group needs a CE line and an MCEL line)."
+        return (f"Best MCEL vs {baseline}: not available (this group needs a {baseline} "
+                "line and an MCEL line).")
     bers = [b for b in group.bers if b > 0 and b in ce.curve]
 
     def score(ln: Line) -> float:
@@ -31,7 +32,7 @@ def best_mcel(group: Group) -> str:
     best = max(mcel, key=score)
     shared = [b for b in bers if b in best.curve]
     if not shared:
-        return f"Best MCEL vs CE: {best.label} shares no nonzero BER with CE."
+        return f"Best MCEL vs {baseline}: {best.label} shares no nonzero BER with it."
     parts = []
     for b in shared:
         d = delta(best, ce, b)
@@ -42,7 +43,8 @@ def best_mcel(group: Group) -> str:
     if best.clean is not None and ce.clean is not None:
         clean = (f"; clean {pct(best.clean.mean)}% vs {pct(ce.clean.mean)}% "
                  f"({signed(best.clean.mean - ce.clean.mean)} points)")
-    return f"Best MCEL vs CE: {best.label} (seeds {seeds_text(best)}) — " + "; ".join(parts) + clean
+    return (f"Best MCEL vs {baseline}: {best.label} (seeds {seeds_text(best)}) — "
+            + "; ".join(parts) + clean)
 
 
 def pct(v: float) -> str:
@@ -207,15 +209,18 @@ def _clean(ln: Line) -> Cell | None:
     return ln.clean or ln.curve.get(0.0)
 
 
-def group_blocks(i: int, g: Group, out_dir: Path, images: dict[str, bytes]) -> list[Block]:
-    """Group ``i``'s section: heading, figures, table, the best MCEL against CE, and where
-    every number came from."""
+def group_blocks(i: int, g: Group, out_dir: Path, images: dict[str, bytes], *,
+                 baseline: str = CE_LABEL) -> list[Block]:
+    """Group ``i``'s section: heading, figures, table with each method's difference to
+    ``baseline`` (CE unless told), the best MCEL against it, and where every number came
+    from."""
     blocks: list[Block] = [("h2", f"{i}. {g.title}"), *group_figures(i, g, out_dir, images)]
-    ce = g.line(CE_LABEL)
+    ce = g.line(baseline)
     # BER 0 is the clean accuracy again (no flips): one column for both
     bers = [b for b in g.bers if b > 0]
     header = (["method", "seeds", "clean acc %"] + [f"BER {b:g}: acc %" for b in bers]
-              + ["Δ vs CE clean (points)"] + [f"Δ vs CE @ {b:g} (points)" for b in bers]
+              + [f"Δ vs {baseline} clean (points)"]
+              + [f"Δ vs {baseline} @ {b:g} (points)" for b in bers]
               + ["train s", "tolerable BER"])
     rows = []
     for ln in g.lines:
@@ -229,7 +234,7 @@ def group_blocks(i: int, g: Group, out_dir: Path, images: dict[str, bytes]) -> l
                     + ["—" if ln.train_seconds is None else f"{ln.train_seconds:.1f}",
                        fmt_tolerable(ln.tolerable, bool(ln.censored_seeds))])
     blocks.append(("table", header, rows))
-    blocks.append(("p", best_mcel(g)))
+    blocks.append(("p", best_mcel(g, baseline)))
     seeds_note = []
     for ln in g.lines:
         trials = sorted(set(ln.trials))
@@ -241,12 +246,12 @@ def group_blocks(i: int, g: Group, out_dir: Path, images: dict[str, bytes]) -> l
     blocks.append(("p", "Accuracy: mean over training seeds of each run's mean over trials; "
                         "[95% t-interval across seeds], or the run's own interval over trials "
                         "when there is one seed, clipped to [0, 100]. Δ: paired by seed "
-                        "(interval across seeds) when at least two seeds are shared with CE, "
-                        "else difference of means. Clean: the accuracy without faults (BER "
-                        "0). " + faults_text(g) + " Tolerable BER (a fraction, as the BERs): "
-                        "per run, the largest BER whose accuracy stays within 1 point of the "
-                        "run's clean accuracy, linear between grid points (from BER 0 at the "
-                        "clean accuracy); "
+                        "(interval across seeds) when at least two seeds are shared with "
+                        f"{baseline}, else difference of means. Clean: the accuracy without "
+                        "faults (BER 0). " + faults_text(g) + " Tolerable BER (a fraction, "
+                        "as the BERs): per run, the largest BER whose accuracy stays within "
+                        "1 point of the run's clean accuracy, linear between grid points "
+                        "(from BER 0 at the clean accuracy); "
                         "mean and interval across seeds (none for one seed); ≥ when a seed "
                         "never lost the point on its grid, whose largest BER then counts "
                         "(a lower bound). "
