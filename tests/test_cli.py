@@ -323,3 +323,50 @@ def test_a_run_resumed_at_another_thread_count_says_so():
     with cpu_threads(2):
         _check_threads({"epochs": [{"threads": 1}]}, cpu, logs.append)
     assert len(logs) == 1 and "trained with 1 CPU thread(s) so far and resumes with 2" in logs[0]
+
+
+def test_against_compares_two_runs_trial_by_trial(run_dir, tmp_path, capsys):
+    """--against: both runs under the same fault streams; B - A is the mean of the per-trial
+    differences with a t-interval over them, and A's numbers are what evaluating A alone
+    gives."""
+    from mcel.evaluate import t_interval
+
+    ce = tmp_path / "ce"
+    assert main(TRAIN + ["--loss", "ce", "--out", str(ce)]) == 0
+    js, alone = tmp_path / "vs.json", tmp_path / "a.json"
+    args = ["--ber", "0,0.05", "--trials", "6", "--seed", "3"]
+    assert main(["evaluate", str(ce), "--against", str(run_dir), *args, "--json", str(js)]) == 0
+    out = capsys.readouterr().out
+    assert "B - A (points)" in out and f"B = {run_dir}" in out
+    res = json.loads(js.read_text())
+    assert main(["evaluate", str(ce), *args, "--json", str(alone)]) == 0
+    for r, ra in zip(json.loads(alone.read_text())["results"], res["a"]["results"]):
+        assert (r["accuracies"], r["empirical_rates"]) == (ra["accuracies"],
+                                                           ra["empirical_rates"])
+    d0, d5 = res["difference"]
+    assert d0["ber"] == 0.0 and d0["ci_low"] == d0["ci_high"] == d0["mean"]  # no faults
+    diffs = [b - a for a, b in zip(res["a"]["results"][1]["accuracies"],
+                                   res["b"]["results"][1]["accuracies"])]
+    mean, lo, hi = t_interval(diffs)
+    assert (d5["mean"], d5["ci_low"], d5["ci_high"], d5["trials"]) == pytest.approx(
+        (mean, lo, hi, 6))
+    capsys.readouterr()
+    assert main(["evaluate", str(ce), "--against", str(run_dir), "--adaptive", "0.01"]) == 2
+    err = capsys.readouterr().err
+    assert "give a fixed --trials, without --adaptive" in err and len(err.splitlines()) == 1
+
+
+def test_paired_difference_needs_the_same_faults():
+    from mcel.errors import MCELError
+    from mcel.evaluate import BerResult, EvalResult, paired_difference
+
+    def res(seed=0, trials=3):
+        r = BerResult.from_trials(0.01, [0.5 + 0.1 * t for t in range(trials)], [0.01] * trials)
+        return EvalResult(0.9, {"ber": 0.0}, seed, [r])
+
+    (d,) = paired_difference(res(), res())
+    assert (d.mean, d.ci_low, d.ci_high) == (0.0, 0.0, 0.0)
+    with pytest.raises(MCELError, match="same fault seed"):
+        paired_difference(res(), res(seed=1))
+    with pytest.raises(MCELError, match="3 trials and the other 4"):
+        paired_difference(res(), res(trials=4))

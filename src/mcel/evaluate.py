@@ -126,6 +126,41 @@ class EvalResult:
                  "std": r.std, "trials": r.trials} for r in self.results]
 
 
+@dataclass(frozen=True)
+class Difference:
+    """Accuracy of one model minus another's at one BER, paired by trial: the mean of the
+    per-trial differences and its 95% t-interval (a fraction; one trial: [-1, 1])."""
+
+    ber: float
+    mean: float
+    ci_low: float
+    ci_high: float
+    trials: int
+
+
+def paired_difference(a: EvalResult, b: EvalResult) -> list[Difference]:
+    """``b`` minus ``a`` at every BER, paired by trial. Both must come from the same fault
+    seed, error model, BERs and trial counts; trial t of each then draws the same fault
+    stream (in models with the same stored layers the same cells flip), so each pair
+    shares the faults' luck and the difference needs about 3x fewer trials than
+    independent seeds would (docs/performance.md, section 3)."""
+    if a.seed != b.seed or a.error_model != b.error_model:
+        raise MCELError("a paired comparison needs both evaluations under the same fault "
+                        "seed and error model")
+    if [r.ber for r in a.results] != [r.ber for r in b.results]:
+        raise MCELError("a paired comparison needs both evaluations at the same BERs")
+    out = []
+    for ra, rb in zip(a.results, b.results):
+        if ra.trials != rb.trials:
+            raise MCELError(f"at BER {ra.ber:g} one evaluation has {ra.trials} trials and the "
+                            f"other {rb.trials}: a paired comparison needs a fixed trial "
+                            "count (no adaptive stopping)")
+        diffs = [y - x for x, y in zip(ra.accuracies, rb.accuracies)]
+        mean, lo, hi = t_interval(diffs) if len(diffs) > 1 else (diffs[0], -1.0, 1.0)
+        out.append(Difference(ra.ber, mean, lo, hi, len(diffs)))
+    return out
+
+
 class _Column:
     """A 1-D tensor built batch by batch, in storage that doubles when full (or holds
     ``capacity`` from the start): a few allocations for any number of batches. A small
@@ -568,5 +603,6 @@ def _transient_trial(model, fwd: _Forward, image: MemoryImage, em: BitErrorModel
     return corr.float().mean().item(), rate, corr
 
 
-__all__ = ["evaluate", "EvalResult", "BerResult", "t_interval", "at_rate", "narrow_enough",
+__all__ = ["evaluate", "EvalResult", "BerResult", "Difference", "paired_difference",
+           "t_interval", "at_rate", "narrow_enough",
            "accuracy", "predict_logits", "check_data", "check_labels_fit", "check_targets"]

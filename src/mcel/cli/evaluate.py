@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from mcel.cli.common import JSON_UNITS, add_device_flag, add_threads_flag, floats, listed
+from mcel.errors import MCELError
 from mcel.quant.floats import FLOAT_FORMATS
 
 
@@ -67,6 +68,10 @@ def add_eval_flags(p: argparse.ArgumentParser) -> None:
                    help="faults in one layer at a time (the rest fault-free), to find the "
                         "layers that need protection; or in one group per comma-separated "
                         "pattern, e.g. 'stem.*,layer1.*' (default: off)")
+    p.add_argument("--against", default=None, metavar="RUN",
+                   help="a second run folder evaluated under the same faults (seed, trials, "
+                        "test images): prints both and the second's accuracy minus the "
+                        "first's per BER, with a 95%% interval paired by trial (default: none)")
     p.add_argument("--precision", default=DEFAULT_PRECISION, choices=list(PRECISIONS),
                    help="precision of the faulty forward passes; bf16 also reports how "
                         "often its clean predictions agree with fp32")
@@ -81,6 +86,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from mcel.quant import set_format
     from mcel.runs import load_run
 
+    if args.against is not None and (args.adaptive is not None or args.by_layer is not None):
+        raise MCELError("--against compares the two runs trial by trial: give a fixed "
+                        "--trials, without --adaptive or --by-layer")
     em = error_model_of(args)
     model, config = load_run(args.run_dir, args.device)
     if args.fmt:
@@ -98,6 +106,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 cpu=torch.backends.cpu.get_cpu_capability())
     if args.by_layer is not None:
         return _by_layer(args, model, em, data=(x, y), kwargs=kwargs, meta=meta)
+    if args.against is not None:
+        return _against(args, (model, config), em, data=(x, y), kwargs=kwargs, meta=meta)
     res = evaluate(model, x, y, args.ber, em, **kwargs)
     res.meta.update(meta)
     print_eval(res)
@@ -105,6 +115,54 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         write_json(args.json, res.to_dict())
         print(f"wrote {args.json}")
     return 0
+
+
+def _against(args, run_a: tuple, em, *, data: tuple, kwargs: dict, meta: dict) -> int:
+    """--against: the second run under the very faults of the first (same seed, trials and
+    test images), and its accuracy minus the first's per BER, paired by trial."""
+    from mcel.evaluate import evaluate, paired_difference
+    from mcel.io import write_json
+    from mcel.quant import set_format
+    from mcel.runs import load_run
+
+    model, config = run_a
+    other, other_config = load_run(args.against, args.device)
+    if other_config.dataset != config.dataset:
+        raise MCELError(f"--against {args.against} was trained on {other_config.dataset}, "
+                        f"{args.run_dir} on {config.dataset}: compare runs of one dataset")
+    if args.fmt:
+        set_format(other, args.fmt)
+    x, y = data
+    a = evaluate(model, x, y, args.ber, em, **kwargs)
+    b = evaluate(other, x, y, args.ber, em, **kwargs)
+    a.meta.update(meta)
+    b.meta.update({**meta, "run_dir": str(args.against), "fmt": args.fmt or other_config.fmt})
+    diffs = paired_difference(a, b)
+    print_against(a, b, diffs)
+    if args.json:
+        write_json(args.json, {"a": a.to_dict(), "b": b.to_dict(),
+                               "difference": [dataclasses.asdict(d) for d in diffs],
+                               "units": JSON_UNITS})
+        print(f"wrote {args.json}")
+    return 0
+
+
+def print_against(a, b, diffs) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"B = {b.meta['run_dir']} vs A = {a.meta['run_dir']}: clean "
+                    f"{100 * b.clean_accuracy:.2f}% vs {100 * a.clean_accuracy:.2f}%",
+              caption=f"{a.meta['samples']} test images, fault seed {a.seed}; trial t of A "
+                      "and of B under the same fault stream; B - A: mean of the per-trial "
+                      "differences [95% t-interval]")
+    for c in ("BER", "A %", "B %", "B - A (points)", "95% CI (points)", "trials"):
+        t.add_column(c, justify="right")
+    for ra, rb, d in zip(a.results, b.results, diffs):
+        t.add_row(f"{d.ber:g}", f"{100 * ra.mean:.2f}", f"{100 * rb.mean:.2f}",
+                  f"{100 * d.mean:+.2f}", f"[{100 * d.ci_low:+.2f}, {100 * d.ci_high:+.2f}]",
+                  str(d.trials))
+    Console().print(t)
 
 
 def _by_layer(args, model, em, *, data: tuple, kwargs: dict, meta: dict) -> int:
