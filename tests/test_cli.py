@@ -335,7 +335,10 @@ def test_against_compares_two_runs_trial_by_trial(run_dir, tmp_path, capsys):
     assert main(TRAIN + ["--loss", "ce", "--out", str(ce)]) == 0
     js, alone = tmp_path / "vs.json", tmp_path / "a.json"
     args = ["--ber", "0,0.05", "--trials", "6", "--seed", "3"]
-    assert main(["evaluate", str(ce), "--against", str(run_dir), *args, "--json", str(js)]) == 0
+    png = tmp_path / "vs.png"
+    assert main(["evaluate", str(ce), "--against", str(run_dir), *args, "--json", str(js),
+                 "--plot", str(png)]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
     out = capsys.readouterr().out
     assert "B - A (points)" in out and f"B = {run_dir}" in out
     res = json.loads(js.read_text())
@@ -354,6 +357,8 @@ def test_against_compares_two_runs_trial_by_trial(run_dir, tmp_path, capsys):
     assert main(["evaluate", str(ce), "--against", str(run_dir), "--adaptive", "0.01"]) == 2
     err = capsys.readouterr().err
     assert "give a fixed --trials, without --adaptive" in err and len(err.splitlines()) == 1
+    assert main(["evaluate", str(ce), "--by-layer", "--plot", str(tmp_path / "x.png")]) == 2
+    assert "--plot draws whole runs'" in capsys.readouterr().err
 
 
 def test_paired_difference_needs_the_same_faults():

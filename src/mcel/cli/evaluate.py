@@ -72,6 +72,9 @@ def add_eval_flags(p: argparse.ArgumentParser) -> None:
                    help="a second run folder evaluated under the same faults (seed, trials, "
                         "test images): prints both and the second's accuracy minus the "
                         "first's per BER, with a 95%% interval paired by trial (default: none)")
+    p.add_argument("--plot", default=None, metavar="PNG",
+                   help="draw accuracy vs BER with 95%% bands into this image (with "
+                        "--against: both runs) (default: none)")
     p.add_argument("--precision", default=DEFAULT_PRECISION, choices=list(PRECISIONS),
                    help="precision of the faulty forward passes; bf16 also reports how "
                         "often its clean predictions agree with fp32")
@@ -89,6 +92,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.against is not None and (args.adaptive is not None or args.by_layer is not None):
         raise MCELError("--against compares the two runs trial by trial: give a fixed "
                         "--trials, without --adaptive or --by-layer")
+    if args.plot is not None:
+        from mcel.io import check_can_create
+
+        if args.by_layer is not None:
+            raise MCELError("--plot draws whole runs' accuracy vs BER; --by-layer prints "
+                            "its table only (drop --plot)")
+        check_can_create(args.plot)
     em = error_model_of(args)
     model, config = load_run(args.run_dir, args.device)
     if args.fmt:
@@ -111,10 +121,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     res = evaluate(model, x, y, args.ber, em, **kwargs)
     res.meta.update(meta)
     print_eval(res)
+    _plot(args, {str(args.run_dir): res})
     if args.json:
         write_json(args.json, res.to_dict())
         print(f"wrote {args.json}")
     return 0
+
+
+def _plot(args, results: dict) -> None:
+    """--plot: accuracy vs BER with 95% bands, one line per run."""
+    if args.plot is None:
+        return
+    from mcel.plots import plot_accuracy_vs_ber
+
+    plot_accuracy_vs_ber({name: r.table() for name, r in results.items()}, args.plot,
+                         title=f"accuracy under bit errors, fault seed {args.seed}")
+    print(f"wrote {args.plot}")
 
 
 def _against(args, run_a: tuple, em, *, data: tuple, kwargs: dict, meta: dict) -> int:
@@ -139,6 +161,7 @@ def _against(args, run_a: tuple, em, *, data: tuple, kwargs: dict, meta: dict) -
     b.meta.update({**meta, "run_dir": str(args.against), "fmt": args.fmt or other_config.fmt})
     diffs = paired_difference(a, b)
     print_against(a, b, diffs)
+    _plot(args, {f"A: {args.run_dir}": a, f"B: {args.against}": b})
     if args.json:
         write_json(args.json, {"a": a.to_dict(), "b": b.to_dict(),
                                "difference": [dataclasses.asdict(d) for d in diffs],
