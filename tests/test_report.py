@@ -425,3 +425,26 @@ def test_another_baseline_for_the_differences(db, tmp_path, capsys):
     assert err.startswith("mcel report: error: no method 'MCEL(m=3)' in this study")
     assert "the methods: CE, MCEL(m=2), MCEL(m=4)" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "r2").exists()
+
+
+def test_snapshot_tool_copies_a_live_database_as_one_plain_file(db, tmp_path):
+    """tools/snapshot_study.py: a consistent copy while a sweep holds the database open in
+    WAL mode with rows only in its log, written as one plain file a report reads."""
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "tools"))
+    from snapshot_study import snapshot
+
+    path, _ = db
+    live = connect(path)  # WAL, as a running sweep leaves it
+    live.execute("UPDATE runs SET grid = 'live'")
+    live.commit()  # in the -wal file until a checkpoint
+    copy = snapshot(path, tmp_path / "docs")
+    live.close()
+    assert copy == tmp_path / "docs" / "study" / "study.db"
+    assert sorted(p.name for p in copy.parent.iterdir()) == ["study.db"]
+    con = sqlite3.connect(copy)
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    assert {g for (g,) in con.execute("SELECT grid FROM runs")} == {"live"}
+    con.close()
+    assert build_report(copy, tmp_path / "rep").exists()
