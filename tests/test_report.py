@@ -448,3 +448,31 @@ def test_snapshot_tool_copies_a_live_database_as_one_plain_file(db, tmp_path):
     assert {g for (g,) in con.execute("SELECT grid FROM runs")} == {"live"}
     con.close()
     assert build_report(copy, tmp_path / "rep").exists()
+
+
+def test_summary_files_hold_the_tables_numbers(db, tmp_path):
+    """summary.json / summary.csv: one row per (group, method, BER), fractions, the same
+    means, intervals and paired differences as the tables."""
+    import csv
+
+    path, _ = db
+    out = build_report(path, tmp_path / "rep").parent
+    rows = json.loads((out / "summary.json").read_text())["rows"]
+    sheet = list(csv.DictReader((out / "summary.csv").open()))
+    assert len(rows) == len(sheet) and [r["method"] for r in rows] == [r["method"] for r in sheet]
+    bi = 2
+    row = next(r for r in rows if r["method"] == "MCEL(m=2)" and r["ber"] == BERS[bi]
+               and r["error_model"] == "ber")
+    per_seed = [sum(_trial_accs(1, s, bi)) / 4 for s in SEEDS]
+    assert row["acc"] == pytest.approx(sum(per_seed) / 2)
+    lo, hi = _t01(per_seed)
+    assert (row["acc_low"], row["acc_high"]) == pytest.approx((lo, hi))
+    diffs = [sum(_trial_accs(1, s, bi)) / 4 - sum(_trial_accs(0, s, bi)) / 4 for s in SEEDS]
+    lo, hi = _t(diffs)
+    assert (row["delta"], row["delta_low"], row["delta_high"]) == pytest.approx(
+        (sum(diffs) / 2, lo, hi))
+    assert row["baseline"] == "CE" and row["seeds"] == "0 1" and row["across_seeds"] is True
+    ce0 = next(r for r in rows if r["method"] == "CE" and r["ber"] == 0.0
+               and r["error_model"] == "ber")
+    assert ce0["delta"] is None and ce0["acc"] == pytest.approx(0.965)  # clean, BER 0
+    assert next(s for s in sheet if s["method"] == "CE")["delta"] == ""

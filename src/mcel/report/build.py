@@ -41,6 +41,7 @@ from mcel.report.render import (
     versions_text,
 )
 from mcel.report.stats import CE_LABEL, Cell, Group, Line, aggregate, delta
+from mcel.report.summary import summary_rows, write_summary
 
 
 def build_report(db_path: str | Path | Sequence[str | Path], out_dir: str | Path, *,
@@ -96,6 +97,7 @@ def build_report(db_path: str | Path | Sequence[str | Path], out_dir: str | Path
     if notes:
         blocks.append(("h2", "Notes"))
         blocks += [("p", n) for n in notes]
+    write_summary(out, summary_rows(groups, baseline or CE_LABEL))
     atomic_write_bytes(out / "report.md", to_markdown(blocks).encode())
     atomic_write_bytes(out / "report.html", to_html(blocks, images, title).encode())
     return out / "report.md"

@@ -12,7 +12,16 @@ import re
 from pathlib import Path
 from typing import Any
 
-from mcel.report.stats import CE_LABEL, Cell, Group, Line, delta, paired_delta, uniform_spec
+from mcel.report.stats import (
+    CE_LABEL,
+    Cell,
+    Group,
+    Line,
+    clean_cell,
+    delta,
+    paired_delta,
+    uniform_spec,
+)
 
 
 def best_mcel(group: Group, baseline: str = CE_LABEL) -> str:
@@ -204,11 +213,6 @@ def faults_text(g: Group) -> str:
     return f"Faults: error model {g.error_model}; each BER sets its largest rate."
 
 
-def _clean(ln: Line) -> Cell | None:
-    """A method's clean accuracy: measured without faults, else its curve at BER 0."""
-    return ln.clean or ln.curve.get(0.0)
-
-
 def group_blocks(i: int, g: Group, out_dir: Path, images: dict[str, bytes], *,
                  baseline: str = CE_LABEL) -> list[Block]:
     """Group ``i``'s section: heading, figures, table with each method's difference to
@@ -225,7 +229,7 @@ def group_blocks(i: int, g: Group, out_dir: Path, images: dict[str, bytes], *,
     rows = []
     for ln in g.lines:
         vs_ce = ce is not None and ln is not ce
-        clean, ce_clean = _clean(ln), (_clean(ce) if ce is not None else None)
+        clean, ce_clean = clean_cell(ln), (clean_cell(ce) if ce is not None else None)
         deltas = [fmt_delta(paired_delta(clean, ce_clean))
                   if vs_ce and clean and ce_clean else "—"]
         deltas += [fmt_delta(delta(ln, ce, b)) if vs_ce else "—" for b in bers]

@@ -220,6 +220,11 @@ def _tolerable(per_ber: dict[float, dict[Any, float]],
     return values, censored
 
 
+def clean_cell(line: Line) -> Cell | None:
+    """A method's clean accuracy: measured without faults, else its curve at BER 0."""
+    return line.clean or line.curve.get(0.0)
+
+
 def delta(line: Line, ce: Line, ber: float) -> Cell | None:
     """``line - CE`` at ``ber``: paired by training seed (a t-interval over the per-seed
     differences) when at least two seeds are shared, else the difference of the means."""
@@ -242,5 +247,6 @@ def paired_delta(a: Cell, b: Cell) -> Cell:
     return Cell(d, d, d, {}, False)
 
 
-__all__ = ["CE_LABEL", "Cell", "Group", "Line", "aggregate", "delta", "method_lines",
+__all__ = ["CE_LABEL", "Cell", "Group", "Line", "aggregate", "clean_cell", "delta",
+           "method_lines",
            "paired_delta", "seed_cell", "uniform_spec"]
