@@ -256,3 +256,13 @@ def test_cli_evaluates_a_float_run_in_an_ieee_format(tmp_path, capsys):
     res = json.loads(js.read_text())
     assert res["meta"]["fmt"].endswith("float layers float16")
     assert 0.005 < res["results"][1]["empirical_rates"][0] < 0.015
+
+
+def test_a_float_transformer_layer_in_its_fast_path_is_refused_not_ignored():
+    """In eval, a TransformerEncoderLayer's fast path computes with its Linear weights
+    itself: flips stored there would change nothing. mcel says so instead."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True).eval()
+    with pytest.raises(MCELError, match="layer 'linear1' is in the model, a "
+                                        "TransformerEncoderLayer.*turn that path off"):
+        MemoryImage(layer, BitErrorModel(ber=0.01), weights="float32").__enter__()

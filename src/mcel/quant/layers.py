@@ -342,6 +342,52 @@ def _convert(m: nn.Module, spec: QuantSpec) -> nn.Module:
     return q
 
 
+def _why_not(m: nn.Module) -> str | None:
+    """Why mcel cannot quantize this layer with weights (None: it can, or it has none)."""
+    if isinstance(m, (nn.modules.conv._ConvNd, nn.Bilinear)) and not isinstance(
+            m, (*QUANTIZABLE, *QUANT_LAYERS)):
+        return (f"a {type(m).__name__}, which mcel does not quantize (Linear and "
+                "Conv1d/2d/3d only)")
+    return None
+
+
+def _bypassing(model: nn.Module) -> dict[str, str]:
+    """Modules that compute with their children's weights without calling the children's
+    forward, by name: a quantized layer inside one would stay float in that path, and
+    its faults would change nothing. MultiheadAttention always (its in_proj and
+    out_proj), TransformerEncoderLayer in its inference fast path."""
+    found = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.MultiheadAttention):
+            found[name] = ("a MultiheadAttention, which computes with its projection weights "
+                           "itself")
+        elif isinstance(m, nn.TransformerEncoderLayer) and \
+                torch.backends.mha.get_fastpath_enabled():
+            found[name] = ("a TransformerEncoderLayer, whose inference fast path computes "
+                           "with its Linear weights itself (torch.backends.mha."
+                           "set_fastpath_enabled(False) turns that path off)")
+    return found
+
+
+def refuse_bypassed(model: nn.Module, selected: Sequence[str], *, float_storage: bool = False
+                    ) -> None:
+    """One MCELError for the first of the ``selected`` layers that is inside a bypassing
+    module, or is one (better than a model that is quietly half float, or whose faults
+    change nothing). ``float_storage``: the layers are stored as floats (--weights)."""
+    bypassing = _bypassing(model)
+    for name in selected:
+        parent = next((p for p in bypassing
+                       if name == p or p == "" or name.startswith(p + ".")), None)
+        if parent is None:
+            continue
+        where = f"'{parent}'" if parent else "the model"
+        keep = f"'{parent}', '{parent}.*'" if parent else f"'{name}',"
+        fix = ("turn that path off before evaluating" if float_storage
+               else f"keep it in float with QuantSpec(..., exclude=({keep}))")
+        raise MCELError(f"layer '{name}' is in {where}, {bypassing[parent]}: quantized or "
+                        f"faulty weights there would be ignored; {fix}")
+
+
 def quantize_model(model: nn.Module, spec: QuantSpec | str) -> nn.Module:
     """Replace the ``nn.Linear``/``nn.Conv1d``/``nn.Conv2d``/``nn.Conv3d`` layers selected
     by ``spec`` with quantized ones, in place, and return the model (the new layer when
@@ -365,7 +411,8 @@ def quantize_model(model: nn.Module, spec: QuantSpec | str) -> nn.Module:
                         f"{spec!r}")
     if spec.scheme == "float":
         return model
-    if isinstance(model, QUANTIZABLE) and not isinstance(model, QUANT_LAYERS):
+    if (isinstance(model, QUANTIZABLE) and not isinstance(model, QUANT_LAYERS)
+            and _why_not(model) is None):
         return _check_alive(type(model).__name__,
                             _convert(model, _resolve_auto_clip(spec, [model])))  # a bare layer
     candidates = [(name, module)
@@ -374,18 +421,18 @@ def quantize_model(model: nn.Module, spec: QuantSpec | str) -> nn.Module:
                   and not isinstance(module, QUANT_LAYERS)]
     # patterns may name any layer with weights (a ConvTranspose2d to keep in float, say)
     names = [name for name, m in model.named_modules()
-             if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd, nn.Bilinear))]
+             if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd, nn.Bilinear,
+                               nn.MultiheadAttention))]
     for p in (*spec.exclude, *(q for q in spec.include if q != "*")):
         if names and not any(fnmatch.fnmatch(n, p) for n in names):  # a typo, most likely
             raise MCELError(f"quantization pattern '{p}' matches no layer; the layers are: "
                             f"{names_shown(names)}")
-    odd = next(((n, m) for n, m in model.named_modules()
-                if isinstance(m, (nn.modules.conv._ConvNd, nn.Bilinear))
-                and not isinstance(m, (*QUANTIZABLE, *QUANT_LAYERS)) and spec.selects(n)), None)
+    odd = next(((n, _why_not(m)) for n, m in model.named_modules()
+                if _why_not(m) is not None and spec.selects(n)), None)
     if odd is not None:  # better than a model that is quietly half float
-        raise MCELError(f"layer '{odd[0]}' is a {type(odd[1]).__name__}, which mcel does not "
-                        "quantize (Linear and Conv1d/2d/3d only); keep it in float with "
+        raise MCELError(f"layer '{odd[0]}' is {odd[1]}; keep it in float with "
                         f"QuantSpec(..., exclude=('{odd[0]}',))")
+    refuse_bypassed(model, [n for n in names if spec.selects(n)])
     _warn_without_norm(model, spec)
     # clip_auto: one range for all, from the shapes of the layers it quantizes
     spec = _resolve_auto_clip(spec, list({id(m): m for n, m in candidates

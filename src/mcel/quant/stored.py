@@ -29,7 +29,7 @@ from mcel.errors import MCELError
 from mcel.quant import brevitas
 from mcel.quant.core import QuantizedTensor, float_values, quantize_values
 from mcel.quant.floats import FLOAT_FORMATS
-from mcel.quant.layers import QUANT_LAYERS
+from mcel.quant.layers import QUANT_LAYERS, refuse_bypassed
 from mcel.registry import Registry
 
 Stored = tuple[QuantizedTensor, Tensor]  # codes + the float32 values they hold
@@ -155,6 +155,8 @@ def stored_layers(model: nn.Module, weights: str | None = None) -> list[StoredLa
         source = next((s for s in sources if s.accepts(module)), None)
         if source is not None:
             found.append(StoredLayer(name, module, source, weights))
+    refuse_bypassed(model, [s.name for s in found if s.source.name == "float"],
+                    float_storage=True)
     return found
 
 
