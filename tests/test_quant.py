@@ -328,3 +328,14 @@ def test_layers_whose_parent_bypasses_their_forward_are_refused(monkeypatch):
             assert not torch.equal(layer(x), clean)  # what mcel stores is what runs
     finally:
         torch.backends.mha.set_fastpath_enabled(True)
+
+
+@pytest.mark.parametrize("layer", [nn.LSTM(4, 4, batch_first=True), nn.Embedding(10, 4),
+                                   nn.ConvTranspose2d(1, 2, 3)])
+def test_rnns_embeddings_and_transposed_convs_are_named_not_left_float(layer):
+    from mcel.errors import MCELError
+
+    net = nn.Sequential(layer, nn.Flatten(), nn.LazyLinear(2))
+    with pytest.raises(MCELError, match=f"layer '0' is a {type(layer).__name__}, which mcel "
+                                        "does not quantize.*exclude=\\('0',\\)"):
+        quantize_model(net, "int4")

@@ -342,10 +342,15 @@ def _convert(m: nn.Module, spec: QuantSpec) -> nn.Module:
     return q
 
 
+# layers with weights that mcel knows of; the ones it does not quantize are named, not
+# skipped (RNNs, embeddings, transposed convolutions, ...)
+_WEIGHTED = (nn.Linear, nn.modules.conv._ConvNd, nn.Bilinear, nn.RNNBase, nn.Embedding,
+             nn.EmbeddingBag)
+
+
 def _why_not(m: nn.Module) -> str | None:
     """Why mcel cannot quantize this layer with weights (None: it can, or it has none)."""
-    if isinstance(m, (nn.modules.conv._ConvNd, nn.Bilinear)) and not isinstance(
-            m, (*QUANTIZABLE, *QUANT_LAYERS)):
+    if isinstance(m, _WEIGHTED) and not isinstance(m, (*QUANTIZABLE, *QUANT_LAYERS)):
         return (f"a {type(m).__name__}, which mcel does not quantize (Linear and "
                 "Conv1d/2d/3d only)")
     return None
@@ -421,8 +426,7 @@ def quantize_model(model: nn.Module, spec: QuantSpec | str) -> nn.Module:
                   and not isinstance(module, QUANT_LAYERS)]
     # patterns may name any layer with weights (a ConvTranspose2d to keep in float, say)
     names = [name for name, m in model.named_modules()
-             if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd, nn.Bilinear,
-                               nn.MultiheadAttention))]
+             if isinstance(m, (*_WEIGHTED, nn.MultiheadAttention))]
     for p in (*spec.exclude, *(q for q in spec.include if q != "*")):
         if names and not any(fnmatch.fnmatch(n, p) for n in names):  # a typo, most likely
             raise MCELError(f"quantization pattern '{p}' matches no layer; the layers are: "
