@@ -397,3 +397,28 @@ def test_ber_zero_is_fault_free_for_every_model_shape():
         res = evaluate(model, x, y, [0.0], parse_error_model(spec), trials=2)
         assert res.results[0].empirical_rates == [0.0, 0.0], spec
         assert res.results[0].mean == res.clean_accuracy
+
+
+def test_a_stored_layer_that_never_runs_is_named():
+    """A layer whose weight the model reads itself (F.linear(x, self.fc.weight)) never
+    runs its own forward: the engine's faults there change nothing, and evaluate says so."""
+    import warnings
+
+    class ReadsWeight(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(16, 4)
+            self.head = nn.Linear(16, 4)
+
+        def forward(self, x):
+            x = x.flatten(1)
+            return nn.functional.linear(x, self.fc.weight) + self.head(x)
+
+    torch.manual_seed(0)
+    model = quantize_model(ReadsWeight(), "int4").eval()
+    x, y = _data()
+    with pytest.warns(UserWarning, match="stored layer\\(s\\) fc never ran"):
+        evaluate(model, x, y, [0.01], trials=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every layer of an ordinary model runs
+        evaluate(_model(), x, y, [0.01], trials=2)

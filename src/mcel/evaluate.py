@@ -14,8 +14,10 @@ trial budget is spent), so a flat curve costs few trials and a noisy one gets mo
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -461,6 +463,30 @@ def _check_stored_layers(model: nn.Module, em: BitErrorModel, trial_batch: int,
                         "trial_batch=1")
 
 
+@contextlib.contextmanager
+def _calls_of(model: nn.Module, layers: list[nn.Module]):
+    """Count each stored layer's forward calls in the block (the clean pass) and warn
+    about layers that never ran: their weights are read some other way (``F.linear(x,
+    layer.weight)``) or not used, so the faults the engine puts there change nothing."""
+    calls = {id(m): 0 for m in layers}
+
+    def hook(module, args, output):
+        calls[id(module)] += 1
+
+    handles = [m.register_forward_hook(hook) for m in layers]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+    idle = [n for n, m in model.named_modules() if calls.get(id(m)) == 0]
+    if idle:
+        warnings.warn(f"stored layer(s) {', '.join(idle)} never ran in a forward pass: their "
+                      "weights are read some other way (e.g. F.linear(x, layer.weight)) or "
+                      "not used, so faults there change nothing in these results",
+                      UserWarning, stacklevel=4)
+
+
 def _evaluate(model, x, y, *, bers, em, trials, seed, batch_size, target_half_width,
               min_trials, progress, keep_correct, trial_batch, precision,
               weights) -> EvalResult:
@@ -475,7 +501,8 @@ def _evaluate(model, x, y, *, bers, em, trials, seed, batch_size, target_half_wi
     batched = trial_batch > 1
     with MemoryImage(model, em, weights=weights) as image, progress_bar(progress) as bar:
         tc = time.perf_counter()
-        pred = fwd.predict()
+        with _calls_of(model, [layer for layer, _ in image.weights]):  # warns on unused
+            pred = fwd.predict()
         clean = (pred == fwd.y).float().mean().item()
         clean_seconds = time.perf_counter() - tc
         agreement = 1.0 if precision == "fp32" else (
