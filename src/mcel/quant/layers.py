@@ -431,8 +431,8 @@ def quantize_model(model: nn.Module, spec: QuantSpec | str) -> nn.Module:
         if names and not any(fnmatch.fnmatch(n, p) for n in names):  # a typo, most likely
             raise MCELError(f"quantization pattern '{p}' matches no layer; the layers are: "
                             f"{names_shown(names)}")
-    odd = next(((n, _why_not(m)) for n, m in model.named_modules()
-                if _why_not(m) is not None and spec.selects(n)), None)
+    odd = next(((n, why) for n, m in model.named_modules()
+                if spec.selects(n) and (why := _why_not(m)) is not None), None)
     if odd is not None:  # better than a model that is quietly half float
         raise MCELError(f"layer '{odd[0]}' is {odd[1]}; keep it in float with "
                         f"QuantSpec(..., exclude=('{odd[0]}',))")
