@@ -62,6 +62,7 @@ class TrainConfig:
     clip_rel: float | None = None
     clip_auto: float | None = None
     precision: str = DEFAULT_PRECISION
+    init: str | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -84,10 +85,7 @@ class TrainConfig:
         one_of(self.schedule, SCHEDULES, "schedule")
         one_of(self.normalize, NORMALIZATIONS, "normalize")
         self.quant_spec()  # validates scheme, format, granularity, act bits, clip
-        for name in ("epochs", "batch_size"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise MCELError(f"{name} must be a positive integer, got {v!r}")
+        _check_sizes(self)
         for name in ("lr", "weight_decay", "momentum", "scale", "train_ber"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
@@ -171,7 +169,21 @@ class TrainConfig:
 
 # config keys added after 0.1.0, with the default that leaves a run id unchanged
 _LATER_KEYS: dict[str, Any] = {"clip": None, "clip_rel": None, "clip_auto": None,
-                               "precision": DEFAULT_PRECISION}
+                               "precision": DEFAULT_PRECISION, "init": None}
+
+
+def _check_sizes(config: TrainConfig) -> None:
+    """Epochs and batch size are positive; 0 epochs only measures ``init`` weights."""
+    for name in ("epochs", "batch_size"):
+        v = getattr(config, name)
+        if not isinstance(v, int) or v < 1:
+            if name == "epochs" and v == 0 and config.init:
+                continue  # measure the init weights as they are, quantized
+            raise MCELError(f"{name} must be a positive integer, got {v!r}" + (
+                " (0 epochs takes init weights to quantize and measure: set --init)"
+                if name == "epochs" and v == 0 else ""))
+    if config.init is not None and not config.init.strip():
+        raise MCELError("init is empty; give a weights file or a run folder, or leave it out")
 
 
 def _check_types(config: TrainConfig) -> None:

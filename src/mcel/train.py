@@ -38,6 +38,7 @@ from mcel.errors import MCELError
 from mcel.evaluate import accuracy, predict_logits
 from mcel.io import check_writable
 from mcel.precision import autocast, check_runs_on, memory_format, slow_warning
+from mcel.pretrained import calibrate_activations, file_sha256, pretrained_model, weights_file
 from mcel.quant import clip_weights, quant_layers
 from mcel.runs import load_run, resume, save_checkpoint, save_run
 
@@ -97,7 +98,7 @@ def _train(config: TrainConfig, out: Path | None, *, device: torch.device, info,
 
     torch.manual_seed(config.seed)
     _check_precision(config, device, log)
-    model = build_model(config).to(device)
+    model = (pretrained_model(config) if config.init else build_model(config)).to(device)
     layout = memory_format(config.precision, model)
     model = model.to(memory_format=layout)  # fp32: a no-op, the same tensors
     loss_fn = build_loss(config)
@@ -109,15 +110,14 @@ def _train(config: TrainConfig, out: Path | None, *, device: torch.device, info,
     x_tr, y_tr = x_tr.to(device), y_tr.to(device)
     gen = torch.Generator().manual_seed(config.seed)
     metrics: dict[str, Any] = {"epochs": [], "config_hash": config.digest()}
-    start_epoch = 0
-    if out is not None:
-        start_epoch = resume(out, config, model, opt=opt, gen=gen, metrics=metrics)
-        _check_threads(metrics, device, log)
+    start_epoch = 0 if out is None else resume(out, config, model, opt=opt, gen=gen,
+                                                metrics=metrics)
+    _check_threads(metrics, device, log)  # (nothing to check on a fresh run)
+    _check_init(config, metrics)
     writer = out if info.is_main else None  # one rank writes the run folder
     net = _data_parallel(model, device, info)
 
-    em = config.error_model()
-    _check_injection(model, em)
+    em = _check_injection(model, config.error_model())
     steps_per_epoch = math.ceil(len(x_tr) / config.batch_size)
     with progress_bar(progress) as bar:
         task = bar.add_task(f"train {config.model}/{config.loss}", total=config.epochs,
@@ -148,9 +148,23 @@ def _train(config: TrainConfig, out: Path | None, *, device: torch.device, info,
                 save_checkpoint(writer, config, model, opt=opt, gen=gen, metrics=metrics,
                                 epoch=epoch + 1)
     model = model.to(memory_format=torch.contiguous_format)  # the layout is a training detail
-    _finish(config, model, metrics, test_data=(x_te, y_te), info=info, writer=writer)
+    _finish(config, model, metrics, test_data=(x_te, y_te), info=info, writer=writer,
+            calibration=x_tr)
     _check_margin_reached(config, model, (x_te, y_te), log)
     return model, metrics
+
+
+def _check_init(config: TrainConfig, metrics: dict[str, Any]) -> None:
+    """A run from init weights records their hash: resuming it on other weights (the file
+    replaced since) would mix two starting points, so it is refused."""
+    if not config.init:
+        return
+    digest = file_sha256(weights_file(config.init))
+    before = metrics.get("init_sha256")
+    if before is not None and before != digest:
+        raise MCELError(f"the init weights {config.init} changed since this run started; "
+                        "train into a new --out folder")
+    metrics["init_sha256"] = digest
 
 
 def _check_threads(metrics: dict[str, Any], device: torch.device, log) -> None:
@@ -165,9 +179,14 @@ def _check_threads(metrics: dict[str, Any], device: torch.device, log) -> None:
 
 
 def _finish(config: TrainConfig, model: nn.Module, metrics: dict[str, Any], *,
-            test_data: tuple[Tensor, Tensor], info, writer: Path | None) -> None:
+            test_data: tuple[Tensor, Tensor], info, writer: Path | None,
+            calibration: Tensor) -> None:
     """The trained model in eval mode, its final metrics, and the finished run folder
-    (written by rank 0 only: ``writer`` is None on the others)."""
+    (written by rank 0 only: ``writer`` is None on the others). Untrained init weights
+    (0 epochs) take their input ranges from the ``calibration`` images."""
+    if config.epochs == 0:
+        metrics["calibration_images"] = calibrate_activations(model, calibration,
+                                                              config.batch_size)
     model.eval()
     metrics["test_acc"] = accuracy(model, *test_data)
     metrics["train_seconds"] = sum(r["seconds"] for r in metrics["epochs"])
@@ -207,7 +226,9 @@ def _check_margin_reached(config: TrainConfig, model: nn.Module,
 
     margin = DEFAULT_MARGIN if config.margin is None else config.margin
     clipped = config.quant_spec().clipped
-    if not (config.loss == "mcel" and config.normalize == "none" and clipped and margin):
+    trained = config.epochs > 0  # 0 epochs: init weights measured, no loss at work
+    if not (trained and config.loss == "mcel" and config.normalize == "none" and clipped
+            and margin):
         return
     from mcel.analysis import output_margins
 
@@ -223,15 +244,16 @@ def _check_margin_reached(config: TrainConfig, model: nn.Module,
             warnings.warn(warning, stacklevel=4)
 
 
-def _check_injection(model: nn.Module, em) -> None:
+def _check_injection(model: nn.Module, em):
     """Error-injection training (``em``; None: none) has codes to flip in every layer it
-    targets."""
+    targets; returns ``em``."""
     if em is None:
-        return
+        return None
     if not quant_layers(model):  # e.g. quant_exclude took every layer
         raise MCELError("error-injection training needs quantized layers, and every "
                         "layer was kept in float")
     check_targets(model, em)  # an include pattern that matches nothing trains clean
+    return em
 
 
 def _epoch(config: TrainConfig, model: nn.Module, net: nn.Module, *, loss_fn: nn.Module,

@@ -85,6 +85,8 @@ def _check_common_flags(args: argparse.Namespace) -> None:
 
     for name in ("batch_size", "limit_train", "limit_test", "epochs", "trials", "trial_batch"):
         v = getattr(args, name, None)
+        if name == "epochs" and v == 0:
+            continue  # 0 epochs measures --init weights untrained: the config checks that
         if v is not None and v < 1:
             raise MCELError(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
     hw = getattr(args, "adaptive", None)

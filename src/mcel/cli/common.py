@@ -117,7 +117,8 @@ TRAIN_FLAGS = {
     "momentum": (float, "SGD momentum", None),
     "weight_decay": (float, "weight decay", None),
     "schedule": (str, "learning-rate schedule", _names("mcel.config", "SCHEDULES")),
-    "epochs": (int, "training epochs", None),
+    "epochs": (int, "training epochs (0 with --init: quantize and measure those weights, "
+                    "no training)", None),
     "batch_size": (int, "batch size", None),
     "seed": (int, "random seed", None),
     "device": (str, DEVICE_HELP, None),
@@ -134,6 +135,9 @@ TRAIN_FLAGS = {
                  None),
     "clip_auto": (float, "weight clipping with one range for the whole model, C / sqrt(the "
                          "median fan_in of its layers) (instead of --clip)", None),
+    "init": (str, "start from these weights: a state_dict() of the float model in a "
+                  ".safetensors or .pt/.pth file (read with torch.load(weights_only=True)), "
+                  "or a run folder (default: random initialisation)", None),
     "precision": (str, "forward-pass precision (autocast; bf16 pays on CPUs with "
                        "AMX/avx512_bf16 and on GPUs; weights, loss, optimizer stay fp32)",
                   _names("mcel.precision", "PRECISIONS")),
@@ -192,8 +196,9 @@ def train_config(args: argparse.Namespace, base: dict[str, Any] | None = None):
         v = getattr(args, key, None)
         if v is not None:
             d[key] = v
-    if getattr(args, "data_dir", None):  # the run folder must work from any directory
-        d["data_dir"] = str(Path(args.data_dir).absolute())
+    for key in ("data_dir", "init"):  # the run folder must work from any directory
+        if getattr(args, key, None):
+            d[key] = str(Path(getattr(args, key)).absolute())
     if getattr(args, "quant_exclude", None):
         d["quant_exclude"] = args.quant_exclude
     return TrainConfig.from_dict(d)

@@ -81,6 +81,10 @@ def method_label(config: dict[str, Any]) -> str:
     'CE+clip(rel 1)'
     >>> method_label({"loss": "mcel", "margin": 30.0, "clip_auto": 2.0})
     'MCEL(m=30)+clip(auto 2)'
+    >>> method_label({"loss": "mcel", "init": "nets/resnet.pt"})
+    'MCEL(m=10)+init(resnet)'
+    >>> method_label({"loss": "ce", "init": "nets/resnet.pt", "epochs": 0})
+    'init(resnet)'
 
     A config without a margin is labelled with the margin its loss trains at
     (`mcel.losses.default_margin`).
@@ -108,6 +112,9 @@ def method_label(config: dict[str, Any]) -> str:
         label += f"+clip(rel {config['clip_rel']:g})"
     if config.get("clip_auto") is not None:
         label += f"+clip(auto {config['clip_auto']:g})"
+    if config.get("init"):  # weights from elsewhere; with 0 epochs the loss trained nothing
+        start = f"init({Path(config['init']).stem})"
+        label = start if config.get("epochs") == 0 else f"{label}+{start}"
     if config.get("precision", "fp32") != "fp32":
         label += f" [{config['precision']}]"
     return label
