@@ -361,6 +361,28 @@ def test_against_compares_two_runs_trial_by_trial(run_dir, tmp_path, capsys):
     assert "--plot draws whole runs'" in capsys.readouterr().err
 
 
+def test_against_several_runs_pairs_each_with_the_first(run_dir, tmp_path, capsys):
+    """--against RUN RUN: one row per run; the same run against itself differs by exactly
+    0 in every trial, and each run's numbers are what its own evaluation gives."""
+    js, alone = tmp_path / "vs.json", tmp_path / "b.json"
+    args = ["--ber", "0,0.05", "--trials", "5", "--seed", "2"]
+    assert main(["evaluate", str(run_dir), "--against", str(run_dir), str(run_dir), *args,
+                 "--json", str(js)]) == 0
+    out = capsys.readouterr().out
+    assert "C: " in out and "vs A = " in out
+    res = json.loads(js.read_text())
+    assert len(res["against"]) == 2
+    for side in res["against"]:
+        assert all(d["mean"] == d["ci_low"] == d["ci_high"] == 0 for d in side["difference"])
+    assert main(["evaluate", str(run_dir), *args, "--json", str(alone)]) == 0
+    assert [r["accuracies"] for r in json.loads(alone.read_text())["results"]] == [
+        r["accuracies"] for r in res["against"][1]["b"]["results"]]
+    capsys.readouterr()
+    assert main(["evaluate", str(run_dir), "--against", str(run_dir), str(tmp_path / "no"),
+                 *args]) == 2
+    assert "is missing" in capsys.readouterr().err
+
+
 def test_paired_difference_needs_the_same_faults():
     from mcel.errors import MCELError
     from mcel.evaluate import BerResult, EvalResult, paired_difference

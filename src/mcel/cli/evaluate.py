@@ -68,13 +68,13 @@ def add_eval_flags(p: argparse.ArgumentParser) -> None:
                    help="faults in one layer at a time (the rest fault-free), to find the "
                         "layers that need protection; or in one group per comma-separated "
                         "pattern, e.g. 'stem.*,layer1.*' (default: off)")
-    p.add_argument("--against", default=None, metavar="RUN",
-                   help="a second run folder evaluated under the same faults (seed, trials, "
-                        "test images): prints both and the second's accuracy minus the "
-                        "first's per BER, with a 95%% interval paired by trial (default: none)")
+    p.add_argument("--against", nargs="+", default=None, metavar="RUN",
+                   help="other run folders evaluated under the same faults (seed, trials, "
+                        "test images): prints each one's accuracy minus this run's per BER, "
+                        "with a 95%% interval paired by trial (default: none)")
     p.add_argument("--plot", default=None, metavar="PNG",
                    help="draw accuracy vs BER with 95%% bands into this image (with "
-                        "--against: both runs) (default: none)")
+                        "--against: every run) (default: none)")
     p.add_argument("--precision", default=DEFAULT_PRECISION, choices=list(PRECISIONS),
                    help="precision of the faulty forward passes; bf16 also reports how "
                         "often its clean predictions agree with fp32")
@@ -140,34 +140,55 @@ def _plot(args, results: dict) -> None:
 
 
 def _against(args, run_a: tuple, em, *, data: tuple, kwargs: dict, meta: dict) -> int:
-    """--against: the second run under the very faults of the first (same seed, trials and
-    test images), and its accuracy minus the first's per BER, paired by trial."""
+    """--against: the other runs under the very faults of the first (same seed, trials and
+    test images), and each one's accuracy minus the first's per BER, paired by trial."""
     from mcel.evaluate import evaluate, paired_difference
     from mcel.io import write_json
+
+    model, config = run_a
+    others = [_load_other(args, run, config) for run in args.against]  # all, before any work
+    x, y = data
+    a = evaluate(model, x, y, args.ber, em, **kwargs)
+    a.meta.update(meta)
+    compared = []
+    for run, (other, other_config) in zip(args.against, others):
+        b = evaluate(other, x, y, args.ber, em, **kwargs)
+        b.meta.update({**meta, "run_dir": str(run), "fmt": args.fmt or other_config.fmt})
+        compared.append((b, paired_difference(a, b)))
+    if len(compared) == 1:
+        print_against(a, *compared[0])
+    else:
+        print_against_many(a, compared)
+    _plot(args, {f"A: {args.run_dir}": a,
+                 **{f"{_letter(i)}: {run}": b for i, (run, (b, _)) in
+                    enumerate(zip(args.against, compared))}})
+    if args.json:
+        sides = [{"b": b.to_dict(), "difference": [dataclasses.asdict(d) for d in diffs]}
+                 for b, diffs in compared]
+        # one run: {"a", "b", "difference"} as before; several: "against" lists them
+        body = sides[0] if len(sides) == 1 else {"against": sides}
+        write_json(args.json, {"a": a.to_dict(), **body, "units": JSON_UNITS})
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _letter(i: int) -> str:
+    """B, C, ... for the runs compared with A (then B27, B28, ... past Z)."""
+    return chr(ord("B") + i) if i < 25 else f"B{i + 1}"
+
+
+def _load_other(args, run, config) -> tuple:
+    """An --against run, checked to be comparable with the first, in its --fmt."""
     from mcel.quant import set_format
     from mcel.runs import load_run
 
-    model, config = run_a
-    other, other_config = load_run(args.against, args.device)
+    other, other_config = load_run(run, args.device)
     if other_config.dataset != config.dataset:
-        raise MCELError(f"--against {args.against} was trained on {other_config.dataset}, "
+        raise MCELError(f"--against {run} was trained on {other_config.dataset}, "
                         f"{args.run_dir} on {config.dataset}: compare runs of one dataset")
     if args.fmt:
         set_format(other, args.fmt)
-    x, y = data
-    a = evaluate(model, x, y, args.ber, em, **kwargs)
-    b = evaluate(other, x, y, args.ber, em, **kwargs)
-    a.meta.update(meta)
-    b.meta.update({**meta, "run_dir": str(args.against), "fmt": args.fmt or other_config.fmt})
-    diffs = paired_difference(a, b)
-    print_against(a, b, diffs)
-    _plot(args, {f"A: {args.run_dir}": a, f"B: {args.against}": b})
-    if args.json:
-        write_json(args.json, {"a": a.to_dict(), "b": b.to_dict(),
-                               "difference": [dataclasses.asdict(d) for d in diffs],
-                               "units": JSON_UNITS})
-        print(f"wrote {args.json}")
-    return 0
+    return other, other_config
 
 
 def print_against(a, b, diffs) -> None:
@@ -185,6 +206,29 @@ def print_against(a, b, diffs) -> None:
         t.add_row(f"{d.ber:g}", f"{100 * ra.mean:.2f}", f"{100 * rb.mean:.2f}",
                   f"{100 * d.mean:+.2f}", f"[{100 * d.ci_low:+.2f}, {100 * d.ci_high:+.2f}]",
                   str(d.trials))
+    Console().print(t)
+
+
+def print_against_many(a, compared: list) -> None:
+    """Several runs against A: one row per run, each BER's accuracy and its difference to
+    A with the 95% interval paired by trial."""
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"runs vs A = {a.meta['run_dir']} under the same faults",
+              caption=f"{a.meta['samples']} test images, fault seed {a.seed}, "
+                      f"{a.results[0].trials if a.results else 0} trials per BER; accuracy % "
+                      "(run - A in points [95% interval paired by trial])")
+    t.add_column("run")
+    t.add_column("clean %", justify="right")
+    for r in a.results:
+        t.add_column(f"BER {r.ber:g}", justify="right")
+    t.add_row(f"A: {a.meta['run_dir']}", f"{100 * a.clean_accuracy:.2f}",
+              *(f"{100 * r.mean:.2f}" for r in a.results))
+    for i, (b, diffs) in enumerate(compared):
+        t.add_row(f"{_letter(i)}: {b.meta['run_dir']}", f"{100 * b.clean_accuracy:.2f}",
+                  *(f"{100 * rb.mean:.2f} ({100 * d.mean:+.2f} [{100 * d.ci_low:+.2f}, "
+                    f"{100 * d.ci_high:+.2f}])" for rb, d in zip(b.results, diffs)))
     Console().print(t)
 
 
