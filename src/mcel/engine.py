@@ -190,6 +190,21 @@ class MemoryImage:
         model that knows addresses (an error map) is placed on (`ErrorModel.place`)."""
         return tuple((s.name, s.qt.numel_bits) for _, s in self.weights + self.biases)
 
+    def codes(self) -> list[tuple[str, QuantizedTensor]]:
+        """Every stored tensor as ``(name, its codes and scale)``, in slot (address) order."""
+        return [(s.name, s.qt) for _, s in self.weights + self.biases]
+
+    @torch.no_grad()
+    def inject_masks(self, masks: dict[str, FlipMask]) -> InjectionStats:
+        """Flip given bits: ``masks`` maps stored tensor names (as `stored` names them) to
+        the flips of each, e.g. read from a faulty memory dump (`mcel.dumps`)."""
+        stats = InjectionStats(total_bits=self.total_bits)
+        slots = {s.name: s for _, s in self.weights + self.biases}
+        for name, mask in masks.items():
+            slots[name].apply(mask)
+            stats.flipped_bits += mask.nbits_flipped
+        return stats
+
     @property
     def total_bits(self) -> int:
         return sum(s.qt.numel_bits for _, s in self.weights + self.biases)

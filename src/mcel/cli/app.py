@@ -15,12 +15,12 @@ import argparse
 import contextlib
 import sys
 
-from mcel.cli import attack, demo, evaluate, maps, margins, report, sweep, train, tune
+from mcel.cli import attack, demo, evaluate, export, maps, margins, report, sweep, train, tune
 from mcel.errors import MCELError
 
 EXIT_USAGE = 2
 COMMANDS = (train, evaluate, demo, sweep, margins, tune, report, attack,
-            maps)  # in the order of --help
+            maps, export)  # in the order of --help
 
 
 class _Parser(argparse.ArgumentParser):

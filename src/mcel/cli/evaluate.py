@@ -72,6 +72,10 @@ def add_eval_flags(p: argparse.ArgumentParser) -> None:
                    help="other run folders evaluated under the same faults (seed, trials, "
                         "test images): prints each one's accuracy minus this run's per BER, "
                         "with a 95%% interval paired by trial (default: none)")
+    p.add_argument("--dumps", nargs="+", default=None, metavar="FILE",
+                   help="read-back memory images of this run (mcel export writes the clean "
+                        "one): accuracy with exactly the bits each holds, one trial per "
+                        "file; --ber and --trials do not apply (default: none)")
     p.add_argument("--plot", default=None, metavar="PNG",
                    help="draw accuracy vs BER with 95%% bands into this image (with "
                         "--against: every run) (default: none)")
@@ -89,6 +93,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from mcel.quant import set_format
     from mcel.runs import load_run
 
+    _check_dumps_flags(args)
     if args.against is not None and (args.adaptive is not None or args.by_layer is not None):
         raise MCELError("--against compares the two runs trial by trial: give a fixed "
                         "--trials, without --adaptive or --by-layer")
@@ -114,6 +119,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 device=str(next(model.parameters()).device), units=JSON_UNITS,
                 torch_threads=torch.get_num_threads(),
                 cpu=torch.backends.cpu.get_cpu_capability())
+    if args.dumps is not None:
+        return _dumps(args, model, em, data=(x, y), meta=meta)
     if args.by_layer is not None:
         return _by_layer(args, model, em, data=(x, y), kwargs=kwargs, meta=meta)
     if args.against is not None:
@@ -126,6 +133,63 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         write_json(args.json, res.to_dict())
         print(f"wrote {args.json}")
     return 0
+
+
+def _check_dumps_flags(args) -> None:
+    """--dumps measures given bits: flags that draw faults or compare runs do not apply."""
+    if args.dumps is None:
+        return
+    clash = [flag for flag, on in (("--against", args.against is not None),
+                                   ("--by-layer", args.by_layer is not None),
+                                   ("--adaptive", args.adaptive is not None),
+                                   ("--transient", args.transient),
+                                   ("--error-model", args.error_model is not None),
+                                   ("--plot", args.plot is not None)) if on]
+    if clash:
+        raise MCELError(f"--dumps measures the bits the dumps hold; {clash[0]} draws or "
+                        "compares faults: drop it (--targets and --fmt still say what is "
+                        "stored)")
+
+
+def _dumps(args, model, em, *, data: tuple, meta: dict) -> int:
+    """--dumps: one trial per read-back memory image."""
+    from mcel.dumps import evaluate_dumps
+    from mcel.io import write_json
+
+    x, y = data
+    res = evaluate_dumps(model, x, y, args.dumps, error_model=em, weights=args.weights,
+                         batch_size=args.batch_size)
+    res.meta.update(meta)
+    print_dumps(res)
+    if args.json:
+        write_json(args.json, res.to_dict())
+        print(f"wrote {args.json}")
+    return 0
+
+
+def print_dumps(res) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    mean, lo, hi = res.summary()
+    t = Table(title=f"{res.meta.get('run_dir', '')} as the dumps hold it: clean "
+                    f"{100 * res.clean_accuracy:.2f}%, {res.total_bits} stored bits",
+              caption=f"{res.meta.get('samples', '')} test images; mean over "
+                      f"{len(res.dumps)} dump(s) {100 * mean:.2f}% [{100 * lo:.2f}, "
+                      f"{100 * hi:.2f}] (95% t-interval)")
+    for c in ("dump", "flipped bits", "rate", "accuracy %"):
+        t.add_column(c, justify="left" if c == "dump" else "right")
+    for d in res.dumps:
+        t.add_row(d["file"], str(d["flipped_bits"]), f"{d['rate']:.3g}",
+                  f"{100 * d['accuracy']:.2f}")
+    Console().print(t)
+    for d in res.dumps:
+        if d["extra_bytes"]:
+            print(f"note: {d['file']} holds {d['extra_bytes']} bytes past the image; "
+                  "they were not read")
+        if d["rate"] > 0.25:
+            print(f"warning: {d['file']} differs from the clean image in {100 * d['rate']:.0f}% "
+                  "of its bits: is it a dump of this run, in this --fmt?")
 
 
 def _plot(args, results: dict) -> None:

@@ -1,0 +1,180 @@
+"""Memory images as files: a model's stored bits written out, and faulty dumps read back.
+
+``mcel export`` writes what a memory holds for a trained run, bit for bit, in the address
+order that error maps use (`mcel.faults.layout`): stored tensors one after another in
+`MemoryImage` slot order, code ``i`` of a tensor, bit ``b`` (LSB first) at address
+``first + i * bits + b``; address ``a`` is bit ``a % 8`` (LSB first) of byte ``a // 8``,
+so 32-bit words read little-endian hold addresses ``32 w .. 32 w + 31``. Load that image
+into the memory under test (a chip, an FPGA, a simulator), read it back after the faults
+happened, and ``mcel evaluate RUN --dumps FILE ...`` measures the model with exactly the
+bits that came back: each dump is one trial, its flips are where it differs from the
+clean image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from mcel.engine import MemoryImage
+from mcel.errors import MCELError
+from mcel.faults import FlipMask
+
+BIT_ORDER = ("address a is bit a % 8 (LSB first) of byte a // 8; code i of a tensor, bit b "
+             "(LSB first), sits at address first_address + i * bits + b")
+
+
+def _code_bits(codes: Tensor, bits: int) -> np.ndarray:
+    """The bits of every code, LSB first, flattened: address order within one tensor."""
+    flat = codes.reshape(-1).cpu().numpy().astype(np.int64)
+    return ((flat[:, None] >> np.arange(bits, dtype=np.int64)) & 1).astype(np.uint8).reshape(-1)
+
+
+def image_bits(image: MemoryImage) -> np.ndarray:
+    """Every stored bit of ``image`` in address order (one uint8 0/1 per bit)."""
+    parts = [_code_bits(qt.codes, qt.bits) for _, qt in image.codes()]
+    return np.concatenate(parts) if parts else np.zeros(0, np.uint8)
+
+
+def image_bytes(image: MemoryImage) -> bytes:
+    """The packed image: what the memory holds, ``ceil(total_bits / 8)`` bytes."""
+    return np.packbits(image_bits(image), bitorder="little").tobytes()
+
+
+def layout(image: MemoryImage) -> list[dict]:
+    """Where each stored tensor sits: name, shape, bits, scheme, number format, first
+    address, scale (a list for per-channel scales)."""
+    out, first = [], 0
+    for name, qt in image.codes():
+        scale = qt.scale.detach().reshape(-1).cpu().tolist()
+        out.append({"name": name, "shape": list(qt.codes.shape), "bits": qt.bits,
+                    "scheme": qt.scheme, "fmt": qt.fmt, "first_address": first,
+                    "scale": scale[0] if len(scale) == 1 else scale})
+        first += qt.numel_bits
+    return out
+
+
+def dump_masks(image: MemoryImage, clean: np.ndarray, data: bytes,
+               source: str = "dump") -> dict[str, FlipMask]:
+    """The flips a dump holds: where its bits differ from ``clean`` (`image_bits`), as one
+    mask per stored tensor. Bytes past the image are ignored (a dump of a larger memory);
+    a shorter dump is an error."""
+    need = (len(clean) + 7) // 8
+    if len(data) < need:
+        raise MCELError(f"{source} holds {len(data)} bytes; this run's memory image is "
+                        f"{need} bytes (mcel export writes it): is it a dump of this run?")
+    bits = np.unpackbits(np.frombuffer(data, np.uint8, count=need), count=len(clean),
+                         bitorder="little")
+    flipped = np.flatnonzero(bits ^ clean)
+    masks, first = {}, 0
+    for name, qt in image.codes():
+        end = first + qt.numel_bits
+        rel = flipped[np.searchsorted(flipped, first):np.searchsorted(flipped, end)] - first
+        first = end
+        if not len(rel):
+            continue
+        elem, bit = np.divmod(rel, qt.bits)
+        index, inverse = np.unique(elem, return_inverse=True)
+        xor = np.zeros(len(index), np.int64)
+        np.bitwise_or.at(xor, inverse, np.left_shift(1, bit))
+        masks[name] = FlipMask(torch.from_numpy(index),
+                               torch.from_numpy(xor).to(qt.codes.dtype).to(qt.codes.device),
+                               int(len(rel)), qt.numel_bits)
+    return masks
+
+
+@dataclass
+class DumpResult:
+    """Accuracy of the model as each dump holds it."""
+
+    clean_accuracy: float
+    total_bits: int
+    dumps: list[dict] = field(default_factory=list)  # file, flipped_bits, rate, accuracy
+    meta: dict = field(default_factory=dict)
+
+    def summary(self) -> tuple[float, float, float]:
+        """Mean accuracy over the dumps with its 95% t-interval (each dump one trial),
+        held to [0, 1] where an accuracy lives."""
+        from mcel.evaluate import t_interval
+
+        mean, lo, hi = t_interval([d["accuracy"] for d in self.dumps])
+        return mean, max(lo, 0.0), min(hi, 1.0)
+
+    def to_dict(self) -> dict:
+        mean, lo, hi = self.summary()
+        return {"clean_accuracy": self.clean_accuracy, "total_bits": self.total_bits,
+                "dumps": self.dumps, "mean": mean, "ci_low": lo, "ci_high": hi,
+                "meta": self.meta}
+
+
+def _accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int) -> float:
+    from mcel.evaluate import predict_logits, predicted
+
+    return (predicted(predict_logits(model, x, batch_size)).cpu() == y.cpu()).float().mean().item()
+
+
+@torch.no_grad()
+def evaluate_dumps(model: nn.Module, x: Tensor, y: Tensor, dumps: list[str | Path], *,
+                   error_model=None, weights: str | None = None,
+                   batch_size: int = 1024) -> DumpResult:
+    """Accuracy of ``model`` with the stored bits of each dump (one trial per file); the
+    model is bit-identical afterwards. ``error_model`` says only which parts are stored
+    (its ``targets``: biases too), ``weights`` stores float layers as for `evaluate`."""
+    model.eval()
+    with MemoryImage(model, error_model, weights=weights) as image:
+        clean = image_bits(image)
+        res = DumpResult(_accuracy(model, x, y, batch_size), len(clean))
+        for path in dumps:
+            data = _read(path)
+            stats = image.inject_masks(dump_masks(image, clean, data, str(path)))
+            try:
+                acc = _accuracy(model, x, y, batch_size)
+            finally:
+                image.restore()
+            res.dumps.append({"file": str(path), "flipped_bits": stats.flipped_bits,
+                              "rate": stats.empirical_rate, "accuracy": acc,
+                              "extra_bytes": len(data) - (len(clean) + 7) // 8})
+    return res
+
+
+def _read(path: str | Path) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise MCELError(f"dump {path} does not exist") from None
+    except OSError as e:
+        raise MCELError(f"cannot read dump {path}: {e.strerror or e}") from None
+
+
+def export_image(model: nn.Module, out: str | Path, *, error_model=None,
+                 weights: str | None = None, meta: dict | None = None) -> dict:
+    """Write ``out/image.bin`` (the packed memory image), ``out/codes.safetensors`` (each
+    stored tensor's codes and scale) and ``out/layout.json`` (where each one sits, how
+    bits are ordered, the image's SHA-256). Returns the layout record."""
+    from mcel.io import atomic_write_bytes, check_writable, save_tensors, write_json
+
+    out = check_writable(out)
+    with MemoryImage(model, error_model, weights=weights) as image:
+        data = image_bytes(image)
+        tensors = {}
+        for name, qt in image.codes():
+            tensors[f"{name}.codes"] = qt.codes
+            tensors[f"{name}.scale"] = qt.scale.detach().reshape(-1)
+        record = {**(meta or {}), "total_bits": image.total_bits, "bytes": len(data),
+                  "bit_order": BIT_ORDER, "sha256": hashlib.sha256(data).hexdigest(),
+                  "tensors": layout(image)}
+    atomic_write_bytes(out / "image.bin", data)
+    save_tensors(out / "codes.safetensors", tensors,
+                 metadata={"layout": json.dumps(record, sort_keys=True)})
+    write_json(out / "layout.json", record)
+    return record
+
+
+__all__ = ["image_bits", "image_bytes", "layout", "dump_masks", "evaluate_dumps",
+           "export_image", "DumpResult", "BIT_ORDER"]
