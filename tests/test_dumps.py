@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from mcel import MCELError
 from mcel.cli import main
 from mcel.data import load_dataset
-from mcel.dumps import dump_masks, evaluate_dumps, image_bits
+from mcel.dumps import dump_masks, evaluate_dumps, image_bits, image_bytes
 from mcel.engine import MemoryImage, state_digest
 from mcel.evaluate import evaluate
 from mcel.faults import BitErrorModel, parse_error_model
@@ -110,9 +110,28 @@ def test_bad_dumps_are_one_line_errors(tmp_path, capsys):
     with pytest.raises(MCELError, match="does not exist"):
         evaluate_dumps(model, x, y, [tmp_path / "nope.bin"])
     with MemoryImage(model) as image:
-        clean = image_bits(image)
-        longer = np.packbits(clean, bitorder="little").tobytes() + b"\xff" * 8
-        assert dump_masks(image, clean, longer) == {}  # bytes past the image: not read
+        clean = image_bytes(image)
+        assert image.total_bits % 8 == 0
+        assert dump_masks(image, clean, clean + b"\xff" * 8) == {}  # past the image: unread
+
+
+def test_the_unused_bits_of_the_last_byte_are_not_read(tmp_path):
+    torch.manual_seed(0)
+    from torch import nn
+
+    net = quantize_model(nn.Sequential(nn.Flatten(), nn.Linear(64, 3)), QuantSpec("int4"))
+    with MemoryImage(net.eval()) as image:  # 192 weight codes x 4 bits; + 3 biases below
+        assert image.total_bits == 768
+    em = BitErrorModel(ber=0.0, targets=("weights", "biases"))
+    with MemoryImage(net, em) as image:
+        clean = image_bytes(image)
+        assert image.total_bits == 780 and len(clean) == 98  # 4 bits of the last byte unused
+        last = bytes([clean[-1] ^ 0xF0])  # flip only the unused high nibble
+        assert dump_masks(image, clean, clean[:-1] + last) == {}
+        one = bytes([clean[-1] ^ 0x01])  # address 776: bias code 2 (of 0..2), bit 0
+        masks = dump_masks(image, clean, clean[:-1] + one)
+        (name, mask), = masks.items()
+        assert name.endswith("bias") and mask.index.tolist() == [2] and mask.nbits_flipped == 1
 
 
 def test_dumps_refuse_flags_that_draw_faults(tmp_path, capsys):

@@ -31,9 +31,12 @@ BIT_ORDER = ("address a is bit a % 8 (LSB first) of byte a // 8; code i of a ten
 
 
 def _code_bits(codes: Tensor, bits: int) -> np.ndarray:
-    """The bits of every code, LSB first, flattened: address order within one tensor."""
-    flat = codes.reshape(-1).cpu().numpy().astype(np.int64)
-    return ((flat[:, None] >> np.arange(bits, dtype=np.int64)) & 1).astype(np.uint8).reshape(-1)
+    """The bits of every code, LSB first, flattened: address order within one tensor
+    (through the codes' little-endian bytes: one byte per bit, never an int64 per bit)."""
+    flat = codes.reshape(-1).cpu().numpy()
+    raw = flat.astype(flat.dtype.newbyteorder("<"), copy=False).view(np.uint8)
+    per_code = np.unpackbits(raw.reshape(len(flat), -1), axis=1, bitorder="little")
+    return per_code[:, :bits].reshape(-1)
 
 
 def image_bits(image: MemoryImage) -> np.ndarray:
@@ -60,18 +63,20 @@ def layout(image: MemoryImage) -> list[dict]:
     return out
 
 
-def dump_masks(image: MemoryImage, clean: np.ndarray, data: bytes,
+def dump_masks(image: MemoryImage, clean: bytes, data: bytes,
                source: str = "dump") -> dict[str, FlipMask]:
-    """The flips a dump holds: where its bits differ from ``clean`` (`image_bits`), as one
-    mask per stored tensor. Bytes past the image are ignored (a dump of a larger memory);
-    a shorter dump is an error."""
-    need = (len(clean) + 7) // 8
-    if len(data) < need:
+    """The flips a dump holds: where its bits differ from the ``clean`` image
+    (`image_bytes`), as one mask per stored tensor. Bytes past the image, and the unused
+    bits of its last byte, are ignored (a dump of a larger memory); a shorter dump is an
+    error."""
+    if len(data) < len(clean):
         raise MCELError(f"{source} holds {len(data)} bytes; this run's memory image is "
-                        f"{need} bytes (mcel export writes it): is it a dump of this run?")
-    bits = np.unpackbits(np.frombuffer(data, np.uint8, count=need), count=len(clean),
-                         bitorder="little")
-    flipped = np.flatnonzero(bits ^ clean)
+                        f"{len(clean)} bytes (mcel export writes it): is it a dump of this run?")
+    diff = np.frombuffer(data, np.uint8, count=len(clean)) ^ np.frombuffer(clean, np.uint8)
+    where = np.flatnonzero(diff)  # only the bytes that changed are unpacked
+    byte_bits = np.unpackbits(diff[where][:, None], axis=1, bitorder="little")
+    row, bit = np.nonzero(byte_bits)
+    flipped = where[row] * 8 + bit  # addresses, ascending
     masks, first = {}, 0
     for name, qt in image.codes():
         end = first + qt.numel_bits
@@ -79,10 +84,10 @@ def dump_masks(image: MemoryImage, clean: np.ndarray, data: bytes,
         first = end
         if not len(rel):
             continue
-        elem, bit = np.divmod(rel, qt.bits)
+        elem, pos = np.divmod(rel, qt.bits)
         index, inverse = np.unique(elem, return_inverse=True)
         xor = np.zeros(len(index), np.int64)
-        np.bitwise_or.at(xor, inverse, np.left_shift(1, bit))
+        np.bitwise_or.at(xor, inverse, np.left_shift(1, pos))
         masks[name] = FlipMask(torch.from_numpy(index),
                                torch.from_numpy(xor).to(qt.codes.dtype).to(qt.codes.device),
                                int(len(rel)), qt.numel_bits)
@@ -128,8 +133,8 @@ def evaluate_dumps(model: nn.Module, x: Tensor, y: Tensor, dumps: list[str | Pat
     (its ``targets``: biases too), ``weights`` stores float layers as for `evaluate`."""
     model.eval()
     with MemoryImage(model, error_model, weights=weights) as image:
-        clean = image_bits(image)
-        res = DumpResult(_accuracy(model, x, y, batch_size), len(clean))
+        clean = image_bytes(image)
+        res = DumpResult(_accuracy(model, x, y, batch_size), image.total_bits)
         for path in dumps:
             data = _read(path)
             stats = image.inject_masks(dump_masks(image, clean, data, str(path)))
@@ -139,7 +144,7 @@ def evaluate_dumps(model: nn.Module, x: Tensor, y: Tensor, dumps: list[str | Pat
                 image.restore()
             res.dumps.append({"file": str(path), "flipped_bits": stats.flipped_bits,
                               "rate": stats.empirical_rate, "accuracy": acc,
-                              "extra_bytes": len(data) - (len(clean) + 7) // 8})
+                              "extra_bytes": len(data) - len(clean)})
     return res
 
 
