@@ -102,3 +102,38 @@ def test_cli_by_layer_table_and_json(tmp_path, capsys):
                  "--trials", "2"]) == 2
     err = capsys.readouterr().err
     assert "layer group 'nothing*' matches no stored layer" in err and len(err.splitlines()) == 1
+
+
+def test_by_bit_exposes_one_position_of_every_code_lsb_first(net):
+    """Label "bit b" is the evaluation with every other position protected; only 1 in 4
+    stored bits can flip, so the measured rate is a quarter of the BER; and in two's
+    complement the MSB (worth -8 steps) costs far more than the LSB (1 step)."""
+    from mcel.sensitivity import by_bit
+
+    model, x, y = net
+    res = by_bit(model, x, y, [0.0, 0.1], trials=8, seed=1)
+    assert list(res) == ["bit 0 (LSB)", "bit 1", "bit 2", "bit 3 (MSB)"]
+    for b, r in enumerate(res.values()):
+        em = BitErrorModel(ber=0.0, protected_bits=tuple(p for p in range(4) if p != b))
+        alone = evaluate(model, x, y, [0.0, 0.1], em, trials=8, seed=1)
+        assert r.results[1].accuracies == alone.results[1].accuracies
+        rate = sum(r.results[1].empirical_rates) / 8
+        assert 0.1 / 4 * 0.9 < rate < 0.1 / 4 * 1.1  # 8 x ~1,700 codes: within ~3%
+    lsb, msb = res["bit 0 (LSB)"].results[1].mean, res["bit 3 (MSB)"].results[1].mean
+    assert msb < lsb - 0.1
+
+
+def test_by_bit_needs_one_code_width_and_its_own_protection(net, tmp_path, capsys):
+    from mcel.sensitivity import by_bit
+
+    model, x, y = net
+    with pytest.raises(MCELError, match="leave protected= and bit_rates out"):
+        by_bit(model, x, y, [0.01], error_model=BitErrorModel(ber=0.0, protected_bits=(3,)))
+    torch.manual_seed(0)
+    mixed = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
+    quantize_model(mixed, QuantSpec("int4", exclude=("2",)))
+    quantize_model(mixed, QuantSpec("int8", include=("2",)))
+    with pytest.raises(MCELError, match=r"need one code width.*4 bits \(0.weight\), 8 bits"):
+        by_bit(mixed.eval(), x, None, [0.01])
+    assert main(["evaluate", str(tmp_path), "--by-bit", "--by-layer"]) == 2
+    assert "give one" in capsys.readouterr().err

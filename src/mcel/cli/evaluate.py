@@ -68,6 +68,9 @@ def add_eval_flags(p: argparse.ArgumentParser) -> None:
                    help="faults in one layer at a time (the rest fault-free), to find the "
                         "layers that need protection; or in one group per comma-separated "
                         "pattern, e.g. 'stem.*,layer1.*' (default: off)")
+    p.add_argument("--by-bit", action="store_true",
+                   help="faults in one bit position of every code at a time (the others "
+                        "protected), LSB to MSB: which bits need protection")
     p.add_argument("--against", nargs="+", default=None, metavar="RUN",
                    help="other run folders evaluated under the same faults (seed, trials, "
                         "test images): prints each one's accuracy minus this run's per BER, "
@@ -94,15 +97,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from mcel.runs import load_run
 
     _check_dumps_flags(args)
-    if args.against is not None and (args.adaptive is not None or args.by_layer is not None):
+    if args.by_bit and args.by_layer is not None:
+        raise MCELError("--by-bit and --by-layer each split the faults one way: give one")
+    if args.against is not None and (args.adaptive is not None or args.by_layer is not None
+                                     or args.by_bit):
         raise MCELError("--against compares the two runs trial by trial: give a fixed "
-                        "--trials, without --adaptive or --by-layer")
+                        "--trials, without --adaptive, --by-layer or --by-bit")
     if args.plot is not None:
         from mcel.io import check_can_create
 
-        if args.by_layer is not None:
-            raise MCELError("--plot draws whole runs' accuracy vs BER; --by-layer prints "
-                            "its table only (drop --plot)")
+        if args.by_layer is not None or args.by_bit:
+            raise MCELError("--plot draws whole runs' accuracy vs BER; --by-layer and "
+                            "--by-bit print their table only (drop --plot)")
         check_can_create(args.plot)
     em = error_model_of(args)
     model, config = load_run(args.run_dir, args.device)
@@ -123,6 +129,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return _dumps(args, model, em, data=(x, y), meta=meta)
     if args.by_layer is not None:
         return _by_layer(args, model, em, data=(x, y), kwargs=kwargs, meta=meta)
+    if args.by_bit:
+        return _by_bit(args, model, em, data=(x, y), kwargs=kwargs, meta=meta)
     if args.against is not None:
         return _against(args, (model, config), em, data=(x, y), kwargs=kwargs, meta=meta)
     res = evaluate(model, x, y, args.ber, em, **kwargs)
@@ -141,6 +149,7 @@ def _check_dumps_flags(args) -> None:
         return
     clash = [flag for flag, on in (("--against", args.against is not None),
                                    ("--by-layer", args.by_layer is not None),
+                                   ("--by-bit", args.by_bit),
                                    ("--adaptive", args.adaptive is not None),
                                    ("--transient", args.transient),
                                    ("--error-model", args.error_model is not None),
@@ -316,23 +325,43 @@ def _by_layer(args, model, em, *, data: tuple, kwargs: dict, meta: dict) -> int:
     return 0
 
 
-def print_by_layer(results: dict, sizes: dict[str, int], meta: dict) -> None:
+def _by_bit(args, model, em, *, data: tuple, kwargs: dict, meta: dict) -> int:
+    """--by-bit: one evaluation per bit position, a table of them, one JSON."""
+    from mcel.io import write_json
+    from mcel.sensitivity import by_bit
+
+    x, y = data
+    results = by_bit(model, x, y, args.ber, error_model=em, **kwargs)
+    print_by_layer(results, None, meta, split="bit")
+    if args.json:
+        write_json(args.json, {"bits": {g: r.to_dict() for g, r in results.items()},
+                               "meta": meta})
+        print(f"wrote {args.json}")
+    return 0
+
+
+def print_by_layer(results: dict, sizes: dict[str, int] | None, meta: dict, *,
+                   split: str = "layer") -> None:
+    """The table of --by-layer (``sizes``: weights per group) or --by-bit (None)."""
     from rich.console import Console
     from rich.table import Table
 
     first = next(iter(results.values()))
     bers = [r.ber for r in first.results if r.ber > 0]
-    t = Table(title=f"faults in one layer group at a time; clean accuracy "
+    what = "layer group" if split == "layer" else "bit position of every code"
+    rest = "layer" if split == "layer" else "bit"
+    t = Table(title=f"faults in one {what} at a time; clean accuracy "
                     f"{100 * first.clean_accuracy:.2f}%",
               caption=f"{meta['samples']} test images, {meta['fmt']}, fault seed {first.seed}; "
-                      "accuracy % [95% CI] with every other layer fault-free")
-    t.add_column("layers")
-    t.add_column("weights", justify="right")
+                      f"accuracy % [95% CI] with every other {rest} fault-free")
+    t.add_column("layers" if split == "layer" else "bit")
+    if sizes is not None:
+        t.add_column("weights", justify="right")
     for b in bers:
         t.add_column(f"BER {b:g}", justify="right")
     for g, res in results.items():
         cells = [f"{100 * r.mean:.2f} {_ci(r)}" for r in res.results if r.ber > 0]
-        t.add_row(g, f"{sizes[g]:,}", *cells)
+        t.add_row(g, *([f"{sizes[g]:,}"] if sizes is not None else []), *cells)
     Console().print(t)
 
 
