@@ -162,6 +162,8 @@ POSITIONAL_ALLOWED = frozenset({
     "mcel.evaluate.evaluate",  # evaluate(model, x, y, bers, error_model), as in the README
     "mcel.analysis.survival",  # survival(model, x, y, ber, error_model), like evaluate
     "mcel.losses.MCELoss.__init__",  # nn.CrossEntropyLoss's signature, plus the margin
+    # nn.MultiheadAttention.forward's signature, which it stands in for
+    "mcel.quant.attention.UnpackedMultiheadAttention.forward",
 })
 
 

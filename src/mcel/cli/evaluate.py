@@ -64,6 +64,18 @@ def add_eval_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit-test", type=int, default=None,
                    help="evaluate on the first N test images only, a quick look (default: "
                         "the run's own limit, else all)")
+    _add_split_flags(p)
+    p.add_argument("--plot", default=None, metavar="PNG",
+                   help="draw accuracy vs BER with 95%% bands into this image (with "
+                        "--against: every run) (default: none)")
+    p.add_argument("--precision", default=DEFAULT_PRECISION, choices=list(PRECISIONS),
+                   help="precision of the faulty forward passes; bf16 also reports how "
+                        "often its clean predictions agree with fp32")
+
+
+def _add_split_flags(p: argparse.ArgumentParser) -> None:
+    """The flags that split the faults (by layer, by bit) or compare other bits (other
+    runs, read-back dumps)."""
     p.add_argument("--by-layer", nargs="?", const="", default=None, metavar="PATTERNS",
                    help="faults in one layer at a time (the rest fault-free), to find the "
                         "layers that need protection; or in one group per comma-separated "
@@ -79,12 +91,6 @@ def add_eval_flags(p: argparse.ArgumentParser) -> None:
                    help="read-back memory images of this run (mcel export writes the clean "
                         "one): accuracy with exactly the bits each holds, one trial per "
                         "file; --ber and --trials do not apply (default: none)")
-    p.add_argument("--plot", default=None, metavar="PNG",
-                   help="draw accuracy vs BER with 95%% bands into this image (with "
-                        "--against: every run) (default: none)")
-    p.add_argument("--precision", default=DEFAULT_PRECISION, choices=list(PRECISIONS),
-                   help="precision of the faulty forward passes; bf16 also reports how "
-                        "often its clean predictions agree with fp32")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

@@ -1,5 +1,6 @@
 """Quantization: number formats, quantizers, stored codes, quantized layers."""
 
+from mcel.quant.attention import UnpackedMultiheadAttention, unpack_attention
 from mcel.quant.core import (
     INT_BITS,
     QuantizedTensor,
@@ -32,5 +33,5 @@ __all__ = [
     "value_table", "decode", "encode", "list_formats", "QuantConv1d", "QuantConv2d",
     "QuantConv3d", "QuantLinear",
     "QuantSpec", "quant_layers", "quantize_model", "set_format", "clip_weights",
-    "layer_clip", "auto_clip",
+    "layer_clip", "auto_clip", "UnpackedMultiheadAttention", "unpack_attention",
 ]

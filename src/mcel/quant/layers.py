@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from mcel.errors import MCELError
 from mcel.quant import brevitas
+from mcel.quant.attention import unpack_attention
 from mcel.quant.core import (
     GRANULARITIES,
     QuantizedTensor,
@@ -367,7 +368,8 @@ def _bypassing(model: nn.Module) -> dict[str, str]:
             found[name] = ("a MultiheadAttention, which computes with its projection weights "
                            "itself")
         elif isinstance(m, nn.TransformerEncoderLayer) and \
-                torch.backends.mha.get_fastpath_enabled():
+                isinstance(m.self_attn, nn.MultiheadAttention) and \
+                torch.backends.mha.get_fastpath_enabled():  # (unpacked: no fast path)
             found[name] = ("a TransformerEncoderLayer, whose inference fast path computes "
                            "with its Linear weights itself (torch.backends.mha."
                            "set_fastpath_enabled(False) turns that path off)")
@@ -387,8 +389,8 @@ def refuse_bypassed(model: nn.Module, selected: Sequence[str], *, float_storage:
             continue
         where = f"'{parent}'" if parent else "the model"
         keep = f"'{parent}', '{parent}.*'" if parent else f"'{name}',"
-        fix = ("turn that path off before evaluating" if float_storage
-               else f"keep it in float with QuantSpec(..., exclude=({keep}))")
+        fix = ("unpack its attention first with mcel.quant.unpack_attention(model)"
+               if float_storage else f"keep it in float with QuantSpec(..., exclude=({keep}))")
         raise MCELError(f"layer '{name}' is in {where}, {bypassing[parent]}: quantized or "
                         f"faulty weights there would be ignored; {fix}")
 
@@ -416,6 +418,8 @@ def quantize_model(model: nn.Module, spec: QuantSpec | str) -> nn.Module:
                         f"{spec!r}")
     if spec.scheme == "float":
         return model
+    # attention as four Linear layers: quantized below like any other (see attention.py)
+    model = unpack_attention(model, spec.selects)
     if (isinstance(model, QUANTIZABLE) and not isinstance(model, QUANT_LAYERS)
             and _why_not(model) is None):
         return _check_alive(type(model).__name__,
