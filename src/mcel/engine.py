@@ -214,17 +214,33 @@ class MemoryImage:
         """Flip the bits of trial ``trial`` (persistent faults) into the stored codes."""
         stats = InjectionStats()
         error_model = error_model.place(self.stored())
-        for slot in self.slots(error_model):
-            mask = sample_mask(slot.qt.codes, slot.qt.bits, error_model, seed=seed, trial=trial,
-                               name=slot.name)
+        ecc = getattr(error_model, "ecc", None)
+        for slot, mask in self._draw(error_model, seed, trial):
             # a redrawable mask is dropped now and drawn again by restore(): it would
             # otherwise stay live through the forward (memory ~ BER x stored bits)
-            redraw = None if reads_codes(error_model, slot.qt.bits) else _Redraw(
+            redraw = None if ecc or reads_codes(error_model, slot.qt.bits) else _Redraw(
                 error_model, seed, trial)
             slot.apply(mask, redraw)
             stats.flipped_bits += mask.nbits_flipped
             stats.total_bits += mask.nbits_total
         return stats
+
+    def _draw(self, error_model, seed: int, trial: int) -> list[tuple[_Slot, FlipMask]]:
+        """The masks of one trial, slot by slot; with ``ecc`` only the flips that SEC-DED
+        does not correct (`mcel.faults.ecc`), over the words of the whole image."""
+        pairs = [(slot, sample_mask(slot.qt.codes, slot.qt.bits, error_model, seed=seed,
+                                    trial=trial, name=slot.name))
+                 for slot in self.slots(error_model)]
+        k = getattr(error_model, "ecc", None)
+        if not k:
+            return pairs
+        from mcel.faults.ecc import correct
+        from mcel.faults.layout import slot_addresses
+
+        first = slot_addresses(self.stored())
+        kept = correct([(first[s.name], s.qt.bits, m) for s, m in pairs], k=k,
+                       rate=error_model.mean_rate(), seed=seed, trial=trial)
+        return [(s, m) for (s, _), m in zip(pairs, kept)]
 
     @torch.no_grad()
     def stacked_values(
@@ -236,15 +252,15 @@ class MemoryImage:
         same key; the image itself is left unchanged."""
         stats = [InjectionStats() for _ in trials]
         error_model = error_model.place(self.stored())
-        targeted = {id(s) for s in self.slots(error_model)}
+        drawn = [{id(s): m for s, m in self._draw(error_model, seed, t)} for t in trials]
+        targeted = set(drawn[0]) if drawn else set()
         out: list[list[Tensor]] = [[], []]
         for kind, pairs in enumerate((self.weights, self.biases)):
             for _, slot in pairs:
                 stack = slot.values.unsqueeze(0).repeat(len(trials), *[1] * slot.values.dim())
                 if id(slot) in targeted:
-                    for k, t in enumerate(trials):
-                        mask = sample_mask(slot.qt.codes, slot.qt.bits, error_model, seed=seed,
-                                           trial=t, name=slot.name)
+                    for k in range(len(trials)):
+                        mask = drawn[k][id(slot)]
                         slot.apply(mask)  # XOR + refresh the touched values, copy them out
                         stack[k].view(-1)[mask.index] = slot.values.view(-1)[mask.index]
                         slot.undo()

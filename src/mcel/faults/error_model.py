@@ -17,6 +17,8 @@ Rates are per stored bit (DESIGN.md: "BER means per stored bit"):
   ``(-1,)``: the MSB, such as the sign bit of int8 two's complement kept in ECC memory).
 - ``stuck_at``: fraction of cells (bits) stuck; a stuck cell reads ``stuck_value``
   whatever was written (``None``: each stuck cell is stuck at 0 or 1 with prob. 1/2).
+- ``ecc``: SEC-DED over words of that many stored data bits (64: 72-bit words); a word
+  with one faulty bit reads back clean (`mcel.faults.ecc`).
 - ``targets``, ``include``, ``exclude``, ``mode``: where the model applies (tensor
   kinds, fnmatch patterns of layer names) and when it is drawn ("persistent": once per
   trial, memory faults; "transient": at every forward, compute faults).
@@ -140,6 +142,7 @@ class BitErrorModel:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     mode: str = "persistent"
+    ecc: int | None = None
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:  # normalise a field of the frozen instance
@@ -183,6 +186,7 @@ class BitErrorModel:
         put("exclude", _items("exclude", self.exclude, str, "fnmatch patterns"))
         if self.mode not in MODES:
             raise MCELError(f"mode={self.mode!r}; allowed: {', '.join(MODES)}")
+        _check_ecc(self)
 
     kind: ClassVar[str] = "bits"
     ber_sets: ClassVar[str] = "largest rate"
@@ -198,6 +202,17 @@ class BitErrorModel:
         """Largest per-bit rate of any kind in the model (flip or stuck-at)."""
         rates = [self.ber, self.p01, self.p10, self.stuck_at, *(self.bit_rates or ())]
         return max(r for r in rates if r is not None)
+
+    def mean_rate(self) -> float:
+        """The mean per-bit rate of a cell that holds a random bit: what the check bits
+        of ``ecc`` words fail at (a stuck cell reads wrong half the time)."""
+        if self.bit_rates is not None:
+            flip = float(np.mean(self.bit_rates))
+        elif self.ber is not None:
+            flip = self.ber
+        else:
+            flip = ((self.p01 or 0.0) + (self.p10 or 0.0)) / 2
+        return min(1.0, flip + (self.stuck_at or 0.0) / 2)
 
     def with_ber(self, ber: float) -> BitErrorModel:
         """A copy at another uniform rate (for BER sweeps); only for ``ber`` models."""
@@ -314,6 +329,20 @@ class BitErrorModel:
         return ",".join(parts)
 
 
+def _check_ecc(em: BitErrorModel) -> None:
+    """``ecc`` is SEC-DED over words of a few data bits, on stored (persistent) words."""
+    k = em.ecc
+    if k is None:
+        return
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 4 <= k <= 4096:
+        raise MCELError(f"ecc={k!r}: the data bits per SEC-DED word, an integer in "
+                        "[4, 4096] (64 for the usual 72-bit words)")
+    object.__setattr__(em, "ecc", int(k))
+    if em.mode != "persistent" or "activations" in em.targets:
+        raise MCELError("ecc corrects words stored in memory: persistent faults in weights "
+                        "and biases only (no mode=transient, no activations)")
+
+
 # -- spec parser for the CLI --------------------------------------------------------
 
 # Key -> (field name, converter of the list of raw strings). A Registry gives unknown
@@ -363,6 +392,7 @@ _KEYS.add("targets", ("targets", tuple))
 _KEYS.add("include", ("include", tuple))
 _KEYS.add("exclude", ("exclude", tuple))
 _KEYS.add("mode", ("mode", _one("mode", str)))
+_KEYS.add("ecc", ("ecc", _one("ecc", _int("ecc"))))
 
 
 def parse_error_model(spec: str) -> ErrorModel:
