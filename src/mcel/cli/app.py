@@ -85,7 +85,7 @@ def _check_common_flags(args: argparse.Namespace) -> None:
 
     for name in ("batch_size", "limit_train", "limit_test", "epochs", "trials", "trial_batch"):
         v = getattr(args, name, None)
-        if name == "epochs" and v == 0:
+        if name == "epochs" and v == 0 and getattr(args, "command", None) == "train":
             continue  # 0 epochs measures --init weights untrained: the config checks that
         if v is not None and v < 1:
             raise MCELError(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
