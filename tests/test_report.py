@@ -476,3 +476,34 @@ def test_summary_files_hold_the_tables_numbers(db, tmp_path):
                and r["error_model"] == "ber")
     assert ce0["delta"] is None and ce0["acc"] == pytest.approx(0.965)  # clean, BER 0
     assert next(s for s in sheet if s["method"] == "CE")["delta"] == ""
+
+
+def test_report_of_a_grid_leaves_out_runs_of_cells_it_no_longer_has(tmp_path):
+    """--grid: only the grid's current cells; a run of a dropped cell (here an earlier
+    margin) stays in the database and is named in a note, not mixed into the tables."""
+    from mcel.experiments.grid import expand, load_grid
+    from mcel.report.build import build_report
+
+    grid = tmp_path / "g.yaml"
+    grid.write_text("name: g\nbase: {dataset: digits, model: mlp, quant: int4, epochs: 5}\n"
+                    "grid:\n  method: [{loss: ce}, {loss: mcel, margin: 2}]\n  seed: [0, 1]\n"
+                    "eval: {bers: [0, 0.01], trials: 4}\n")
+    path = tmp_path / "g.db"
+    con = connect(path)
+    for i, cell in enumerate(expand(load_grid(grid))):
+        config = {**BASE, **cell.config.to_dict(), "seed": cell.config.seed}
+        rid = _add_run(con, config, {0.0: [0.95] * 4, 0.01: _trial_accs(i % 2, 0, 1)},
+                       clean=0.95)
+        con.execute("UPDATE runs SET run_id = ? WHERE run_id = ?", (cell.run_id, rid))
+        con.execute("UPDATE evals SET run_id = ? WHERE run_id = ?", (cell.run_id, rid))
+    stale = _add_run(con, {**BASE, "loss": "mcel", "margin": 30.0, "seed": 0},
+                     {0.0: [0.1] * 4, 0.01: [0.1] * 4}, clean=0.1)
+    con.commit()
+    con.close()
+    md = build_report(path, tmp_path / "all").read_text()
+    assert stale in md and "MCEL(m=30)" in md
+    md = build_report(path, tmp_path / "grid", grid=grid).read_text()
+    assert "Left out: 1 run(s) of the database that are not cells of g.yaml" in md
+    assert f"MCEL(m=30) seed 0 ({stale})" in md
+    assert _row(md, "MCEL(m=2)") and not any(line.startswith("| MCEL(m=30)")
+                                             for line in md.splitlines())

@@ -5,7 +5,9 @@ rewritten (a test fails when the index is stale).
 
     python tools/snapshot_study.py study/fashion-resnet20-full/fashion-resnet20-full.db
 
-The grid's name is the database's stem; the snapshot goes to docs/study/<name>/.
+The grid's name is the database's stem; the snapshot goes to docs/study/<name>/. The
+report covers the cells of configs/study/<name>.yaml as it is now (`mcel report --grid`):
+runs of cells the grid has since dropped or changed stay in the database, named in a note.
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     copy = snapshot(args.db)
     from mcel.report.build import build_report
 
-    md = build_report(copy, copy.parent)
+    grid = ROOT / "configs" / "study" / f"{copy.stem}.yaml"
+    md = build_report(copy, copy.parent, grid=grid if grid.exists() else None)
     sys.path.insert(0, str(ROOT / "tools"))
     import study_index
 

@@ -45,14 +45,17 @@ from mcel.report.summary import summary_rows, write_summary
 
 
 def build_report(db_path: str | Path | Sequence[str | Path], out_dir: str | Path, *,
-                 voltage_curve: str | Path | None = None, baseline: str | None = None) -> Path:
+                 voltage_curve: str | Path | None = None, baseline: str | None = None,
+                 grid: str | Path | Sequence[str | Path] | None = None) -> Path:
     """Write ``report.md``, ``report.html`` and the PNGs for the study in ``db_path``
     (one database, or several read as one study: sister grids whose runs pair by seed)
     into ``out_dir``; returns the path of ``report.md``. With ``voltage_curve`` (a
     ``voltage,ber`` CSV, `mcel.energy`) it adds each method's lowest safe voltage and
     energy saving. The Δ columns compare every method with ``baseline`` (None: CE where
     there is one; else a method label as the tables name it, e.g. ``CE+clip(0.025)``:
-    does MCEL add to the clip?).
+    does MCEL add to the clip?). With ``grid`` (one grid file or several) only the runs
+    of the grids' current cells are reported: a database keeps the runs of cells a grid
+    has since dropped or changed, which the report then names in a note.
 
     Raises :class:`MCELError` (one line) for a missing, empty or foreign database, or a
     baseline that no group holds.
@@ -62,6 +65,9 @@ def build_report(db_path: str | Path | Sequence[str | Path], out_dir: str | Path
 
     curve = read_voltage_curve(voltage_curve) if voltage_curve is not None else None
     runs, evals, notes = load_results(db_path)
+    if grid is not None:
+        runs, evals, dropped = _grid_runs(grid, runs, evals)
+        notes += dropped
     groups, agg_notes = aggregate(runs, evals)
     if baseline is not None:  # before the out folder exists
         _check_baseline(baseline, groups)
@@ -101,6 +107,23 @@ def build_report(db_path: str | Path | Sequence[str | Path], out_dir: str | Path
     atomic_write_bytes(out / "report.md", to_markdown(blocks).encode())
     atomic_write_bytes(out / "report.html", to_html(blocks, images, title).encode())
     return out / "report.md"
+
+
+def _grid_runs(grid, runs: dict[str, Run], evals: list) -> tuple[dict[str, Run], list, list]:
+    """The runs (and their evals) of the grids' cells, and a note naming the others."""
+    from mcel.experiments.grid import expand, load_grid
+
+    grids = [grid] if isinstance(grid, (str, Path)) else list(grid)
+    ids = {c.run_id for g in grids for c in expand(load_grid(g))}
+    left = sorted(set(runs) - ids)
+    notes = []
+    if left:
+        shown = ", ".join(f"{runs[r].method} seed {runs[r].seed} ({r})" for r in left[:8])
+        notes.append(f"Left out: {len(left)} run(s) of the database that are not cells of "
+                     f"{', '.join(Path(g).name for g in grids)} as it is now (cells since "
+                     f"dropped or changed): {shown}{' ...' if len(left) > 8 else ''}.")
+    return ({k: v for k, v in runs.items() if k in ids},
+            [e for e in evals if e.run_id in ids], notes)
 
 
 def _check_baseline(baseline: str, groups: list[Group]) -> None:
