@@ -160,3 +160,20 @@ def test_brevitas_conv1d_weights_are_stored_codes():
         assert not torch.equal(net(x), clean)
         image.restore()
         assert torch.equal(net(x), clean)
+
+
+def test_quantize_model_leaves_brevitas_layers_to_brevitas():
+    """A model with Brevitas layers and plain ones: mcel quantizes the plain ones only
+    and keeps the Brevitas layers (their own quantizers, read by the engine as they
+    are) instead of replacing them with its own."""
+    from mcel.quant import QuantLinear, quantize_model
+    from mcel.quant.stored import stored_layers
+
+    torch.manual_seed(0)
+    brev = qnn.QuantLinear(16, 8, bias=True, weight_bit_width=4)
+    net = nn.Sequential(brev, nn.ReLU(), nn.Linear(8, 3))
+    quantize_model(net, "int8")
+    assert net[0] is brev and isinstance(net[2], QuantLinear)
+    assert [(s.name, s.source.name) for s in stored_layers(net.eval())] == [
+        ("0", "brevitas"), ("2", "mcel")]
+    assert quantize_model(brev, "int8") is brev  # a bare Brevitas layer too

@@ -349,6 +349,12 @@ _WEIGHTED = (nn.Linear, nn.modules.conv._ConvNd, nn.Bilinear, nn.RNNBase, nn.Emb
              nn.EmbeddingBag)
 
 
+def _quantizes_itself(m: nn.Module) -> bool:
+    """mcel's quantized layers and Brevitas ones: already quantized, left as they are
+    (the engine reads a Brevitas layer's own integer weights)."""
+    return isinstance(m, QUANT_LAYERS) or brevitas.is_layer(m)
+
+
 def _why_not(m: nn.Module) -> str | None:
     """Why mcel cannot quantize this layer with weights (None: it can, or it has none)."""
     if isinstance(m, _WEIGHTED) and not isinstance(m, (*QUANTIZABLE, *QUANT_LAYERS)):
@@ -404,7 +410,8 @@ def quantize_model(model: nn.Module, spec: QuantSpec | str) -> nn.Module:
     ``requires_grad``, tied weights and an existing optimizer carry over; a layer used
     twice is replaced by one quantized layer in both places. Hooks registered on an old
     layer carry over (their handles still remove them). Layers that are already
-    quantized are left as they are (convert a float model to change the scheme).
+    quantized, mcel's or Brevitas', are left as they are (convert a float model to
+    change the scheme).
 
     >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     >>> _ = quantize_model(net, QuantSpec("int4", exclude=("0",)))
@@ -420,14 +427,13 @@ def quantize_model(model: nn.Module, spec: QuantSpec | str) -> nn.Module:
         return model
     # attention as four Linear layers: quantized below like any other (see attention.py)
     model = unpack_attention(model, spec.selects)
-    if (isinstance(model, QUANTIZABLE) and not isinstance(model, QUANT_LAYERS)
+    if (isinstance(model, QUANTIZABLE) and not _quantizes_itself(model)
             and _why_not(model) is None):
         return _check_alive(type(model).__name__,
                             _convert(model, _resolve_auto_clip(spec, [model])))  # a bare layer
     candidates = [(name, module)
                   for name, module in model.named_modules(remove_duplicate=False)
-                  if isinstance(module, QUANTIZABLE)
-                  and not isinstance(module, QUANT_LAYERS)]
+                  if isinstance(module, QUANTIZABLE) and not _quantizes_itself(module)]
     # patterns may name any layer with weights (a ConvTranspose2d to keep in float, say)
     names = [name for name, m in model.named_modules()
              if isinstance(m, (*_WEIGHTED, nn.MultiheadAttention))]
