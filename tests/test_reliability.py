@@ -82,6 +82,9 @@ def base(tmp_path_factory):
 def build_base(b: Path) -> Path:
     """Everything the bad-input cases point at, built once in the empty folder ``b``."""
     (b / "file").write_text("a regular file, not a folder\n")
+    import torch
+
+    torch.save(torch.nn.Linear(2, 2), b / "module.pt")  # a pickled module, not weights
     run = b / "run"
     assert main(TRAIN + ["--out", str(run)]) == 0
     data = write_mnist(b / "data" / "good" / "mnist")
@@ -199,6 +202,14 @@ CASES = [
      "IDX magic number is 1008813135, expected 2051"),
     ("train-out-unwritable", TRAIN + ["--out", "{b}/file/run"],
      "cannot write to {b}/file/run: Not a directory; choose another --out"),
+    ("train-init-missing", TRAIN + ["--init", "{b}/nope.pt", "--out", "{tmp}/x"],
+     "init weights {b}/nope.pt do not exist; give a .safetensors or .pt file"),
+    ("train-init-pickled-module", TRAIN + ["--init", "{b}/module.pt", "--out", "{tmp}/x"],
+     "holds a Python object (torch.nn.modules.linear.Linear), not only tensors"),
+    ("train-init-other-model", TRAIN + ["--init", "{b}/run", "--model", "lenet5", "--out",
+                                        "{tmp}/x"], "do not fit this model: keys"),
+    ("train-epochs-zero-without-init", TRAIN + ["--epochs", "0", "--out", "{tmp}/x"],
+     "epochs must be a positive integer, got 0 (0 epochs takes init weights"),
     ("train-resume-other-config", TRAIN[:-4] + ["--limit-train", "100", "--limit-test", "100",
                                                 "--out", "{b}/run"],
      "{b}/run holds a run of another config (limit_train 200 there, 100 here); use a new "
@@ -269,6 +280,19 @@ CASES = [
                                    "{b}/data/wrong-magic"], "IDX magic number is 2049"),
     ("evaluate-data-short-read", ["evaluate", "{b}/mnist-run", "--data-dir",
                                   "{b}/data/short-read"], "header says 25088"),
+    ("evaluate-dumps-short", ["evaluate", "{b}/run", "--dumps", "{b}/file"],
+     "holds 29 bytes; this run's memory image is"),
+    ("evaluate-dumps-adaptive", ["evaluate", "{b}/run", "--dumps", "{b}/file", "--adaptive",
+                                 "0.01"], "--dumps measures the bits the dumps hold"),
+    ("evaluate-by-bit-and-layer", ["evaluate", "{b}/run", "--by-bit", "--by-layer"],
+     "--by-bit and --by-layer each split the faults one way: give one"),
+    ("evaluate-ecc-transient", ["evaluate", "{b}/run", "--error-model", "ber=0,ecc=64",
+                                "--transient"], "ecc corrects words stored in memory"),
+    # export
+    ("export-out-unwritable", ["export", "{b}/run", "--out", "{b}/file/e"],
+     "cannot write to {b}/file/e: Not a directory"),
+    ("export-run-missing", ["export", "{b}/nope", "--out", "{tmp}/e"],
+     "run folder {b}/nope is missing"),
     # sweep
     ("sweep-ber-negative", ["sweep", "{b}/grid-ber-negative.yaml", "--out", "{tmp}/s"],
      "eval.bers: -0.1 is not a bit error rate in [0, 1]"),
