@@ -138,3 +138,29 @@ def test_dumps_refuse_flags_that_draw_faults(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path), "--dumps", "a.bin", "--adaptive", "0.01"]) == 2
     err = capsys.readouterr().err
     assert "--adaptive draws or compares faults" in err and len(err.splitlines()) == 1
+
+
+def test_hex_images_round_trip_and_read_back_as_dumps(tmp_path):
+    """$readmemh text: word w's bit b is address w * W + b; a .hex dump of an engine trial
+    gives the same accuracy as the binary one."""
+    from mcel.dumps import from_hex, to_hex
+
+    model = _model()
+    x, y = load_dataset("digits", "test", limit=100)
+    em = BitErrorModel(ber=0.05)
+    binary = _dump_of_trial(model, em, 3, 0, tmp_path / "d.bin")
+    data = binary.read_bytes()
+    for w in (8, 32, 64):
+        text = to_hex(data, w)
+        assert from_hex(text) == data + bytes(-len(data) % (w // 8))
+    first = int(to_hex(data, 32).splitlines()[0], 16)  # address b of word 0 is its bit b
+    bits = np.unpackbits(np.frombuffer(data[:4], np.uint8), bitorder="little")
+    assert all((first >> b) & 1 == bits[b] for b in range(32))
+    (tmp_path / "d.hex").write_text("// written by a simulator\n@0\n" + to_hex(data, 32))
+    a = evaluate_dumps(model, x, y, [binary])
+    b = evaluate_dumps(model, x, y, [tmp_path / "d.hex"])
+    assert a.dumps[0]["accuracy"] == b.dumps[0]["accuracy"]
+    assert a.dumps[0]["flipped_bits"] == b.dumps[0]["flipped_bits"] > 0
+    (tmp_path / "odd.hex").write_text("0001\n01\n")
+    with pytest.raises(MCELError, match="line 2: '01' is not a hex word like the others"):
+        evaluate_dumps(model, x, y, [tmp_path / "odd.hex"])

@@ -8,7 +8,8 @@ so 32-bit words read little-endian hold addresses ``32 w .. 32 w + 31``. Load th
 into the memory under test (a chip, an FPGA, a simulator), read it back after the faults
 happened, and ``mcel evaluate RUN --dumps FILE ...`` measures the model with exactly the
 bits that came back: each dump is one trial, its flips are where it differs from the
-clean image.
+clean image. For RTL simulation the image also comes as ``$readmemh`` text (`to_hex`),
+and ``.hex``/``.mem`` dumps (``$writememh``) are read as such.
 """
 
 from __future__ import annotations
@@ -148,22 +149,77 @@ def evaluate_dumps(model: nn.Module, x: Tensor, y: Tensor, dumps: list[str | Pat
     return res
 
 
+HEX_SUFFIXES = (".hex", ".mem")
+
+
+def to_hex(data: bytes, word_bits: int = 32) -> str:
+    """The image as text for Verilog's ``$readmemh``: one word per line, ``word_bits``
+    bits each (a multiple of 8), hex digits most significant first; word ``w`` holds
+    addresses ``w * word_bits`` (its bit 0) to ``w * word_bits + word_bits - 1``. The
+    last word is padded with zero bytes.
+
+    >>> to_hex(bytes([0x01, 0x02, 0x03, 0x04, 0xff]), 32)
+    '04030201\n000000ff\n'
+    """
+    check_hex_word_bits(word_bits)
+    size = word_bits // 8
+    padded = data + bytes(-len(data) % size)
+    return "".join(padded[i:i + size][::-1].hex() + "\n" for i in range(0, len(padded), size))
+
+
+def check_hex_word_bits(word_bits: int) -> None:
+    if isinstance(word_bits, bool) or not isinstance(word_bits, int) or word_bits < 8 \
+            or word_bits % 8:
+        raise MCELError(f"hex words of {word_bits!r} bits: give a positive multiple of 8 "
+                        "(e.g. 32)")
+
+
+def from_hex(text: str, source: str = "dump") -> bytes:
+    """The bytes of a ``$readmemh``/``$writememh`` text (`to_hex`'s inverse): ``//``
+    comments and blank lines are skipped, ``@address`` lines must follow the words in
+    order, every word has the same number of hex digits (two per byte)."""
+    words: list[str] = []
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("//", 1)[0].strip()
+        if not line:
+            continue
+        for token in line.split():
+            if token.startswith("@"):
+                if int(token[1:], 16) != len(words):
+                    raise MCELError(f"{source} line {n}: address {token} out of order; "
+                                    "write the words from address 0 in order")
+                continue
+            if (len(token) % 2 or (words and len(token) != len(words[0]))
+                    or any(c not in "0123456789abcdefABCDEF" for c in token)):
+                raise MCELError(f"{source} line {n}: '{token}' is not a hex word like the "
+                                "others (an even number of hex digits, the same in every word)")
+            words.append(token)
+    return b"".join(bytes.fromhex(w)[::-1] for w in words)
+
+
 def _read(path: str | Path) -> bytes:
     try:
+        if Path(path).suffix.lower() in HEX_SUFFIXES:
+            return from_hex(Path(path).read_text(), str(path))
         return Path(path).read_bytes()
     except FileNotFoundError:
         raise MCELError(f"dump {path} does not exist") from None
-    except OSError as e:
-        raise MCELError(f"cannot read dump {path}: {e.strerror or e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise MCELError(f"cannot read dump {path}: {getattr(e, 'strerror', None) or e}"
+                        ) from None
 
 
 def export_image(model: nn.Module, out: str | Path, *, error_model=None,
-                 weights: str | None = None, meta: dict | None = None) -> dict:
+                 weights: str | None = None, meta: dict | None = None,
+                 hex_word_bits: int | None = None) -> dict:
     """Write ``out/image.bin`` (the packed memory image), ``out/codes.safetensors`` (each
     stored tensor's codes and scale) and ``out/layout.json`` (where each one sits, how
-    bits are ordered, the image's SHA-256). Returns the layout record."""
+    bits are ordered, the image's SHA-256); with ``hex_word_bits`` also
+    ``out/image.hex`` (`to_hex`, for ``$readmemh``). Returns the layout record."""
     from mcel.io import atomic_write_bytes, check_writable, save_tensors, write_json
 
+    if hex_word_bits is not None:
+        check_hex_word_bits(hex_word_bits)  # before the out folder exists
     out = check_writable(out)
     with MemoryImage(model, error_model, weights=weights) as image:
         data = image_bytes(image)
@@ -174,7 +230,11 @@ def export_image(model: nn.Module, out: str | Path, *, error_model=None,
         record = {**(meta or {}), "total_bits": image.total_bits, "bytes": len(data),
                   "bit_order": BIT_ORDER, "sha256": hashlib.sha256(data).hexdigest(),
                   "tensors": layout(image)}
+    if hex_word_bits is not None:
+        record["hex_word_bits"] = hex_word_bits
     atomic_write_bytes(out / "image.bin", data)
+    if hex_word_bits is not None:
+        atomic_write_bytes(out / "image.hex", to_hex(data, hex_word_bits).encode())
     save_tensors(out / "codes.safetensors", tensors,
                  metadata={"layout": json.dumps(record, sort_keys=True)})
     write_json(out / "layout.json", record)
@@ -182,4 +242,4 @@ def export_image(model: nn.Module, out: str | Path, *, error_model=None,
 
 
 __all__ = ["image_bits", "image_bytes", "layout", "dump_masks", "evaluate_dumps",
-           "export_image", "DumpResult", "BIT_ORDER"]
+           "export_image", "to_hex", "from_hex", "DumpResult", "BIT_ORDER", "HEX_SUFFIXES"]

@@ -22,9 +22,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         set_format(model, args.fmt)
     record = export_image(model, args.out, error_model=em, weights=args.weights,
                           meta={"run_dir": str(args.run_dir), "fmt": args.fmt or config.fmt,
-                                "targets": list(em.targets)})
+                                "targets": list(em.targets)}, hex_word_bits=args.hex)
+    hex_note = f", image.hex ({args.hex}-bit words)" if args.hex else ""
     print(f"wrote {args.out}/image.bin ({record['bytes']} bytes, {record['total_bits']} "
-          f"stored bits in {len(record['tensors'])} tensors), codes.safetensors, layout.json")
+          f"stored bits in {len(record['tensors'])} tensors){hex_note}, codes.safetensors, "
+          "layout.json")
     return 0
 
 
@@ -46,5 +48,9 @@ def register(sub) -> None:
     e.add_argument("--weights", default=None, choices=FLOAT_FORMATS.names(),
                    help="store the float (unquantized) layers in this IEEE format too "
                         "(default: only quantized layers are stored)")
+    e.add_argument("--hex", type=int, default=None, metavar="WORD_BITS",
+                   help="also write image.hex for Verilog's $readmemh, one word of WORD_BITS "
+                        "(a multiple of 8) per line; 'mcel evaluate --dumps' reads .hex/.mem "
+                        "files back (default: none)")
     add_device_flag(e)
     e.set_defaults(func=cmd_export)
