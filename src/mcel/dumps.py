@@ -153,7 +153,7 @@ HEX_SUFFIXES = (".hex", ".mem")
 
 
 def to_hex(data: bytes, word_bits: int = 32) -> str:
-    """The image as text for Verilog's ``$readmemh``: one word per line, ``word_bits``
+    r"""The image as text for Verilog's ``$readmemh``: one word per line, ``word_bits``
     bits each (a multiple of 8), hex digits most significant first; word ``w`` holds
     addresses ``w * word_bits`` (its bit 0) to ``w * word_bits + word_bits - 1``. The
     last word is padded with zero bytes.
