@@ -91,3 +91,26 @@ def test_ecc_specs_round_trip_and_bad_ones_are_one_line():
                          ("ber=1e-3,ecc=64,targets=activations", "persistent faults")]:
         with pytest.raises(MCELError, match=needle):
             parse_error_model(spec)
+
+
+def test_an_error_map_takes_ecc_too(tmp_path):
+    """A map of one flip rate p everywhere, with ecc=16: the residual rate of SEC-DED at
+    p (check bits at the map's mean rate); shift=1 with ecc is refused."""
+    from mcel.faults.error_map import write_map
+
+    p, trials, k = 0.02, 30, 16
+    write_map(str(tmp_path / "chip.npz"), {"p": np.full((64, 4096), p)})  # 262,144 cells
+    torch.manual_seed(0)
+    net = quantize_model(nn.Linear(256, 128, bias=False), "int8").eval()  # 262,144 bits
+    em = parse_error_model(f"map={tmp_path / 'chip.npz'},ecc={k},persistent=0")
+    assert em.ecc == k and np.isclose(em.mean_rate(), p)
+    rates = []
+    with MemoryImage(net, em) as image:
+        for t in range(trials):
+            rates.append(image.inject(em, seed=1, trial=t).empirical_rate)
+            image.restore()
+    expected = p * (1 - (1 - p) ** (k + check_bits(k) - 1))
+    _, lo, hi = t_interval(rates, confidence=0.999)
+    assert lo <= expected <= hi, (expected, lo, hi)
+    with pytest.raises(MCELError, match="ecc with shift=1 is not modelled"):
+        parse_error_model(f"map={tmp_path / 'chip.npz'},ecc=64,shift=1")

@@ -61,7 +61,7 @@ import torch
 
 from mcel.errors import MCELError
 from mcel.faults import native
-from mcel.faults.error_model import BitErrorModel, spec_items
+from mcel.faults.error_model import BitErrorModel, check_ecc, spec_items
 from mcel.faults.ladder import sample_ladder, unique_sorted
 from mcel.faults.layout import MemoryLayout, slot_addresses
 from mcel.faults.sampler import FaultKey
@@ -450,6 +450,7 @@ class ErrorMap:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     mode: str = "persistent"
+    ecc: int | None = None
     placement: tuple[tuple[str, int], ...] = field(default=(), compare=False, repr=False)
 
     kind: ClassVar[str] = "map"
@@ -466,6 +467,10 @@ class ErrorMap:
                             "biases; drop --transient and the 'activations' target")
         if not isinstance(self.scale, numbers.Real) or not self.scale >= 0:
             raise MCELError(f"scale={self.scale!r}; allowed: a number >= 0")
+        check_ecc(self)
+        if self.ecc is not None and self.shift:  # words would straddle the memory's own
+            raise MCELError("ecc with shift=1 is not modelled (the code words are the "
+                            "model's, not the moved memory's); drop one of them")
         _ = self.layout  # the file reads and word_bits fits its columns: fail early
 
     @property
@@ -500,6 +505,13 @@ class ErrorMap:
 
     def check_bits(self, bits: int) -> None:
         _ = self.layout  # any code width packs into the map's words
+
+    def mean_rate(self) -> float:
+        """The map's mean flip rate at this scale (what ``ecc`` check bits fail at; stuck
+        cells read wrong half the time)."""
+        a = self.arrays
+        stuck = float((a.stuck >= 0).mean())
+        return min(1.0, a.mean_rate * self.scale + stuck / 2)
 
     def place(self, stored: tuple[tuple[str, int], ...]) -> ErrorMap:
         """This map knowing where each stored tensor starts (`MemoryImage.stored`)."""
@@ -562,7 +574,7 @@ class ErrorMap:
     def parse(cls, spec: str) -> ErrorMap:
         conv = {"persistent": _bool, "shift": _bool, "bank_interleave": _bool,
                 "bit_interleave": _bool, "word_bits": _int, "scale": _float,
-                "mode": lambda k, s: s}
+                "mode": lambda k, s: s, "ecc": _int}
         kw: dict[str, Any] = {}
         for key, vals in spec_items(spec).items():
             name = "path" if key == "map" else key

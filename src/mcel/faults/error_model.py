@@ -186,7 +186,7 @@ class BitErrorModel:
         put("exclude", _items("exclude", self.exclude, str, "fnmatch patterns"))
         if self.mode not in MODES:
             raise MCELError(f"mode={self.mode!r}; allowed: {', '.join(MODES)}")
-        _check_ecc(self)
+        check_ecc(self)
 
     kind: ClassVar[str] = "bits"
     ber_sets: ClassVar[str] = "largest rate"
@@ -329,8 +329,9 @@ class BitErrorModel:
         return ",".join(parts)
 
 
-def _check_ecc(em: BitErrorModel) -> None:
-    """``ecc`` is SEC-DED over words of a few data bits, on stored (persistent) words."""
+def check_ecc(em) -> None:
+    """``ecc`` (of a `BitErrorModel` or an error map) is SEC-DED over words of a few data
+    bits, on stored (persistent) words."""
     k = em.ecc
     if k is None:
         return
