@@ -82,6 +82,19 @@ def build_report(db_path: str | Path | Sequence[str | Path], out_dir: str | Path
         blocks += group_blocks(i, g, out, images, baseline=baseline or CE_LABEL)
     if curve is not None:
         blocks += energy_blocks(groups, curve, out, images)
+    blocks += _appendix(runs, groups)
+    if notes:
+        blocks.append(("h2", "Notes"))
+        blocks += [("p", n) for n in notes]
+    write_summary(out, summary_rows(groups, baseline or CE_LABEL))
+    atomic_write_bytes(out / "report.md", to_markdown(blocks).encode())
+    atomic_write_bytes(out / "report.html", to_html(blocks, images, title).encode())
+    return out / "report.md"
+
+
+def _appendix(runs: dict[str, Run], groups: list[Group]) -> list[Block]:
+    """The appendix: every run of the study, and whether the report shows it."""
+    blocks: list[Block] = []
     used = {r.run_id for g in groups for ln in g.lines for r in ln.runs}
     blocks.append(("h2", "Appendix: runs"))
     blocks.append(("p", "run_id is the hash of the run's full training config; a run is "
@@ -100,13 +113,7 @@ def build_report(db_path: str | Path | Sequence[str | Path], out_dir: str | Path
     blocks.append(("table", ["run_id", "method", "dataset", "model", "quant", "seed", "epochs",
                              "clean acc %", "train s", "grid", "versions", "in report"],
                    app_rows))
-    if notes:
-        blocks.append(("h2", "Notes"))
-        blocks += [("p", n) for n in notes]
-    write_summary(out, summary_rows(groups, baseline or CE_LABEL))
-    atomic_write_bytes(out / "report.md", to_markdown(blocks).encode())
-    atomic_write_bytes(out / "report.html", to_html(blocks, images, title).encode())
-    return out / "report.md"
+    return blocks
 
 
 def _grid_runs(grid, runs: dict[str, Run], evals: list) -> tuple[dict[str, Run], list, list]:
