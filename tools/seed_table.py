@@ -3,12 +3,12 @@ files, and differences paired by seed: the table behind results.md's comparisons
 trained outside a sweep (the headline on new seeds, MCEL vs ECC).
 
     python tools/seed_table.py DIR --cases ce.plain,ce.ecc64,mcel.plain \\
-        --pairs mcel.plain-ce.ecc64 --seeds 5,6,7 [--pattern 'hl-{case}']
+        --pairs mcel.plain:ce.ecc64 --seeds 5,6,7 [--pattern 'hl-{case}']
 
 reads DIR/hl-ce-5.plain.json etc.: a case ``LABEL.TAG`` is the file
 ``{pattern}-{seed}.{tag}.json`` with ``{case}`` = LABEL. Prints one Markdown table: the
 clean accuracy and every BER > 0 of the files, mean [interval] per case, then each pair's
-difference (A - B, points) [interval over the paired seeds]; intervals clipped to [0, 100]
+difference (``A:B`` is A - B, in points) [interval over the paired seeds]; intervals clipped to [0, 100]
 for accuracies.
 """
 
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("folder", type=Path)
     p.add_argument("--cases", required=True, help="LABEL.TAG,... in table order")
-    p.add_argument("--pairs", default="", help="A-B,... differences paired by seed")
+    p.add_argument("--pairs", default="", help="A:B,... differences A - B paired by seed")
     p.add_argument("--seeds", required=True)
     p.add_argument("--pattern", default="{case}")
     args = p.parse_args(argv)
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     for c in cases:
         print(f"| {c} | " + " | ".join(cell([d[b] for d in data[c]], True) for b in bers) + " |")
     for pair in filter(None, args.pairs.split(",")):
-        a, b_ = pair.split("-")
+        a, b_ = pair.split(":")
         for c in (a, b_):
             if c not in data:
                 data[c] = [load(args.folder, args.pattern, c, s) for s in seeds]
