@@ -8,8 +8,8 @@ trained outside a sweep (the headline on new seeds, MCEL vs ECC).
 reads DIR/hl-ce-5.plain.json etc.: a case ``LABEL.TAG`` is the file
 ``{pattern}-{seed}.{tag}.json`` with ``{case}`` = LABEL. Prints one Markdown table: the
 clean accuracy and every BER > 0 of the files, mean [interval] per case, then each pair's
-difference (``A:B`` is A - B, in points) [interval over the paired seeds]; intervals clipped to [0, 100]
-for accuracies.
+difference (``A:B`` is A - B, in points) [interval over the paired seeds]; intervals of
+accuracies clipped to [0, 100].
 """
 
 from __future__ import annotations
