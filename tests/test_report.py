@@ -507,3 +507,28 @@ def test_report_of_a_grid_leaves_out_runs_of_cells_it_no_longer_has(tmp_path):
     assert f"MCEL(m=30) seed 0 ({stale})" in md
     assert _row(md, "MCEL(m=2)") and not any(line.startswith("| MCEL(m=30)")
                                              for line in md.splitlines())
+
+
+def test_seed_table_means_and_seed_paired_differences(tmp_path, capsys):
+    """tools/seed_table.py: the mean over seeds with its t-interval, and A:B paired by seed."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    import seed_table
+
+    accs = {"ce": [0.5, 0.6, 0.7], "mcel": [0.9, 0.8, 0.95]}
+    for label, values in accs.items():
+        for seed, a in zip((1, 2, 3), values):
+            (tmp_path / f"r-{label}-{seed}.plain.json").write_text(json.dumps(
+                {"clean_accuracy": 0.99, "results": [{"ber": 0.0, "mean": 0.99},
+                                                     {"ber": 0.01, "mean": a}]}))
+    assert seed_table.main([str(tmp_path), "--cases", "ce.plain,mcel.plain", "--pairs",
+                            "mcel.plain:ce.plain", "--seeds", "1,2,3", "--pattern",
+                            "r-{case}"]) == 0
+    out = capsys.readouterr().out
+    lo, hi = _t(accs["ce"])
+    assert f"| ce.plain | 99.0 [99.0, 99.0] | 60.0 [{100 * lo:.1f}, {100 * hi:.1f}] |" in out
+    d = [b - a for a, b in zip(accs["ce"], accs["mcel"])]
+    m, (lo, hi) = sum(d) / 3, _t(d)
+    assert f"+{100 * m:.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]" in out.splitlines()[-1]
