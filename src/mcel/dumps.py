@@ -26,18 +26,15 @@ from torch import Tensor, nn
 from mcel.engine import MemoryImage
 from mcel.errors import MCELError
 from mcel.faults import FlipMask
+from mcel.faults.ecc import bit_matrix
 
 BIT_ORDER = ("address a is bit a % 8 (LSB first) of byte a // 8; code i of a tensor, bit b "
              "(LSB first), sits at address first_address + i * bits + b")
 
 
 def _code_bits(codes: Tensor, bits: int) -> np.ndarray:
-    """The bits of every code, LSB first, flattened: address order within one tensor
-    (through the codes' little-endian bytes: one byte per bit, never an int64 per bit)."""
-    flat = codes.reshape(-1).cpu().numpy()
-    raw = flat.astype(flat.dtype.newbyteorder("<"), copy=False).view(np.uint8)
-    per_code = np.unpackbits(raw.reshape(len(flat), -1), axis=1, bitorder="little")
-    return per_code[:, :bits].reshape(-1)
+    """The bits of every code, LSB first, flattened: address order within one tensor."""
+    return bit_matrix(codes.reshape(-1).cpu().numpy(), bits).reshape(-1)
 
 
 def image_bits(image: MemoryImage) -> np.ndarray:

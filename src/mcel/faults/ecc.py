@@ -38,6 +38,15 @@ def check_bits(k: int) -> int:
     return r + 1
 
 
+def bit_matrix(values: np.ndarray, bits: int) -> np.ndarray:
+    """The low ``bits`` bits of each integer, LSB first, as a (n, bits) 0/1 uint8 matrix
+    (through the values' little-endian bytes: one byte per bit, never an int64)."""
+    flat = values.reshape(-1)
+    raw = flat.astype(flat.dtype.newbyteorder("<"), copy=False).view(np.uint8)
+    return np.unpackbits(raw.reshape(len(flat), flat.dtype.itemsize), axis=1,
+                         bitorder="little")[:, :bits]
+
+
 def _uniforms(seed: int, trial: int, words: np.ndarray, j: int) -> np.ndarray:
     """One uniform in [0, 1) per word for check bit ``j``: splitmix64 of the key."""
     mask = (1 << 64) - 1
@@ -53,11 +62,7 @@ def _uniforms(seed: int, trial: int, words: np.ndarray, j: int) -> np.ndarray:
 
 def _flip_addresses(first: int, bits: int, mask: FlipMask) -> tuple[np.ndarray, ...]:
     """(element row in the mask, bit position, address) of every flipped bit."""
-    xor = mask.xor.cpu().numpy()
-    raw = xor.astype(xor.dtype.newbyteorder("<"), copy=False).view(np.uint8)
-    per = np.unpackbits(raw.reshape(len(xor), xor.dtype.itemsize), axis=1,
-                        bitorder="little")[:, :bits]
-    row, pos = np.nonzero(per)
+    row, pos = np.nonzero(bit_matrix(mask.xor.cpu().numpy(), bits))
     index = mask.index.cpu().numpy()
     return row, pos, first + index[row] * bits + pos
 
@@ -93,4 +98,4 @@ def _rebuild(mask: FlipMask, row: np.ndarray, pos: np.ndarray) -> FlipMask:
                     mask.nbits_total)
 
 
-__all__ = ["check_bits", "correct"]
+__all__ = ["check_bits", "correct", "bit_matrix"]
