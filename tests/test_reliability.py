@@ -288,6 +288,8 @@ CASES = [
      "--by-bit and --by-layer each split the faults one way: give one"),
     ("evaluate-ecc-transient", ["evaluate", "{b}/run", "--error-model", "ber=0,ecc=64",
                                 "--transient"], "ecc corrects words stored in memory"),
+    ("evaluate-burst-asymmetric", ["evaluate", "{b}/run", "--error-model",
+                                   "p01=1e-3,p10=1e-2,burst=2"], "burst needs a uniform rate"),
     # export
     ("export-out-unwritable", ["export", "{b}/run", "--out", "{b}/file/e"],
      "cannot write to {b}/file/e: Not a directory"),

@@ -17,6 +17,11 @@ Rates are per stored bit (DESIGN.md: "BER means per stored bit"):
   ``(-1,)``: the MSB, such as the sign bit of int8 two's complement kept in ECC memory).
 - ``stuck_at``: fraction of cells (bits) stuck; a stuck cell reads ``stuck_value``
   whatever was written (``None``: each stuck cell is stuck at 0 or 1 with prob. 1/2).
+- ``burst``: multi-bit upsets: each fault event flips that many adjacent stored bits
+  (consecutive addresses of one tensor: code ``i`` bit ``b`` at ``i * bits + b``), as a
+  particle strike upsets neighbouring SRAM cells. Events start at the rate
+  ``1 - (1 - ber) ** (1 / burst)``, so every bit still flips with probability exactly
+  ``ber``; only ``ber`` models take it (not ``p01``/``p10``/``bit_rates``).
 - ``ecc``: SEC-DED over words of that many stored data bits (64: 72-bit words); a word
   with one faulty bit reads back clean (`mcel.faults.ecc`).
 - ``targets``, ``include``, ``exclude``, ``mode``: where the model applies (tensor
@@ -30,6 +35,8 @@ Rates are per stored bit (DESIGN.md: "BER means per stored bit"):
 True
 >>> BitErrorModel(ber=1e-3).with_ber(1e-2).ber
 0.01
+>>> parse_error_model("ber=1e-3,burst=2,ecc=64").describe()
+'ber=0.001,burst=2,ecc=64'
 
 Other kinds of error model (an error map read from a file, `mcel.faults.error_map`)
 follow the `ErrorModel` protocol and are registered in `ERROR_MODELS` under the spec key
@@ -142,6 +149,7 @@ class BitErrorModel:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     mode: str = "persistent"
+    burst: int = 1
     ecc: int | None = None
 
     def __post_init__(self) -> None:
@@ -186,6 +194,7 @@ class BitErrorModel:
         put("exclude", _items("exclude", self.exclude, str, "fnmatch patterns"))
         if self.mode not in MODES:
             raise MCELError(f"mode={self.mode!r}; allowed: {', '.join(MODES)}")
+        _check_burst(self)
         check_ecc(self)
 
     kind: ClassVar[str] = "bits"
@@ -329,6 +338,18 @@ class BitErrorModel:
         return ",".join(parts)
 
 
+def _check_burst(em: BitErrorModel) -> None:
+    """``burst`` is a small positive integer, and only uniform flips come in bursts."""
+    b = em.burst
+    if isinstance(b, bool) or not isinstance(b, numbers.Integral) or not 1 <= b <= 1024:
+        raise MCELError(f"burst={b!r}: the adjacent bits one fault event flips, an integer "
+                        "in [1, 1024] (1: independent flips)")
+    object.__setattr__(em, "burst", int(b))
+    if b > 1 and em.ber is None:
+        raise MCELError("burst needs a uniform rate: give ber (bursts flip bits whatever "
+                        "they hold, so p01/p10 and bit_rates do not apply)")
+
+
 def check_ecc(em) -> None:
     """``ecc`` (of a `BitErrorModel` or an error map) is SEC-DED over words of a few data
     bits, on stored (persistent) words."""
@@ -394,6 +415,7 @@ _KEYS.add("include", ("include", tuple))
 _KEYS.add("exclude", ("exclude", tuple))
 _KEYS.add("mode", ("mode", _one("mode", str)))
 _KEYS.add("ecc", ("ecc", _one("ecc", _int("ecc"))))
+_KEYS.add("burst", ("burst", _one("burst", _int("burst"))))
 
 
 def parse_error_model(spec: str) -> ErrorModel:

@@ -34,7 +34,7 @@ import torch
 from mcel.errors import MCELError
 from mcel.faults import native
 from mcel.faults.error_model import BitErrorModel, DrawnModel
-from mcel.faults.ladder import TimeFn, rate_time, sample_ladder
+from mcel.faults.ladder import TimeFn, rate_time, sample_ladder, unique_sorted
 
 # Independent random streams per key: (marks, heights) of flips, then of stuck cells.
 _FLIPS, _STUCK = (0, 1), (2, 3, 4)
@@ -239,14 +239,17 @@ def _sample(
     flat = codes.view(-1)
     rates = _rates(error_model, bits)
     prot, top = rates.prot, rates.top
-    if top > 0.0 and not error_model.stuck_at:
+    if top > 0.0 and not error_model.stuck_at and error_model.burst == 1:
         mask = _native_flips(flat, bits, key, rates, apply=apply)
         if mask is not None:
             return mask
     pos = np.empty(0, np.int64)
     if top > 0.0:
-        time_of = _time_fn(rates, flat, bits)
-        pos = sample_ladder(*key.rngs(_FLIPS), n, top, time_of=time_of)
+        time_of = None if error_model.burst > 1 else _time_fn(rates, flat, bits)
+        if error_model.burst > 1:
+            pos = _burst_positions(key, n, top, error_model.burst)
+        else:
+            pos = sample_ladder(*key.rngs(_FLIPS), n, top, time_of=time_of)
         if time_of is None and prot.any():  # uniform: drop protected positions after
             pos = np.compress(~prot[pos % bits], pos)
     if error_model.stuck_at:
@@ -264,6 +267,18 @@ def _sample(
     if apply:
         apply_mask_(codes, mask)
     return mask
+
+
+def _burst_positions(key: FaultKey, n: int, ber: float, length: int) -> np.ndarray:
+    """Bits of ``range(n)`` hit by bursts of ``length`` adjacent bits. Starts are ladder
+    hits at ``q = 1 - (1 - ber) ** (1 / length)`` over ``n + length - 1`` positions,
+    shifted back by ``length - 1``: the tensor sees the bursts of an endless memory cut
+    to its own bits, so each of its bits is hit with probability exactly ``ber`` (no
+    edge effect), and starts, hence bursts, stay nested across BERs."""
+    q = float(-np.expm1(np.log1p(-ber) / length)) if ber < 1.0 else 1.0
+    starts = sample_ladder(*key.rngs(_FLIPS), n + length - 1, q) - (length - 1)
+    pos = (starts[:, None] + np.arange(length)).reshape(-1)
+    return unique_sorted(pos[(pos >= 0) & (pos < n)])
 
 
 @dataclass(frozen=True)
