@@ -239,7 +239,8 @@ class MemoryImage:
 
         first = slot_addresses(self.stored())
         kept = correct([(first[s.name], s.qt.bits, m) for s, m in pairs], k=k,
-                       rate=error_model.mean_rate(), seed=seed, trial=trial)
+                       rate=error_model.mean_rate(), seed=seed, trial=trial,
+                       ways=error_model.ecc_interleave)
         return [(s, m) for (s, _), m in zip(pairs, kept)]
 
     @torch.no_grad()

@@ -67,13 +67,25 @@ def _flip_addresses(first: int, bits: int, mask: FlipMask) -> tuple[np.ndarray, 
     return row, pos, first + index[row] * bits + pos
 
 
+def word_of(addresses: np.ndarray, k: int, ways: int = 1) -> np.ndarray:
+    """The code word of each address: words of ``k`` consecutive addresses, or, with
+    ``ways`` > 1, each block of ``k * ways`` addresses dealt to ``ways`` words in turn.
+
+    >>> word_of(np.arange(8), 4).tolist(), word_of(np.arange(8), 4, ways=2).tolist()
+    ([0, 0, 0, 0, 1, 1, 1, 1], [0, 1, 0, 1, 0, 1, 0, 1])
+    """
+    block, offset = np.divmod(addresses, k * ways)
+    return block * ways + offset % ways
+
+
 def correct(masks: list[tuple[int, int, FlipMask]], *, k: int, rate: float, seed: int,
-            trial: int) -> list[FlipMask]:
+            trial: int, ways: int = 1) -> list[FlipMask]:
     """The flips that survive SEC-DED: ``masks`` are ``(first address, bits, mask)`` of
-    each stored tensor; returns one mask per input (possibly empty), in order."""
+    each stored tensor, words as `word_of` deals them; returns one mask per input
+    (possibly empty), in order."""
     found = [_flip_addresses(first, bits, m) for first, bits, m in masks]
     addresses = np.concatenate([a for _, _, a in found]) if found else np.zeros(0, np.int64)
-    words, counts = np.unique(addresses // k, return_counts=True)
+    words, counts = np.unique(word_of(addresses, k, ways), return_counts=True)
     single = words[counts == 1]  # one data flip: corrected unless a check bit failed too
     failed = np.zeros(len(single), bool)
     for j in range(check_bits(k)):
@@ -81,7 +93,7 @@ def correct(masks: list[tuple[int, int, FlipMask]], *, k: int, rate: float, seed
     corrected = single[~failed]
     out = []
     for (_, _, m), (row, pos, addr) in zip(masks, found):
-        keep = ~np.isin(addr // k, corrected)
+        keep = ~np.isin(word_of(addr, k, ways), corrected)
         out.append(_rebuild(m, row[keep], pos[keep]))
     return out
 
@@ -98,4 +110,4 @@ def _rebuild(mask: FlipMask, row: np.ndarray, pos: np.ndarray) -> FlipMask:
                     mask.nbits_total)
 
 
-__all__ = ["check_bits", "correct", "bit_matrix"]
+__all__ = ["check_bits", "correct", "bit_matrix", "word_of"]

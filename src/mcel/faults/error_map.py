@@ -451,6 +451,7 @@ class ErrorMap:
     exclude: tuple[str, ...] = ()
     mode: str = "persistent"
     ecc: int | None = None
+    ecc_interleave: int = 1
     placement: tuple[tuple[str, int], ...] = field(default=(), compare=False, repr=False)
 
     kind: ClassVar[str] = "map"
@@ -574,7 +575,7 @@ class ErrorMap:
     def parse(cls, spec: str) -> ErrorMap:
         conv = {"persistent": _bool, "shift": _bool, "bank_interleave": _bool,
                 "bit_interleave": _bool, "word_bits": _int, "scale": _float,
-                "mode": lambda k, s: s, "ecc": _int}
+                "mode": lambda k, s: s, "ecc": _int, "ecc_interleave": _int}
         kw: dict[str, Any] = {}
         for key, vals in spec_items(spec).items():
             name = "path" if key == "map" else key

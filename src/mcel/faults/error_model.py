@@ -23,7 +23,9 @@ Rates are per stored bit (DESIGN.md: "BER means per stored bit"):
   ``1 - (1 - ber) ** (1 / burst)``, so every bit still flips with probability exactly
   ``ber``; only ``ber`` models take it (not ``p01``/``p10``/``bit_rates``).
 - ``ecc``: SEC-DED over words of that many stored data bits (64: 72-bit words); a word
-  with one faulty bit reads back clean (`mcel.faults.ecc`).
+  with one faulty bit reads back clean (`mcel.faults.ecc`). ``ecc_interleave=I`` deals
+  consecutive addresses to ``I`` words in turn (bit interleaving), so that a burst of up
+  to ``I`` bits hits each word once.
 - ``targets``, ``include``, ``exclude``, ``mode``: where the model applies (tensor
   kinds, fnmatch patterns of layer names) and when it is drawn ("persistent": once per
   trial, memory faults; "transient": at every forward, compute faults).
@@ -151,6 +153,7 @@ class BitErrorModel:
     mode: str = "persistent"
     burst: int = 1
     ecc: int | None = None
+    ecc_interleave: int = 1
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:  # normalise a field of the frozen instance
@@ -352,9 +355,15 @@ def _check_burst(em: BitErrorModel) -> None:
 
 def check_ecc(em) -> None:
     """``ecc`` (of a `BitErrorModel` or an error map) is SEC-DED over words of a few data
-    bits, on stored (persistent) words."""
-    k = em.ecc
+    bits, on stored (persistent) words, interleaved ``ecc_interleave`` ways."""
+    k, ways = em.ecc, em.ecc_interleave
+    if isinstance(ways, bool) or not isinstance(ways, numbers.Integral) or not 1 <= ways <= 256:
+        raise MCELError(f"ecc_interleave={ways!r}: the code words that consecutive addresses "
+                        "are dealt to, an integer in [1, 256] (1: none)")
+    object.__setattr__(em, "ecc_interleave", int(ways))
     if k is None:
+        if ways > 1:
+            raise MCELError("ecc_interleave spreads the words of a code: give ecc=K too")
         return
     if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 4 <= k <= 4096:
         raise MCELError(f"ecc={k!r}: the data bits per SEC-DED word, an integer in "
@@ -415,6 +424,7 @@ _KEYS.add("include", ("include", tuple))
 _KEYS.add("exclude", ("exclude", tuple))
 _KEYS.add("mode", ("mode", _one("mode", str)))
 _KEYS.add("ecc", ("ecc", _one("ecc", _int("ecc"))))
+_KEYS.add("ecc_interleave", ("ecc_interleave", _one("ecc_interleave", _int("ecc_interleave"))))
 _KEYS.add("burst", ("burst", _one("burst", _int("burst"))))
 
 
