@@ -111,6 +111,8 @@ def test_an_error_map_takes_ecc_too(tmp_path):
     em = parse_error_model(f"map={tmp_path / 'chip.npz'},ecc={k},persistent=0")
     assert em.ecc == k and np.isclose(em.mean_rate(), p)
     _assert_sec_ded_residual(net, em, p, k, trials)
+    spread = parse_error_model(f"map={tmp_path / 'chip.npz'},ecc={k},ecc_interleave=4")
+    assert spread.ecc_interleave == 4 and parse_error_model(spread.describe()) == spread
     with pytest.raises(MCELError, match="ecc with shift=1 is not modelled"):
         parse_error_model(f"map={tmp_path / 'chip.npz'},ecc=64,shift=1")
 
