@@ -1,4 +1,5 @@
-"""Benchmark: one trial's injection with SEC-DED correction (``ecc=64``) vs without.
+"""Benchmark: one trial's injection with SEC-DED correction (``ecc=64``) and with bursts of
+adjacent flips (``burst=4``) vs plain uniform flips.
 
 The full-width int4 VGG3 of the Fashion-MNIST study (6.5 M weights, 26 M stored bits) in
 a `mcel.engine.MemoryImage`. At each BER, side by side and taking turns in every round
@@ -7,9 +8,12 @@ a `mcel.engine.MemoryImage`. At each BER, side by side and taking turns in every
 - ``plain``: uniform flips, the engine's usual trial;
 - ``ecc64``: the same flips through SEC-DED over 64-bit words (`mcel.faults.ecc`): the
   flips' addresses, their words, the check bits of words with one flip, the rebuilt
-  masks.
+  masks;
+- ``burst4``: flips in bursts of 4 adjacent bits at the same per-bit rate (numpy path:
+  burst starts, then the bits they cover);
+- ``burst4_ecc64i4``: those bursts through SEC-DED over 64-bit words interleaved 4 ways.
 
-Reports medians over rounds, the paired ratio ecc64 / plain, and the residual rate; the
+Reports medians over rounds, paired ratios over plain, and the residual rates; the
 forward passes of a trial (hundreds of ms for this model on 10,000 images) come on top
 of both. Prints a table and writes JSON (default ``docs/bench/ecc.json``).
 
@@ -40,7 +44,9 @@ def run(device: str = "cpu", quick: bool = False, data_dir: str | None = None) -
     rows = []
     with MemoryImage(model) as image:
         for p in RATES:
-            models = {"plain": BitErrorModel(ber=p), "ecc64": BitErrorModel(ber=p, ecc=64)}
+            models = {"plain": BitErrorModel(ber=p), "ecc64": BitErrorModel(ber=p, ecc=64),
+                      "burst4": BitErrorModel(ber=p, burst=4),
+                      "burst4_ecc64i4": BitErrorModel(ber=p, burst=4, ecc=64, ecc_interleave=4)}
             rates: dict[str, list[float]] = {k: [] for k in models}
 
             def trial(r: int, em: BitErrorModel, out: list[float]) -> None:
@@ -49,12 +55,15 @@ def run(device: str = "cpu", quick: bool = False, data_dir: str | None = None) -
 
             t = interleaved({k: lambda r, em=em, out=rates[k]: trial(r, em, out)
                              for k, em in models.items()}, rounds, warmup=1)
-            rows.append({"p": p, "plain_ms": round(median(t["plain"]) * 1e3, 2),
-                         "ecc64_ms": round(median(t["ecc64"]) * 1e3, 2),
-                         "ecc64_over_plain": round(paired_ratio(t["ecc64"], t["plain"]), 2),
-                         "residual_rate": float(f"{median(rates['ecc64']):.3g}")})
+            row: dict[str, Any] = {"p": p, "plain_ms": round(median(t["plain"]) * 1e3, 2)}
+            for k in list(models)[1:]:
+                row[f"{k}_ms"] = round(median(t[k]) * 1e3, 2)
+                row[f"{k}_over_plain"] = round(paired_ratio(t[k], t["plain"]), 2)
+            row["residual_rate"] = float(f"{median(rates['ecc64']):.3g}")
+            row["burst4_ecc64i4_residual_rate"] = float(f"{median(rates['burst4_ecc64i4']):.3g}")
+            rows.append(row)
         bits = image.total_bits
-    return {"benchmark": "ecc", "title": "SEC-DED correction in a trial (ecc=64)",
+    return {"benchmark": "ecc", "title": "SEC-DED correction and bursts in a trial (ecc=64, burst=4)",
             "machine": machine_info(device), "device": device, "model": f"vgg3 width {width}",
             "stored_bits": bits, "repeats": rounds,
             "statistic": "median over rounds; ecc64 / plain: median of per-round ratios",
@@ -63,10 +72,14 @@ def run(device: str = "cpu", quick: bool = False, data_dir: str | None = None) -
 
 def format_table(result: dict[str, Any]) -> str:
     rows = [[r["p"], r["plain_ms"], r["ecc64_ms"], f"{r['ecc64_over_plain']:.2f}x",
-             r["residual_rate"]] for r in result["rows"]]
+             r["residual_rate"], r["burst4_ms"], f"{r['burst4_over_plain']:.2f}x",
+             f"{r['burst4_ecc64i4_over_plain']:.2f}x", r["burst4_ecc64i4_residual_rate"]]
+            for r in result["rows"]]
     return (f"inject + restore: {result['model']} int4, {result['stored_bits']:,} stored "
             f"bits, median of {result['repeats']}\n"
-            + table(["BER", "plain ms", "ecc=64 ms", "ecc / plain", "residual rate"], rows))
+            + table(["BER", "plain ms", "ecc=64 ms", "ecc / plain", "residual rate",
+                     "burst=4 ms", "burst / plain", "burst+ecc i4 / plain",
+                     "burst+ecc i4 residual"], rows))
 
 
 if __name__ == "__main__":
