@@ -63,7 +63,8 @@ def run(device: str = "cpu", quick: bool = False, data_dir: str | None = None) -
             row["burst4_ecc64i4_residual_rate"] = float(f"{median(rates['burst4_ecc64i4']):.3g}")
             rows.append(row)
         bits = image.total_bits
-    return {"benchmark": "ecc", "title": "SEC-DED correction and bursts in a trial (ecc=64, burst=4)",
+    return {"benchmark": "ecc",
+            "title": "SEC-DED correction and bursts in a trial (ecc=64, burst=4)",
             "machine": machine_info(device), "device": device, "model": f"vgg3 width {width}",
             "stored_bits": bits, "repeats": rounds,
             "statistic": "median over rounds; ecc64 / plain: median of per-round ratios",
