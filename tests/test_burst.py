@@ -3,14 +3,10 @@
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
-from mcel.engine import state_digest
 from mcel.errors import MCELError
-from mcel.evaluate import evaluate
 from mcel.faults import BitErrorModel, parse_error_model
 from mcel.faults.sampler import sample_mask
-from mcel.quant import quantize_model
 
 
 def _positions(codes, bits, em, trial, name="w"):
@@ -57,22 +53,6 @@ def test_protected_bits_stay_clean_inside_bursts():
     pos = _positions(codes, 8, BitErrorModel(ber=0.01, burst=5, protected_bits=(7,)), 0)
     assert pos.size > 0 and not np.any(pos % 8 == 7)
     assert abs(pos.size / (20_000 * 7) - 0.01) < 3e-3  # the others still at ber
-
-
-def test_burst_evaluations_restore_the_model_and_batched_trials_agree():
-    torch.manual_seed(0)
-    net = quantize_model(nn.Sequential(nn.Linear(32, 64, bias=False), nn.ReLU(),
-                                       nn.Linear(64, 4, bias=False)), "int4").eval()
-    x = torch.randn(200, 32)
-    y = net(x).argmax(1).detach()
-    before = state_digest(net)
-    em = parse_error_model("ber=0,burst=4")
-    one = evaluate(net, x, y, [0.02, 0.1], em, trials=6, seed=2)
-    batched = evaluate(net, x, y, [0.02, 0.1], em, trials=6, seed=2, trial_batch=3)
-    assert [r.accuracies for r in one.results] == [r.accuracies for r in batched.results]
-    assert max(one.results[1].accuracies) < 0.95  # the faults do change predictions
-    assert all(abs(np.mean(r.empirical_rates) - r.ber) < 0.5 * r.ber for r in one.results)
-    assert state_digest(net) == before
 
 
 def test_burst_specs_round_trip_and_bad_ones_are_one_line():
