@@ -109,10 +109,16 @@ def test_unknown_option_is_a_user_error() -> None:
         create_model("vgg3", hidden=12)
 
 
-@pytest.mark.parametrize("in_shape", [(1, 7, 28), (28, 28), (0, 28, 28)])
-def test_bad_shape_is_a_user_error(in_shape: tuple[int, ...]) -> None:
+@pytest.mark.parametrize(("name", "in_shape"), [("vgg3", (1, 7, 28)), ("mlp", (28, 28)),
+                                               ("mlp", (0, 28, 28)), ("resnet20", (3, 1, 1))])
+def test_bad_shape_is_a_user_error(name: str, in_shape: tuple[int, ...]) -> None:
     with pytest.raises(MCELError):
-        create_model("mlp", in_shape=in_shape)
+        create_model(name, in_shape=in_shape)
+
+
+def test_an_mlp_takes_feature_vectors() -> None:
+    net = create_model("mlp", num_classes=3, in_shape=(30, 1, 1))
+    assert net.eval()(torch.zeros(5, 30, 1, 1)).shape == (5, 3)
 
 
 @pytest.mark.parametrize(

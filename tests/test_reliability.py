@@ -117,6 +117,13 @@ def build_base(b: Path) -> Path:
             "map-cols": {"p": np.zeros((4, 30))}}
     for name, arrays in maps.items():
         np.savez(b / f"{name}.npz", **arrays)
+    x, y = np.zeros((4, 8, 8), np.uint8), np.arange(4) % 2
+    own = {"own-missing": {"x_train": x, "y_train": y},
+           "own-objects": {"x_train": x, "y_train": np.array([0, 1, "a", None], object),
+                           "x_test": x, "y_test": y},
+           "own-labels": {"x_train": x, "y_train": y, "x_test": x, "y_test": y - 1}}
+    for name, arrays in own.items():
+        np.savez(b / f"{name}.npz", **arrays)
     grids = {
         "good": _grid(),
         "ber-negative": _grid(bers="[0, -0.1]"),
@@ -191,6 +198,16 @@ CASES = [
                                         "{b}/data/wrong-magic", "--out", "{tmp}/x"],
      "t10k-images-idx3-ubyte: IDX magic number is 2049, expected 2051 (images, uint8); "
      "the file is truncated or foreign, re-download it"),
+    ("train-own-data-missing", TRAIN + ["--dataset", "{b}/nope.npz", "--out", "{tmp}/x"],
+     "dataset file {b}/nope.npz not found (looked for {b}/nope.npz"),
+    ("train-own-data-arrays", TRAIN + ["--dataset", "{b}/own-missing.npz", "--out", "{tmp}/x"],
+     "own-missing.npz holds x_train, y_train; a dataset file needs x_train, y_train, x_test, "
+     "y_test (missing: x_test, y_test)"),
+    ("train-own-data-objects", TRAIN + ["--dataset", "{b}/own-objects.npz", "--out",
+                                        "{tmp}/x"],
+     "own-objects.npz is not a dataset archive: it holds Python objects"),
+    ("train-own-data-labels", TRAIN + ["--dataset", "{b}/own-labels.npz", "--out", "{tmp}/x"],
+     "own-labels.npz: y_test holds the label -1; labels are 0..K-1"),
     ("train-data-short-read", TRAIN + ["--dataset", "mnist", "--data-dir",
                                        "{b}/data/short-read", "--out", "{tmp}/x"],
      "t10k-images-idx3-ubyte: holds 24988 data bytes, header says 25088"),

@@ -150,7 +150,7 @@ def attack_run(run_dir: str | Path, settings: AttackSettings = AttackSettings(),
     pick = pick[:settings.attack_samples]
     x_te, y_te = load_dataset(config.dataset, "test", data_dir, limit=settings.test_samples)
     levels = (list(settings.levels) if settings.levels is not None
-              else default_levels(dataset_info(config.dataset).num_classes))
+              else default_levels(dataset_info(config.dataset, data_dir).num_classes))
     res = bit_flip_attack(model, (x_tr[pick], y_tr[pick]), (x_te, y_te),
                           budget=settings.budget, candidates=settings.candidates,
                           layers=settings.layers, stop_at=min(levels) if settings.stop else None)

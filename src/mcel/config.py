@@ -68,7 +68,7 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
-        from mcel.data import list_datasets
+        from mcel.data import is_own, list_datasets
         from mcel.losses import list_losses
         from mcel.models import resolve_model
 
@@ -78,7 +78,8 @@ class TrainConfig:
                 raise MCELError(f"unknown {what} '{value}'{hint}; valid: {', '.join(valid)}")
 
         _check_types(self)
-        one_of(self.dataset, list_datasets(), "dataset")
+        if not is_own(self.dataset):  # your own .npz file is found and read when loaded
+            one_of(self.dataset, list_datasets(), "dataset")
         resolve_model(self.model)  # a registered name, or your own module:function
         one_of(self.loss, list_losses(), "loss")
         one_of(self.optimizer, OPTIMIZERS, "optimizer")
@@ -229,7 +230,7 @@ def resolve_device(device: str) -> torch.device:
 
 
 def build_model(config: TrainConfig) -> nn.Module:
-    info = dataset_info(config.dataset)
+    info = dataset_info(config.dataset, config.data_dir)
     model = create_model(config.model, num_classes=info.num_classes, in_shape=info.in_shape,
                          **config.model_kwargs)
     return quantize_model(model, config.quant_spec())

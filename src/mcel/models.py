@@ -126,7 +126,8 @@ def create_model(
             ``file.py:function`` (`resolve_model`; it gets ``num_classes`` and
             ``in_shape`` where its signature takes them).
         num_classes: size of the logit vector the model returns.
-        in_shape: (channels, height, width) of one input; height and width >= 8.
+        in_shape: (channels, height, width) of one input (the conv models need height
+            and width >= 8).
         **kwargs: architecture options of that model (see its docstring), e.g.
             `width=0.5` or `hidden=128`.
 
@@ -138,7 +139,7 @@ def create_model(
             does not take.
     """
     fn = resolve_model(name)
-    shape = _check_shape(in_shape)
+    shape = _check_shape(in_shape, least=1)  # each model checks what it needs
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise MCELError(f"num_classes must be a positive integer, got {num_classes!r}")
     params = inspect.signature(fn).parameters
@@ -165,15 +166,18 @@ def count_parameters(model: nn.Module) -> int:
 # ---------------------------------------------------------------------------- helpers
 
 
-def _check_shape(in_shape: Sequence[int]) -> tuple[int, int, int]:
+def _check_shape(in_shape: Sequence[int], least: int = 8) -> tuple[int, int, int]:
+    """(C, H, W) as ints; ``least``: the smallest height and width the model can take (its
+    poolings; 1 for models that only flatten)."""
     try:
         shape = tuple(int(s) for s in in_shape)
     except (TypeError, ValueError):
         raise MCELError(f"in_shape must be (channels, height, width), got {in_shape!r}") from None
-    if len(shape) != 3 or shape[0] < 1:
+    if len(shape) != 3 or min(shape) < 1:
         raise MCELError(f"in_shape must be (channels, height, width), got {in_shape!r}")
-    if min(shape[1:]) < 8:
-        raise MCELError(f"in_shape {shape}: height and width must be at least 8")
+    if min(shape[1:]) < least:
+        raise MCELError(f"in_shape {shape}: height and width must be at least {least} for "
+                        "this model (an mlp takes any shape)")
     return shape  # type: ignore[return-value]
 
 
@@ -241,7 +245,7 @@ def mlp(
     """
     if hidden < 1:
         raise MCELError(f"hidden must be a positive integer, got {hidden!r}")
-    c, h, w = _check_shape(in_shape)
+    c, h, w = _check_shape(in_shape, least=1)
     classifier = nn.Sequential(
         nn.Linear(c * h * w, hidden, bias=False),
         nn.BatchNorm1d(hidden),

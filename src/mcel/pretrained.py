@@ -125,7 +125,7 @@ def pretrained_model(config) -> nn.Module:
     from mcel.models import create_model
     from mcel.quant import quantize_model
 
-    info = dataset_info(config.dataset)
+    info = dataset_info(config.dataset, config.data_dir)
     float_model = create_model(config.model, num_classes=info.num_classes,
                                in_shape=info.in_shape, **config.model_kwargs)
     spec = config.quant_spec()

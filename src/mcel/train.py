@@ -32,7 +32,7 @@ from mcel.config import (
     resolve_device,
 )
 from mcel.console import progress as progress_bar
-from mcel.data import load_dataset
+from mcel.data import dataset_file, is_own, load_dataset
 from mcel.engine import faults_during
 from mcel.errors import MCELError
 from mcel.evaluate import accuracy, predict_logits
@@ -113,7 +113,7 @@ def _train(config: TrainConfig, out: Path | None, *, device: torch.device, info,
     start_epoch = 0 if out is None else resume(out, config, model, opt=opt, gen=gen,
                                                 metrics=metrics)
     _check_threads(metrics, device, log)  # (nothing to check on a fresh run)
-    _check_init(config, metrics)
+    _check_files(config, metrics)
     writer = out if info.is_main else None  # one rank writes the run folder
     net = _data_parallel(model, device, info)
 
@@ -154,17 +154,23 @@ def _train(config: TrainConfig, out: Path | None, *, device: torch.device, info,
     return model, metrics
 
 
-def _check_init(config: TrainConfig, metrics: dict[str, Any]) -> None:
-    """A run from init weights records their hash: resuming it on other weights (the file
-    replaced since) would mix two starting points, so it is refused."""
-    if not config.init:
-        return
-    digest = file_sha256(weights_file(config.init))
-    before = metrics.get("init_sha256")
-    if before is not None and before != digest:
-        raise MCELError(f"the init weights {config.init} changed since this run started; "
-                        "train into a new --out folder")
-    metrics["init_sha256"] = digest
+def _check_files(config: TrainConfig, metrics: dict[str, Any]) -> None:
+    """A run records the hashes of the files it starts from (init weights, your own
+    dataset file): resuming it after one changed would mix two starting points or two
+    datasets in one run, so it is refused."""
+    files = []
+    if config.init:
+        files.append(("init_sha256", weights_file(config.init), f"the init weights {config.init}"))
+    if is_own(config.dataset):
+        files.append(("data_sha256", dataset_file(config.dataset, config.data_dir),
+                      f"the dataset file {config.dataset}"))
+    for key, path, what in files:
+        digest = file_sha256(path)
+        before = metrics.get(key)
+        if before is not None and before != digest:
+            raise MCELError(f"{what} changed since this run started; train into a new --out "
+                            "folder")
+        metrics[key] = digest
 
 
 def _check_threads(metrics: dict[str, Any], device: torch.device, log) -> None:

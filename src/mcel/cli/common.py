@@ -95,7 +95,8 @@ DEVICE_HELP = ("auto (a CUDA GPU when there is one, else cpu), cpu, cuda or cuda
 TRAIN_FLAGS = {
     # flag: (type, help, its valid names or None); the default shown is TrainConfig's,
     # and a help that says "default" itself explains what an unset value means
-    "dataset": (str, "dataset name", _names("mcel.data", "list_datasets")),
+    "dataset": (str, "dataset name, or your own .npz file of x_train, y_train, x_test, "
+                     "y_test (see README)", _names("mcel.data", "list_datasets")),
     "data_dir": (str, "folder with the dataset files (default: $MCEL_DATA, then "
                       "~/.cache/mcel/datasets)", None),
     "model": (str, "model name, or your own as package.module:function or "

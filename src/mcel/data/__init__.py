@@ -7,7 +7,9 @@ and `mcel.data.readers` for the file formats.
 from mcel.data.datasets import (
     DATASETS,
     DatasetInfo,
+    dataset_file,
     dataset_info,
+    is_own,
     list_datasets,
     load_arrays,
     load_dataset,
@@ -17,7 +19,9 @@ from mcel.data.datasets import (
 __all__ = [
     "DATASETS",
     "DatasetInfo",
+    "dataset_file",
     "dataset_info",
+    "is_own",
     "list_datasets",
     "load_arrays",
     "load_dataset",

@@ -9,10 +9,15 @@ Files are looked up in, in order: the `data_dir` argument, `$MCEL_DATA`, then
 `~/.cache/mcel/datasets`. Each may be the dataset's folder itself, a parent holding
 `<name>/`, or torchvision's layout (`MNIST/raw/`, `FashionMNIST/raw/`,
 `cifar-10-batches-py/`, `cifar-100-python/`); the first folder holding every file wins.
+
+Your own data: a dataset name ending in ``.npz`` is a NumPy archive of your own
+(`mcel.data.own`): ``x_train``, ``y_train``, ``x_test``, ``y_test``, read from that path,
+or else from the same folders by its file name.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Callable
@@ -24,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mcel.data import readers
+from mcel.data import own, readers
 from mcel.errors import MCELError
 from mcel.registry import Registry
 
@@ -63,6 +68,7 @@ class _Spec:
     layouts: tuple[str, ...] = ()  # sub-folders of a base dir to search, "" = itself
     extra_dirs: tuple[Path, ...] = ()  # system-wide copies, searched last
     pixel_max: float = 255.0
+    path: Path | None = None  # a dataset of one file of its own (.npz): read from there
 
     @property
     def embedded(self) -> bool:  # shipped inside a library: no files, no folder
@@ -242,13 +248,46 @@ def list_datasets(pattern: str = "*") -> list[str]:
     return DATASETS.names(pattern)
 
 
-def dataset_info(name: str) -> DatasetInfo:
-    """Shape, classes, files and normalisation constants of dataset `name`.
+def dataset_info(name: str, data_dir: str | os.PathLike[str] | None = None) -> DatasetInfo:
+    """Shape, classes, files and normalisation constants of dataset `name` (of your own
+    .npz file: read from it, found as `load_dataset` finds it).
 
     >>> dataset_info("mnist").in_shape
     (1, 28, 28)
     """
-    return DATASETS.get(name).info
+    return _spec(name, data_dir).info
+
+
+def dataset_file(name: str, data_dir: str | os.PathLike[str] | None = None) -> Path | None:
+    """The file your own dataset `name` is read from (None for a registered dataset)."""
+    return _spec(name, data_dir).path
+
+
+def is_own(name: str) -> bool:
+    """Whether dataset `name` is a .npz file of your own rather than a registered name."""
+    return name.endswith(".npz")
+
+
+def _spec(name: str, data_dir: str | os.PathLike[str] | None) -> _Spec:
+    """The registered dataset, or the one your .npz file holds (found and checked)."""
+    if not is_own(name):
+        return DATASETS.get(name)
+    path = own.find(name, _search_bases(data_dir))
+    st = path.stat()
+    return _own_spec(name, path, st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _own_spec(name: str, path: Path, mtime_ns: int, size: int) -> _Spec:
+    """Your .npz file as a dataset, read and checked once per version of the file (its
+    modification time and size key the cache)."""
+    d = own.describe(path)
+    info = DatasetInfo(name=name, num_classes=d.num_classes, in_shape=d.in_shape,
+                       description=f"your own arrays in {path.name}", files=(path.name,),
+                       source=str(path), mean=d.mean, std=d.std, num_samples=d.num_samples)
+    return _Spec(info, {s: (path.name,) for s in SPLITS},
+                 partial(own.read, in_shape=d.in_shape), ("",), pixel_max=d.pixel_max,
+                 path=path)
 
 
 def _locate(folder: Path, name: str) -> Path | None:
@@ -257,9 +296,14 @@ def _locate(folder: Path, name: str) -> Path | None:
     return next((folder / n for n in names if (folder / n).is_file()), None)
 
 
-def _candidates(spec: _Spec, data_dir: str | os.PathLike[str] | None) -> list[Path]:
+def _search_bases(data_dir: str | os.PathLike[str] | None) -> list[Path]:
+    """`data_dir`, `$MCEL_DATA`, `~/.cache/mcel/datasets`: where dataset files are sought."""
     env = os.environ.get(ENV_VAR) or None
-    bases = [Path(b).expanduser() for b in (data_dir, env, DEFAULT_CACHE) if b is not None]
+    return [Path(b).expanduser() for b in (data_dir, env, DEFAULT_CACHE) if b is not None]
+
+
+def _candidates(spec: _Spec, data_dir: str | os.PathLike[str] | None) -> list[Path]:
+    bases = _search_bases(data_dir)
     dirs = [b / layout for b in bases for layout in spec.layouts] + list(spec.extra_dirs)
     return list(dict.fromkeys(dirs))  # drop duplicates, keep order
 
@@ -272,7 +316,9 @@ def resolve_data_dir(name: str, data_dir: str | os.PathLike[str] | None = None) 
     Raises `MCELError` listing the searched folders when none has the files, and for
     datasets embedded in a library (digits), which have no folder.
     """
-    spec = DATASETS.get(name)
+    spec = _spec(name, data_dir)
+    if spec.path is not None:
+        return spec.path.parent
     if spec.embedded:
         raise MCELError(f"dataset '{name}' is embedded in {spec.info.source} and has no files")
     dirs = _candidates(spec, data_dir)
@@ -291,12 +337,15 @@ def resolve_data_dir(name: str, data_dir: str | os.PathLike[str] | None = None) 
 def load_arrays(
     name: str, split: str = "train", data_dir: str | os.PathLike[str] | None = None
 ) -> Arrays:
-    """Raw (images uint8 (N, C, H, W), labels int64 (N,)) of one split, unnormalised."""
-    spec = DATASETS.get(name)
+    """Raw (images uint8 (N, C, H, W), labels int64 (N,)) of one split, unnormalised
+    (your own .npz file's x may also be float)."""
+    spec = _spec(name, data_dir)
     if split not in SPLITS:
         raise MCELError(f"unknown split '{split}' for dataset '{name}'; valid: {', '.join(SPLITS)}")
     paths: list[Path] = []
-    if not spec.embedded:
+    if spec.path is not None:
+        paths = [spec.path]
+    elif not spec.embedded:
         folder = resolve_data_dir(name, data_dir)
         paths = [p for f in spec.split_files[split] if (p := _locate(folder, f)) is not None]
     images, labels = spec.read(paths, split)
@@ -332,7 +381,7 @@ def load_dataset(
     """
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
         raise MCELError(f"limit must be a non-negative integer or None, got {limit!r}")
-    spec = DATASETS.get(name)
+    spec = _spec(name, data_dir)
     images, labels = load_arrays(name, split, data_dir)
     images, labels = images[:limit], labels[:limit]  # slice first: normalise only what is kept
     mean = torch.tensor(spec.info.mean, dtype=torch.float32).view(-1, 1, 1)

@@ -124,10 +124,10 @@ def db_path(grid: Grid, grid_path: Path, out_dir: Path) -> Path:
 def _check_data(cells: Sequence[Cell]) -> None:
     """Find and read every dataset before creating anything: a missing, truncated or
     foreign file fails in one line, not in a worker after the database exists."""
-    from mcel.data import DATASETS, load_arrays
+    from mcel.data import DATASETS, is_own, load_arrays
 
     for name, data_dir in dict.fromkeys((c.config.dataset, c.config.data_dir) for c in cells):
-        if not DATASETS.get(name).embedded:
+        if is_own(name) or not DATASETS.get(name).embedded:
             for split in ("train", "test"):
                 load_arrays(name, split, data_dir)
 
