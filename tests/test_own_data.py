@@ -126,6 +126,7 @@ def test_train_evaluate_and_resume_on_your_own_file(signals, tmp_path, capsys):
                  str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["results"][0]["ber"] == 0.05 and len(result["results"][0]["accuracies"]) == 3
+    assert result["meta"]["data_sha256"] == metrics["data_sha256"]
     rng = np.random.default_rng(9)
     (xt, yt), (xs, ys) = _signals(600, rng), _signals(150, rng)
     np.savez(signals, x_train=xt, y_train=yt, x_test=xs, y_test=ys)

@@ -96,9 +96,10 @@ def _add_split_flags(p: argparse.ArgumentParser) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
-    from mcel.data import load_dataset
+    from mcel.data import dataset_file, is_own, load_dataset
     from mcel.evaluate import evaluate
     from mcel.io import write_json
+    from mcel.pretrained import file_sha256
     from mcel.quant import set_format
     from mcel.runs import load_run
 
@@ -130,7 +131,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 fmt=fmt if not args.weights else f"{fmt}, float layers {args.weights}",
                 device=str(next(model.parameters()).device), units=JSON_UNITS,
                 torch_threads=torch.get_num_threads(),
-                cpu=torch.backends.cpu.get_cpu_capability())
+                cpu=torch.backends.cpu.get_cpu_capability(), dataset=config.dataset)
+    if is_own(config.dataset):  # your own file: which version of it was measured
+        meta["data_sha256"] = file_sha256(dataset_file(config.dataset,
+                                                       args.data_dir or config.data_dir))
     if args.dumps is not None:
         return _dumps(args, model, em, data=(x, y), meta=meta)
     if args.by_layer is not None:
