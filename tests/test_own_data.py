@@ -111,13 +111,17 @@ def test_broken_files_are_one_line(tmp_path, write, needle):
         load_dataset(str(path), "train")
 
 
-def test_train_evaluate_and_resume_on_your_own_file(signals, tmp_path, capsys):
+def test_train_evaluate_and_resume_on_your_own_file(signals, tmp_path, capsys, monkeypatch):
     """The CLI end to end on feature vectors: an MLP trains, evaluates under faults; the
-    run records the file's hash, and a resume after the file changed is refused."""
+    run records the file's absolute path and hash, and a resume after the file changed
+    is refused."""
     run = tmp_path / "run"
-    argv = ["train", "--dataset", str(signals), "--model", "mlp", "--quant", "int4",
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", "--dataset", "sig.npz", "--model", "mlp", "--quant", "int4",
             "--epochs", "2", "--threads", "1", "--out", str(run)]
     assert main(argv) == 0
+    assert json.loads((run / "config.json").read_text())["dataset"] == str(signals)
+    monkeypatch.chdir(tmp_path.parent)  # the run works from any folder
     metrics = json.loads((run / "metrics.json").read_text())
     assert len(metrics["data_sha256"]) == 64
     assert metrics["epochs"][-1]["test_acc"] > 0.9  # three separable classes
@@ -131,6 +135,7 @@ def test_train_evaluate_and_resume_on_your_own_file(signals, tmp_path, capsys):
     (xt, yt), (xs, ys) = _signals(600, rng), _signals(150, rng)
     np.savez(signals, x_train=xt, y_train=yt, x_test=xs, y_test=ys)
     capsys.readouterr()
+    monkeypatch.chdir(tmp_path)
     assert main(argv) == 2  # the same command again: the run's data is not this file
     assert "the dataset file" in capsys.readouterr().err
     with pytest.raises(MCELError, match="at least 8 for this model"):
