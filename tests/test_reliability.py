@@ -198,6 +198,14 @@ CASES = [
                                         "{b}/data/wrong-magic", "--out", "{tmp}/x"],
      "t10k-images-idx3-ubyte: IDX magic number is 2049, expected 2051 (images, uint8); "
      "the file is truncated or foreign, re-download it"),
+    ("train-quant-layer-no-scheme", TRAIN + ["--quant-layer", "classifier.0", "--out",
+                                             "{tmp}/x"],
+     "--quant-layer 'classifier.0': give PATTERN=SCHEME, e.g. features.0=int8"),
+    ("train-quant-layer-overlap", TRAIN + ["--quant-layer", "classifier.*=int8",
+                                           "--quant-layer", "classifier.0=int2", "--out",
+                                           "{tmp}/x"],
+     "layer 'classifier.0' matches 2 of the per-layer schemes (classifier.*, classifier.0); "
+     "make them disjoint"),
     ("train-own-data-missing", TRAIN + ["--dataset", "{b}/nope.npz", "--out", "{tmp}/x"],
      "dataset file {b}/nope.npz not found (looked for {b}/nope.npz"),
     ("train-own-data-arrays", TRAIN + ["--dataset", "{b}/own-missing.npz", "--out", "{tmp}/x"],

@@ -41,6 +41,7 @@ class TrainConfig:
     granularity: str = "tensor"
     act_bits: int | None = None
     quant_exclude: list[str] = field(default_factory=list)
+    quant_layers: dict[str, str] = field(default_factory=dict)
     loss: str = "ce"
     margin: float | None = None
     normalize: str = "none"
@@ -128,7 +129,8 @@ class TrainConfig:
     def quant_spec(self) -> QuantSpec:
         return QuantSpec(self.quant, fmt=self.fmt, granularity=self.granularity,
                          act_bits=self.act_bits, exclude=tuple(self.quant_exclude),
-                         clip=self.clip, clip_rel=self.clip_rel, clip_auto=self.clip_auto)
+                         clip=self.clip, clip_rel=self.clip_rel, clip_auto=self.clip_auto,
+                         layers=tuple(self.quant_layers.items()))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -170,7 +172,8 @@ class TrainConfig:
 
 # config keys added after 0.1.0, with the default that leaves a run id unchanged
 _LATER_KEYS: dict[str, Any] = {"clip": None, "clip_rel": None, "clip_auto": None,
-                               "precision": DEFAULT_PRECISION, "init": None}
+                               "precision": DEFAULT_PRECISION, "init": None,
+                               "quant_layers": {}}
 
 
 def _check_sizes(config: TrainConfig) -> None:

@@ -166,6 +166,9 @@ def add_train_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> N
     p.add_argument("--quant-exclude", action="append", default=None,
                    help="keep layers matching this name pattern in float (repeatable; "
                         "default: none)")
+    p.add_argument("--quant-layer", action="append", default=None, metavar="PATTERN=SCHEME",
+                   help="give the layers matching PATTERN their own scheme (mixed precision, "
+                        "e.g. features.0=int8; repeatable; default: --quant for every layer)")
 
 
 def _shown(value: Any) -> str:
@@ -205,7 +208,17 @@ def train_config(args: argparse.Namespace, base: dict[str, Any] | None = None):
         d["dataset"] = str(Path(own).expanduser().absolute())
     if getattr(args, "quant_exclude", None):
         d["quant_exclude"] = args.quant_exclude
+    if getattr(args, "quant_layer", None):
+        d["quant_layers"] = dict(_pattern_scheme(s) for s in args.quant_layer)
     return TrainConfig.from_dict(d)
+
+
+def _pattern_scheme(text: str) -> tuple[str, str]:
+    """``--quant-layer PATTERN=SCHEME`` -> (pattern, scheme)."""
+    pattern, sep, scheme = text.rpartition("=")
+    if not sep or not pattern or not scheme:
+        raise MCELError(f"--quant-layer {text!r}: give PATTERN=SCHEME, e.g. features.0=int8")
+    return pattern, scheme
 
 
 def error_model(spec: str | None):

@@ -29,7 +29,7 @@ file and the key.
 
 Two shapes need care. A list-valued field (``quant_exclude``) inside a mapping is a
 product axis only as a list of lists (``quant_exclude: [[fc*], []]``), and a mapping
-field (``model_kwargs``) is never expanded: put variants in an axis of mappings,
+field (``model_kwargs``, ``quant_layers``) is never expanded: put variants in an axis of mappings,
 ``arch: [{model: mlp, model_kwargs: {hidden: 32}}, {model: lenet5}]``. YAML 1.1 reads
 ``1e-3`` as a string, so numeric-looking strings in number fields are read as numbers.
 
@@ -308,7 +308,8 @@ def _check_config(config: TrainConfig) -> None:
     """What TrainConfig itself leaves to training time."""
     from mcel.quant import parse_scheme
 
-    if parse_scheme(config.quant)[0] == "float":
+    schemes = [config.quant, *config.quant_layers.values()]
+    if all(parse_scheme(w)[0] == "float" for w in schemes):
         raise MCELError("quant 'float' stores no codes that bits could flip in; "
                         "sweeps need a quantized scheme (binary, ternary, int2..int16)")
     if not isinstance(config.model_kwargs, dict):
@@ -336,7 +337,8 @@ def _build_once(config: TrainConfig) -> None:
     from mcel.experiments.store import dumps
 
     key = dumps([config.dataset, config.model, config.model_kwargs, config.quant,
-                     config.granularity, config.act_bits, config.quant_exclude])
+                     config.granularity, config.act_bits, config.quant_exclude,
+                     config.quant_layers])
     if key not in _BUILT:
         build_model(config)
         _BUILT.add(key)

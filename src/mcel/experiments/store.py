@@ -68,6 +68,22 @@ CREATE TABLE IF NOT EXISTS trials (
 ADDED_COLUMNS = {"evals": (("images", "INTEGER"), ("plan", "TEXT"))}
 
 
+def quant_label(config: dict[str, Any]) -> str:
+    """The weight format of a config as reports group runs by it: the scheme, and the
+    layers that differ from it (mixed precision, layers kept in float).
+
+    >>> quant_label({"quant": "int4"})
+    'int4'
+    >>> quant_label({"quant": "int4", "quant_layers": {"features.0": "int8"},
+    ...              "quant_exclude": ["fc"]})
+    'int4 (features.0 int8, fc float)'
+    """
+    own = [f"{p} {w}" for p, w in (config.get("quant_layers") or {}).items()]
+    own += [f"{p} float" for p in config.get("quant_exclude") or []]
+    quant = str(config.get("quant", "?"))
+    return f"{quant} ({', '.join(own)})" if own else quant
+
+
 def method_label(config: dict[str, Any]) -> str:
     """A short, stable name for the training method of a config.
 

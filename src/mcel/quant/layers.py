@@ -64,6 +64,9 @@ class QuantSpec:
     layers of any width (`layer_clip`). ``clip_auto`` sets one clip for the whole model
     from its shape: ``clip_auto / sqrt(median fan_in)`` over its quantized layers
     (`auto_clip`); a small-fan-in first layer then gets the same range as the rest.
+    ``layers`` gives some layers a scheme of their own, ``(pattern, scheme)`` pairs
+    (mixed precision, e.g. ``(("features.0", "int8"),)``; ``"float"`` keeps a layer in
+    float); no layer may match two of the patterns, so their order does not matter.
     """
 
     weights: str = "int8"
@@ -75,9 +78,22 @@ class QuantSpec:
     clip: float | None = None
     clip_rel: float | None = None
     clip_auto: float | None = None
+    layers: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         parse_scheme(self.weights)
+        pairs = tuple(self.layers.items()) if isinstance(self.layers, dict) else self.layers
+        try:
+            pairs = tuple((p, w) for p, w in pairs)
+        except (TypeError, ValueError):
+            raise MCELError(f"layers={self.layers!r}: give (layer pattern, scheme) pairs, "
+                            "e.g. {'features.0': 'int8'}") from None
+        for pattern, word in pairs:
+            if not isinstance(pattern, str) or not isinstance(word, str):
+                raise MCELError(f"layers: {pattern!r}: {word!r} is not a layer pattern and a "
+                                "scheme word")
+            parse_scheme(word)
+        object.__setattr__(self, "layers", tuple((p, w.strip().lower()) for p, w in pairs))
         for key in ("clip", "clip_rel", "clip_auto"):
             v = getattr(self, key)
             if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -113,13 +129,27 @@ class QuantSpec:
         return parse_scheme(self.weights)[1]
 
     def selects(self, name: str) -> bool:
+        """Whether layer ``name`` is quantized (included, not excluded, not kept float)."""
         return any(fnmatch.fnmatch(name, p) for p in self.include) and not any(
             fnmatch.fnmatch(name, p) for p in self.exclude
-        )
+        ) and self.scheme_for(name) != "float"
+
+    def scheme_for(self, name: str) -> str:
+        """The scheme word of layer ``name``: its own from ``layers``, else ``weights``."""
+        own = [w for p, w in self.layers if fnmatch.fnmatch(name, p)]
+        if len(own) > 1:
+            raise MCELError(f"layer '{name}' matches {len(own)} of the per-layer schemes "
+                            f"({', '.join(p for p, _ in self.layers)}); make them disjoint")
+        return own[0] if own else self.weights
+
+    def for_layer(self, name: str) -> QuantSpec:
+        """This spec with layer ``name``'s own scheme as ``weights`` (no per-layer list)."""
+        return replace(self, weights=self.scheme_for(name), layers=())
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["include"], d["exclude"] = list(self.include), list(self.exclude)
+        d["layers"] = dict(self.layers)
         return d
 
 
@@ -423,24 +453,20 @@ def quantize_model(model: nn.Module, spec: QuantSpec | str) -> nn.Module:
     if not isinstance(spec, QuantSpec):
         raise MCELError(f"spec must be a QuantSpec or a scheme name like 'int4', got "
                         f"{spec!r}")
-    if spec.scheme == "float":
+    if spec.scheme == "float" and not spec.layers:
         return model
     # attention as four Linear layers: quantized below like any other (see attention.py)
     model = unpack_attention(model, spec.selects)
     if (isinstance(model, QUANTIZABLE) and not _quantizes_itself(model)
             and _why_not(model) is None):
-        return _check_alive(type(model).__name__,
-                            _convert(model, _resolve_auto_clip(spec, [model])))  # a bare layer
+        if not spec.selects(""):
+            return model
+        return _check_alive(type(model).__name__, _convert(  # a bare layer
+            model, _resolve_auto_clip(spec, [model]).for_layer("")))
     candidates = [(name, module)
                   for name, module in model.named_modules(remove_duplicate=False)
                   if isinstance(module, QUANTIZABLE) and not _quantizes_itself(module)]
-    # patterns may name any layer with weights (a ConvTranspose2d to keep in float, say)
-    names = [name for name, m in model.named_modules()
-             if isinstance(m, (*_WEIGHTED, nn.MultiheadAttention))]
-    for p in (*spec.exclude, *(q for q in spec.include if q != "*")):
-        if names and not any(fnmatch.fnmatch(n, p) for n in names):  # a typo, most likely
-            raise MCELError(f"quantization pattern '{p}' matches no layer; the layers are: "
-                            f"{names_shown(names)}")
+    names = _check_patterns(model, spec)
     odd = next(((n, why) for n, m in model.named_modules()
                 if spec.selects(n) and (why := _why_not(m)) is not None), None)
     if odd is not None:  # better than a model that is quietly half float
@@ -456,11 +482,24 @@ def quantize_model(model: nn.Module, spec: QuantSpec | str) -> nn.Module:
         if not spec.selects(name):
             continue
         if id(module) not in converted:
-            converted[id(module)] = _check_alive(name, _convert(module, spec))
+            converted[id(module)] = _check_alive(name, _convert(module, spec.for_layer(name)))
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, converted[id(module)])
     return model
+
+
+def _check_patterns(model: nn.Module, spec: QuantSpec) -> list[str]:
+    """The names of the layers with weights; a pattern of ``spec`` that matches none of
+    them is refused (a typo, most likely). Patterns may name any layer with weights (a
+    ConvTranspose2d to keep in float, say)."""
+    names = [name for name, m in model.named_modules()
+             if isinstance(m, (*_WEIGHTED, nn.MultiheadAttention))]
+    for p in (*spec.exclude, *(q for q in spec.include if q != "*"), *dict(spec.layers)):
+        if names and not any(fnmatch.fnmatch(n, p) for n in names):
+            raise MCELError(f"quantization pattern '{p}' matches no layer; the layers are: "
+                            f"{names_shown(names)}")
+    return names
 
 
 def quant_layers(model: nn.Module) -> list[tuple[str, _QuantMixin]]:

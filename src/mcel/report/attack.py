@@ -27,6 +27,7 @@ from typing import Any
 
 from mcel.attack import AttackResult
 from mcel.errors import MCELError
+from mcel.experiments.store import quant_label
 from mcel.report.read import Run
 from mcel.report.render import Block, fmt_cell, to_markdown
 from mcel.report.stats import CE_LABEL, Cell, method_lines, paired_delta, seed_cell
@@ -124,7 +125,7 @@ def summarize(results: dict[str, AttackResult], runs: dict[str, Run]) -> AttackS
     for rid in sorted(results):
         c = runs[rid].config
         by_group[(str(c.get("dataset", "?")), str(c.get("model", "?")),
-                  str(c.get("quant", "?")), str(results[rid].meta.get("fmt", "?")))].append(rid)
+                  quant_label(c), str(results[rid].meta.get("fmt", "?")))].append(rid)
     groups = []
     for key in sorted(by_group):
         rids = by_group[key]

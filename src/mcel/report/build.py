@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mcel.errors import MCELError
+from mcel.experiments.store import quant_label
 from mcel.registry import did_you_mean
 
 # the report's parts, importable from here as before
@@ -105,7 +106,7 @@ def _appendix(runs: dict[str, Run], groups: list[Group]) -> list[Block]:
                                                   str(r.seed))):
         c = r.config
         app_rows.append([r.run_id, r.method, c.get("dataset", "?"), c.get("model", "?"),
-                         c.get("quant", "?"), str(r.seed), str(c.get("epochs", "?")),
+                         quant_label(c), str(r.seed), str(c.get("epochs", "?")),
                          "—" if r.clean_acc is None else pct(r.clean_acc),
                          "—" if r.train_seconds is None else f"{r.train_seconds:.1f}",
                          r.grid or "—", versions_text(r.versions),

@@ -13,6 +13,7 @@ from typing import Any
 
 from mcel.analysis import tolerable_ber
 from mcel.evaluate import t_interval
+from mcel.experiments.store import quant_label
 from mcel.report.read import Eval, Run
 
 CE_LABEL = "CE"
@@ -124,7 +125,7 @@ def aggregate(runs: dict[str, Run], evals: list[Eval]) -> tuple[list[Group], lis
     by_group: dict[tuple, dict[str, list[Eval]]] = defaultdict(lambda: defaultdict(list))
     for e in evals:
         c = runs[e.run_id].config
-        key = (str(c.get("dataset", "?")), str(c.get("model", "?")), str(c.get("quant", "?")),
+        key = (str(c.get("dataset", "?")), str(c.get("model", "?")), quant_label(c),
                e.fmt, e.error_model)
         by_group[key][e.run_id].append(e)
     groups = []
