@@ -35,7 +35,9 @@ def add_eval_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trials", type=int, default=100, help="Monte-Carlo trials per BER (max)")
     p.add_argument("--seed", type=int, default=0, help="fault seed")
     p.add_argument("--error-model", default=None,
-                   help="e.g. 'p01=1e-3,p10=1e-2', 'ber=1e-3,protected=-1', 'stuck_at=1e-3'; "
+                   help="e.g. 'p01=1e-3,p10=1e-2', 'ber=1e-3,protected=-1', 'stuck_at=1e-3', "
+                        "'ber=0,burst=4' (4 adjacent bits per fault), 'ber=0,ecc=64' "
+                        "(SEC-DED words; ecc_interleave=I spreads them); "
                         "--ber then sets its largest rate (default: uniform flips); or an "
                         "error map 'map=chip.npz[,shift=1,persistent=0,word_bits=32]' (mcel "
                         "make-map): --ber then sets its mean rate")
