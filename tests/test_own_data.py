@@ -142,3 +142,27 @@ def test_train_evaluate_and_resume_on_your_own_file(signals, tmp_path, capsys, m
         from mcel.config import TrainConfig, build_model
 
         build_model(TrainConfig(dataset=str(signals), model="vgg3"))
+
+
+def test_the_data_command_lists_datasets_and_describes_your_file(signals, tmp_path, capsys,
+                                                                 monkeypatch):
+    monkeypatch.setenv("MCEL_DATA", str(tmp_path / "empty"))
+    assert main(["data"]) == 0
+    out = capsys.readouterr().out
+    assert "embedded" in out and "not found" in out and "mnist" in out
+    assert main(["data", str(signals)]) == 0
+    out = capsys.readouterr().out
+    assert "(24, 1, 1)" in out and "600 / 150" in out and "per-channel mean / std" in out
+    # a folder with MNIST's file names but an HTML page for the test images: found, and
+    # said to be unusable, with the reader's reason
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        (folder / name).write_bytes(b"")
+    (folder / "t10k-images-idx3-ubyte").write_bytes(b"<!DOCTYPE html><html></html>")
+    assert main(["data", "mnist", "--data-dir", str(folder)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "unusable:" in out  # with the reader's one line (wrapped in the table)
+    assert main(["data", "nope.npz"]) == 2
+    assert "dataset file nope.npz not found" in capsys.readouterr().err

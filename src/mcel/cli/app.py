@@ -1,6 +1,6 @@
 """The ``mcel`` command: the parser, its error style and exit codes, over one module per
 command (`mcel.cli.train`, ``evaluate``, ``demo``, ``sweep``, ``margins``, ``tune``,
-``report``, ``attack``, ``maps``), each thin over the library.
+``report``, ``attack``, ``maps``, ``export``, ``data``), each thin over the library.
 
 User mistakes (``MCELError``, unreadable files, bad YAML) print one line and exit 2;
 nothing else is caught, so real bugs keep their traceback (exit 1). An interrupt exits
@@ -15,12 +15,12 @@ import argparse
 import contextlib
 import sys
 
-from mcel.cli import attack, demo, evaluate, export, maps, margins, report, sweep, train, tune
+from mcel.cli import attack, data, demo, evaluate, export, maps, margins, report, sweep, train, tune
 from mcel.errors import MCELError
 
 EXIT_USAGE = 2
 COMMANDS = (train, evaluate, demo, sweep, margins, tune, report, attack,
-            maps, export)  # in the order of --help
+            maps, export, data)  # in the order of --help
 
 
 class _Parser(argparse.ArgumentParser):
