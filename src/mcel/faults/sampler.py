@@ -245,10 +245,10 @@ def _sample(
             return mask
     pos = np.empty(0, np.int64)
     if top > 0.0:
-        time_of = None if error_model.burst > 1 else _time_fn(rates, flat, bits)
-        if error_model.burst > 1:
-            pos = _burst_positions(key, n, top, error_model.burst)
+        if error_model.burst > 1:  # uniform rate only (the model checks): starts, then bits
+            time_of, pos = None, _burst_positions(key, n, top, error_model.burst)
         else:
+            time_of = _time_fn(rates, flat, bits)
             pos = sample_ladder(*key.rngs(_FLIPS), n, top, time_of=time_of)
         if time_of is None and prot.any():  # uniform: drop protected positions after
             pos = np.compress(~prot[pos % bits], pos)
