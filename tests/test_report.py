@@ -532,3 +532,21 @@ def test_seed_table_means_and_seed_paired_differences(tmp_path, capsys):
     d = [b - a for a, b in zip(accs["ce"], accs["mcel"])]
     m, (lo, hi) = sum(d) / 3, _t(d)
     assert f"+{100 * m:.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]" in out.splitlines()[-1]
+
+
+def test_runs_written_before_a_key_existed_are_the_same_variant_as_later_ones():
+    """A run trained before clip_auto / quant_layers existed has no such key in its
+    stored config; its seed siblings trained later hold them at their defaults. The report
+    must keep them one method, not split it into two config hashes."""
+    from mcel.config import TrainConfig
+    from mcel.report.read import Run
+
+    new = TrainConfig(loss="mcel", margin=30.0, clip_rel=1.0).to_dict()
+    old = {k: v for k, v in new.items() if k not in ("clip_auto", "quant_layers", "init")}
+    runs = [Run(run_id=str(s), method="MCEL", config={**c, "seed": s}, clean_acc=None,
+                train_seconds=None, margins=None, versions={}, grid=None)
+            for s, c in ((0, old), (1, new), (2, new))]
+    assert len({r.variant() for r in runs}) == 1
+    other = Run(run_id="3", method="MCEL", config={**new, "seed": 0, "clip_auto": 2.0},
+                clean_acc=None, train_seconds=None, margins=None, versions={}, grid=None)
+    assert other.variant() != runs[0].variant()

@@ -150,12 +150,7 @@ class TrainConfig:
         Keys added after 0.1.0 count only when they differ from their default, so the
         run ids of earlier runs and sweeps stay valid (a sweep resumes across versions).
         """
-        d = self.to_dict()
-        d.pop("data_dir")
-        d.pop("device")
-        for key, default in _LATER_KEYS.items():
-            if d[key] == default:
-                d.pop(key)
+        d = weights_keys(self.to_dict())
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def error_model(self):
@@ -174,6 +169,19 @@ class TrainConfig:
 _LATER_KEYS: dict[str, Any] = {"clip": None, "clip_rel": None, "clip_auto": None,
                                "precision": DEFAULT_PRECISION, "init": None,
                                "quant_layers": {}}
+
+
+def weights_keys(config: dict[str, Any]) -> dict[str, Any]:
+    """The keys of a config dict that decide the trained weights, as run ids hash them:
+    not where data lives or runs (``data_dir``, ``device``), and keys added after 0.1.0
+    only where they differ from their default, so a config written before a key existed
+    and one written after it, at its default, compare equal.
+
+    >>> weights_keys({"loss": "ce", "device": "cpu", "clip_auto": None, "quant_layers": {}})
+    {'loss': 'ce'}
+    """
+    return {k: v for k, v in config.items() if k not in ("data_dir", "device")
+            and not (k in _LATER_KEYS and v == _LATER_KEYS[k])}
 
 
 def _check_sizes(config: TrainConfig) -> None:
@@ -245,4 +253,5 @@ def build_loss(config: TrainConfig) -> nn.Module:
 
 
 __all__ = ["TrainConfig", "build_model", "build_loss", "resolve_device", "check_device_name",
+           "weights_keys",
            "OPTIMIZERS", "SCHEDULES"]

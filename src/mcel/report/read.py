@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mcel.config import weights_keys
 from mcel.errors import MCELError
 from mcel.experiments import store
 
 # Keys that do not change what a run is (where data lives, which device ran it).
-_NOT_A_VARIANT = ("seed", "data_dir", "device")
+_NOT_A_VARIANT = ("seed",)  # besides data_dir, device and later keys at their defaults
 
 
 @dataclass
@@ -36,8 +37,10 @@ class Run:
         return self.config.get("seed")
 
     def variant(self) -> str:
-        """Hash of the config without its seed: runs that differ only by seed share it."""
-        d = {k: v for k, v in self.config.items() if k not in _NOT_A_VARIANT}
+        """Hash of the config without its seed: runs that differ only by seed share it
+        (also when one was written before a key existed that the other holds at its
+        default: `mcel.config.weights_keys`)."""
+        d = {k: v for k, v in weights_keys(self.config).items() if k not in _NOT_A_VARIANT}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
 
 
