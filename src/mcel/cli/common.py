@@ -203,8 +203,10 @@ def train_config(args: argparse.Namespace, base: dict[str, Any] | None = None):
     for key in ("data_dir", "init"):  # the run folder must work from any directory
         if getattr(args, key, None):
             d[key] = str(Path(getattr(args, key)).absolute())
+    from mcel.data import is_own
+
     own = str(d.get("dataset", ""))
-    if own.endswith(".npz") and Path(own).expanduser().is_file():  # your file, found here
+    if is_own(own) and Path(own).expanduser().is_file():  # your file, found here
         d["dataset"] = str(Path(own).expanduser().absolute())
     if getattr(args, "quant_exclude", None):
         d["quant_exclude"] = args.quant_exclude

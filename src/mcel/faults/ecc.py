@@ -84,16 +84,17 @@ def correct(masks: list[tuple[int, int, FlipMask]], *, k: int, rate: float, seed
     each stored tensor, words as `word_of` deals them; returns one mask per input
     (possibly empty), in order."""
     found = [_flip_addresses(first, bits, m) for first, bits, m in masks]
-    addresses = np.concatenate([a for _, _, a in found]) if found else np.zeros(0, np.int64)
-    words, counts = np.unique(word_of(addresses, k, ways), return_counts=True)
+    word_ids = [word_of(addr, k, ways) for _, _, addr in found]  # once per flip
+    all_ids = np.concatenate(word_ids) if word_ids else np.zeros(0, np.int64)
+    words, counts = np.unique(all_ids, return_counts=True)
     single = words[counts == 1]  # one data flip: corrected unless a check bit failed too
     failed = np.zeros(len(single), bool)
     for j in range(check_bits(k)):
         failed |= _uniforms(seed, trial, single, j) < rate
     corrected = single[~failed]
     out = []
-    for (_, _, m), (row, pos, addr) in zip(masks, found):
-        keep = ~np.isin(word_of(addr, k, ways), corrected)
+    for (_, _, m), (row, pos, _), ids in zip(masks, found, word_ids):
+        keep = ~np.isin(ids, corrected)
         out.append(_rebuild(m, row[keep], pos[keep]))
     return out
 
